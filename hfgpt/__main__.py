@@ -1,0 +1,7 @@
+"""python -m hfgpt STEP ...: the same as the `hfgpt` command."""
+
+import sys
+
+from hfgpt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,39 @@
+"""The `hfgpt` command: one entry point for every step.
+
+    hfgpt prepare recipes/shakespeare_char.yaml
+    hfgpt train recipes/shakespeare_char_cpu.yaml --max_iters=500
+    hfgpt sample out-shakespeare-char-cpu --start="ROMEO:"
+
+`hfgpt STEP ...` is the same as `python -m hfgpt.STEP ...`.
+"""
+
+import importlib
+import sys
+
+COMMANDS = {
+    "prepare": "tokenize a recipe's text into token files",
+    "train": "train a GPT (prepares the data first if needed)",
+    "sample": "generate text from a trained model",
+}
+
+
+def usage() -> str:
+    lines = ["usage: hfgpt STEP [ARGS ...]   (hfgpt STEP --help for a step's options)", "", "steps:"]
+    lines += [f"  {name:<10} {doc}" for name, doc in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    step, rest = argv[0], argv[1:]
+    if step not in COMMANDS:
+        print(f"error: unknown step '{step}': choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"hfgpt.{step}").main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

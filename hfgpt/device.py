@@ -1,0 +1,50 @@
+"""Which device trains, and with what precision: decided before Accelerate starts.
+
+    device_type("auto")                    # 'cuda', 'mps' or 'cpu', as Accelerate will pick
+    resolve_mixed_precision("auto", "cuda")  # 'bf16' on GPUs that support it, else 'fp16'
+"""
+
+import os
+
+import torch
+
+from hfgpt.errors import UserError
+
+TRUE = ("1", "true", "yes")
+
+
+def device_type(requested: str) -> str:
+    """The device Accelerate will use for `device: requested`, or a UserError if it is absent."""
+    if requested == "cpu" or os.environ.get("ACCELERATE_USE_CPU", "").lower() in TRUE:
+        return "cpu"
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if requested == "cuda" and not cuda:
+        raise UserError("device='cuda' but torch sees no CUDA GPU: set device: auto or cpu, or install a CUDA build of torch")
+    if requested == "mps" and not mps:
+        raise UserError("device='mps' but this machine has no Apple MPS device: set device: auto or cpu")
+    if cuda and requested in ("auto", "cuda"):
+        return "cuda"
+    if mps:
+        return "mps"
+    return "cpu"
+
+
+def resolve_mixed_precision(requested: str, dev: str) -> str:
+    """'no', 'fp16' or 'bf16' for this device.
+
+    auto: what `accelerate launch` was told (its config or --mixed_precision) when that is fp16 or
+    bf16; otherwise bf16 on CUDA GPUs that support it, fp16 on older ones, and no precision
+    change on CPU and MPS. Write mixed_precision: no in the recipe to force float32 on a GPU.
+    """
+    if requested == "auto":
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        if launched in ("fp16", "bf16"):
+            requested = launched
+        elif dev == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            return "no"
+    if requested == "fp16" and dev == "cpu":
+        raise UserError("mixed_precision='fp16' needs a GPU: on the CPU use bf16 or no")
+    return requested

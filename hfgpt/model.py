@@ -1,0 +1,113 @@
+"""The model: a transformers GPT2LMHeadModel built from the recipe, or any causal LM loaded from
+the Hub or a folder and cropped to block_size.
+
+    model = build_model(recipe.model, vocab_size=67, eot_token_id=65)
+    model = load_model("gpt2-medium", block_size=256, dropout=0.1)
+    loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
+"""
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+from hfgpt.config import ModelConfig
+from hfgpt.errors import UserError
+from hfgpt.tokenizer import ALIASES
+
+# Sampling defaults written into every saved model, so a plain pipeline samples as nanoGPT's sample.py.
+SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 200}
+
+
+def gpt2_config(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GPT2Config:
+    """The one place where recipe names become GPT-2's: block_size -> n_positions, dropout -> *_pdrop."""
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=m.block_size,
+        n_embd=m.n_embd,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        embd_pdrop=m.dropout,
+        attn_pdrop=m.dropout,
+        resid_pdrop=m.dropout,
+        # nanoGPT's exact GELU: as good as GPT-2's tanh approximation and faster on CPU.
+        activation_function="gelu",
+        bos_token_id=eot_token_id,
+        eos_token_id=eot_token_id,
+        pad_token_id=eot_token_id,
+    )
+
+
+def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GPT2LMHeadModel:
+    """A new GPT2LMHeadModel with GPT-2's initialisation (the same as nanoGPT's)."""
+    model = GPT2LMHeadModel(gpt2_config(m, vocab_size, eot_token_id))
+    if not m.bias:
+        zero_biases(model)
+    set_generation_defaults(model, m.block_size, eot_token_id)
+    return model
+
+
+def zero_biases(model: torch.nn.Module) -> None:
+    """nanoGPT's bias=False in GPT-2's layout: biases set to zero and never trained."""
+    for name, p in model.named_parameters():
+        if name.endswith(".bias"):
+            p.data.zero_()
+            p.requires_grad_(False)
+
+
+def set_generation_defaults(model, block_size: int, eot_token_id: int | None) -> None:
+    """Sample like nanoGPT by default and never run past the position table."""
+    gen = model.generation_config or GenerationConfig()
+    for key, value in SAMPLING.items():
+        setattr(gen, key, value)
+    gen.max_length = block_size
+    if eot_token_id is not None:
+        gen.eos_token_id = eot_token_id
+        gen.pad_token_id = eot_token_id
+    model.generation_config = gen
+
+
+def load_model(init_from: str, block_size: int, dropout: float | None = None):
+    """Any causal LM from a Hub id or a local folder, cropped to block_size positions."""
+    repo = ALIASES.get(init_from, init_from)
+    kwargs = {}
+    if dropout is not None:
+        kwargs = {"embd_pdrop": dropout, "attn_pdrop": dropout, "resid_pdrop": dropout}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(repo, **kwargs)
+    except OSError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"init_from='{init_from}' could not be loaded: it is not a local model folder and the Hugging Face Hub "
+            f"or its cache does not have it ({reason}); with network access run `hf download {repo}`, "
+            "or set init_from to a local folder or 'scratch'") from None
+    crop_block_size(model, block_size)
+    return model
+
+
+def n_positions(model) -> int | None:
+    config = model.config
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def crop_block_size(model, block_size: int) -> None:
+    """Shrink a learned position table to block_size, as nanoGPT's crop_block_size."""
+    limit = n_positions(model)
+    if limit is not None and block_size > limit:
+        raise UserError(f"block_size={block_size} is larger than the {limit} positions of {model.name_or_path}: "
+                        f"set block_size to {limit} or less")
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
+    if isinstance(wpe, torch.nn.Embedding) and block_size < wpe.num_embeddings:
+        model.transformer.wpe = torch.nn.Embedding.from_pretrained(wpe.weight.data[:block_size].clone(), freeze=False)
+        model.config.n_positions = block_size
+    if model.generation_config is not None and (model.generation_config.max_length or 0) > block_size:
+        model.generation_config.max_length = block_size
+
+
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over all B*T targets.
+
+    x, y: (B, T) with y[:, t] = x[:, t + 1] already. Passing labels= would make the model shift
+    them again and train on T - 1 of the T targets, so the loss is taken from the logits here.
+    """
+    logits = model(input_ids=x).logits  # (B, T, vocab)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))

@@ -1,0 +1,97 @@
+"""Tokenizers: char-level built from the corpus, GPT-2 BPE, or any Hugging Face tokenizer.
+
+Whatever the kind, the result is a `PreTrainedTokenizerFast` that is saved next to the token
+files and into every model folder, so `pipeline("text-generation", model=out_dir)` works with
+plain transformers.
+"""
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from hfgpt.errors import UserError
+
+EOT = "<|endoftext|>"
+UNK = "<unk>"
+# `tokenizer: gpt2` means the GPT-2 tokenizer on the Hub, under its current name.
+ALIASES = {"gpt2": "openai-community/gpt2"}
+
+
+def _wrap(tok: Tokenizer, **special) -> PreTrainedTokenizerFast:
+    # clean_up_tokenization_spaces would turn " ." into "." when decoding: keep the text exact.
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **special)
+
+
+def char_tokenizer(chars: Iterable[str]) -> PreTrainedTokenizerFast:
+    """One id per character in sorted order (nanoGPT's stoi), then <|endoftext|> and <unk>.
+
+    The corpus's characters keep nanoGPT's ids 0..n-1, so token files match its train.bin;
+    <|endoftext|> separates documents and ends generation, <unk> stands for unseen characters.
+    """
+    vocab = {c: i for i, c in enumerate(sorted(set(chars)))}
+    vocab[EOT] = len(vocab)
+    vocab[UNK] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    # [\s\S] matches every character, newlines included ("." would drop them).
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([AddedToken(EOT, special=True), AddedToken(UNK, special=True)])
+    return _wrap(tok, eos_token=EOT, unk_token=UNK)
+
+
+def bpe_from_vocab_merges(folder: Path) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2's scheme) from vocab.json + merges.txt.
+
+    transformers cannot convert these files to a fast tokenizer without tiktoken or
+    sentencepiece, so build the same tokenizer with the `tokenizers` library.
+    """
+    tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    special = {}
+    if EOT in vocab:
+        tok.add_special_tokens([AddedToken(EOT, special=True)])
+        special = {"eos_token": EOT, "bos_token": EOT, "unk_token": EOT}
+    return _wrap(tok, **special)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """A tokenizer from a local folder or a Hub id ('gpt2' is GPT-2's BPE)."""
+    folder = Path(name)
+    if folder.is_dir():
+        if not (folder / "tokenizer.json").exists() and (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+            return bpe_from_vocab_merges(folder)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as e:
+            raise UserError(f"tokenizer folder {name} could not be loaded ({_first_line(e)}): it needs tokenizer.json, "
+                            "or vocab.json + merges.txt") from None
+    else:
+        repo = ALIASES.get(name, name)
+        try:
+            tok = AutoTokenizer.from_pretrained(repo)
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"tokenizer '{name}' is not a local folder and could not be loaded from the Hugging Face Hub or its "
+                f"cache ({_first_line(e)}): with network access run `hf download {repo}`, or set tokenizer to "
+                "'char' or a local tokenizer folder") from None
+    if not tok.is_fast:
+        raise UserError(f"tokenizer '{name}' has no fast (Rust) version: hfgpt needs one to tokenize at speed")
+    return tok
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def eot_id(tok: PreTrainedTokenizerFast) -> int | None:
+    """The id that separates documents and ends generation: <|endoftext|> or the tokenizer's eos."""
+    ids = tok.convert_tokens_to_ids([EOT])
+    if ids and ids[0] is not None and ids[0] != tok.unk_token_id:
+        return ids[0]
+    return tok.eos_token_id

@@ -1,0 +1,119 @@
+"""Shared fixtures: an offline Hugging Face environment, the shared text and GPT-2 files, tiny recipes.
+
+Tests never touch the network: the Hub is switched off before any HF library is imported, and
+HF_HOME points to a fresh folder, so only what a test puts in the cache is there.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+_HOME = tempfile.mkdtemp(prefix="hfgpt-tests-hf-")
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HOME": _HOME,
+    "TOKENIZERS_PARALLELISM": "false",
+})
+os.environ.pop("HF_TOKEN", None)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HFGPT_SHARED", ROOT.parent / "shared"))
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def _find_shakespeare() -> Path:
+    for candidate in (SHARED / "data" / "tinyshakespeare" / "input.txt", ROOT / "data" / "shakespeare_char" / "input.txt"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"tiny Shakespeare not found: put it at {SHARED}/data/tinyshakespeare/input.txt or "
+        f"{ROOT}/data/shakespeare_char/input.txt (download {SHAKESPEARE_URL}), or set HFGPT_SHARED")
+
+
+@pytest.fixture(scope="session")
+def shakespeare() -> Path:
+    """The 1,115,394-character tiny Shakespeare (read-only; copy it before writing next to it)."""
+    return _find_shakespeare()
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(shakespeare) -> str:
+    return shakespeare.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory) -> Path:
+    """GPT-2's real BPE files under their Hugging Face names: vocab.json and merges.txt."""
+    src = SHARED / "gpt2"
+    if not (src / "encoder.json").is_file():
+        raise FileNotFoundError(f"GPT-2 BPE files not found in {src} (encoder.json, vocab.bpe): set HFGPT_SHARED")
+    d = tmp_path_factory.mktemp("gpt2-bpe")
+    shutil.copy(src / "encoder.json", d / "vocab.json")
+    shutil.copy(src / "vocab.bpe", d / "merges.txt")
+    return d
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A fresh working directory: data/ and out*/ of the run go here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TINY = {
+    "dataset": "tiny",
+    "tokenizer": "char",
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 32,
+    "batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "max_iters": 100,
+    "eval_interval": 50,
+    "eval_iters": 5,
+    "log_interval": 25,
+    "learning_rate": 3e-3,
+    "warmup_iters": 5,
+    "lr_decay_iters": 100,
+    "min_lr": 3e-4,
+    "dropout": 0.0,
+    "device": "cpu",
+    "compile": False,
+    "always_save_checkpoint": True,
+}
+
+
+@pytest.fixture
+def tiny_recipe(workdir, shakespeare_text):
+    """Write a tiny char-level recipe on the first 100k characters of Shakespeare; returns a
+    function taking overrides and returning the recipe's path."""
+
+    def make(name="tiny.yaml", text_chars=100_000, **overrides) -> Path:
+        source = workdir / "tiny.txt"
+        if not source.exists():
+            source.write_text(shakespeare_text[:text_chars], encoding="utf-8")
+        values = {**TINY, "source": str(source), "out_dir": str(workdir / "out"), **overrides}
+        path = workdir / name
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    return make
+
+
+def run_env() -> dict:
+    """The environment for subprocesses: offline, and able to import hfgpt from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+PYTHON = sys.executable

@@ -1,0 +1,126 @@
+"""Recipes: every shipped recipe loads; overrides are typed; bad recipes fail with exit 2 and say why."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hfgpt import train
+from hfgpt.config import KEYS, load_recipe, recipe_help
+from hfgpt.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def test_recipes_are_shipped():
+    names = {p.name for p in RECIPES}
+    assert {"shakespeare_char.yaml", "shakespeare_char_cpu.yaml", "finetune_shakespeare.yaml", "my_dataset.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(path):
+    recipe = load_recipe(str(path))
+    written = yaml.safe_load(path.read_text())
+    flat = recipe.to_dict()
+    for key, value in written.items():
+        assert key in KEYS
+        if isinstance(value, float):
+            assert flat[key] == pytest.approx(value)
+        elif value is not None:
+            assert str(flat[key]) == str(value)
+
+
+def test_cpu_recipe_matches_nanogpt_readme():
+    r = load_recipe(str(ROOT / "recipes" / "shakespeare_char_cpu.yaml"))
+    assert (r.model.n_layer, r.model.n_head, r.model.n_embd, r.model.block_size) == (4, 4, 128, 64)
+    assert (r.train.batch_size, r.train.max_iters, r.optim.lr_decay_iters, r.train.eval_iters) == (12, 2000, 2000, 20)
+    assert r.model.dropout == 0.0 and r.system.compile is False and r.system.device == "cpu"
+
+
+def test_gpu_recipe_matches_nanogpt_config():
+    r = load_recipe(str(ROOT / "recipes" / "shakespeare_char.yaml"))
+    assert (r.model.n_layer, r.model.n_head, r.model.n_embd, r.model.block_size) == (6, 6, 384, 256)
+    assert (r.train.batch_size, r.model.dropout, r.optim.learning_rate, r.train.max_iters) == (64, 0.2, 1e-3, 5000)
+
+
+def test_defaults_yaml_then_command_line(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("n_layer: 3\nlearning_rate: 1e-3\nmax_iters: 50\n")  # YAML reads 1e-3 as a string
+    r = load_recipe(str(path), ["--max_iters=7", "--dropout", "0.25"])
+    assert r.model.n_layer == 3 and r.model.n_head == 12  # YAML over default, default kept
+    assert r.optim.learning_rate == 1e-3 and isinstance(r.optim.learning_rate, float)
+    assert r.train.max_iters == 7 and r.model.dropout == 0.25  # command line over YAML
+
+
+@pytest.mark.parametrize("arg, section, key, expected", [
+    ("--max_iters=2e3", "train", "max_iters", 2000),
+    ("--compile=False", "system", "compile", False),
+    ("--compile=true", "system", "compile", True),
+    ("--compile=None", "system", "compile", None),
+    ("--bias=0", "model", "bias", False),
+    ("--num_proc=4", "data", "num_proc", 4),
+    ("--source=notes.txt", "data", "source", "notes.txt"),
+    ("--min_lr=1e-5", "optim", "min_lr", 1e-5),
+    ("--learning_rate=1", "optim", "learning_rate", 1.0),
+])
+def test_override_types(arg, section, key, expected):
+    value = getattr(getattr(load_recipe(None, [arg]), section), key)
+    assert value == expected and type(value) is type(expected)
+
+
+def test_unknown_key_in_file_exits_2_with_suggestion(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("n_layers: 4\n")
+    assert train.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "'n_layers'" in err and "did you mean 'n_layer'" in err
+    assert "n_head" in err and "block_size" in err  # the valid keys of that section
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_lr_points_to_learning_rate():
+    with pytest.raises(UserError, match="'lr'.*learning_rate"):
+        load_recipe(None, ["--lr=1e-3"])
+
+
+def test_wrong_type_exits_2(capsys):
+    assert train.main(["--max_iters=many"]) == 2
+    err = capsys.readouterr().err
+    assert "max_iters='many'" in err and "int" in err
+
+
+def test_all_problems_reported_together(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("n_embd: 100\nn_head: 6\ndropout: 1.5\nbetaa2: 0.9\n")
+    assert train.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3
+    assert any("n_embd=100 is not divisible by n_head=6" in line for line in err)
+    assert any("dropout=1.5" in line for line in err)
+    assert any("did you mean 'beta2'" in line for line in err)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n- b\n", "mapping"),
+    ("n_layer: [1\n", "not valid YAML"),
+])
+def test_malformed_recipe(tmp_path, text, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_recipe(str(path))
+
+
+def test_missing_recipe_file():
+    with pytest.raises(UserError, match="nope.yaml not found"):
+        load_recipe("nope.yaml")
+
+
+def test_help_lists_every_key_with_its_doc(capsys):
+    assert train.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for key in KEYS:
+        assert f"--{key}=" in out
+    assert "Context length in tokens" in out  # block_size's docstring
+    assert recipe_help("x", "y").count("\n      ") == len(KEYS)

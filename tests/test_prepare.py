@@ -1,0 +1,189 @@
+"""prepare: exact token files (nanoGPT's bytes for shakespeare_char, GPT-2's real ids), URL sources,
+uint32 for large vocabularies, no-op reruns, and clean failures."""
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
+
+from hfgpt import prepare
+from hfgpt.config import load_recipe
+from hfgpt.prepare import read_chunks
+from hfgpt.tokenizer import load_tokenizer
+
+
+def run_prepare(workdir, **overrides):
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    assert prepare.main(args) == 0
+    folder = workdir / "data" / overrides["dataset"]
+    return folder, json.loads((folder / "meta.json").read_text())
+
+
+def test_shakespeare_char_is_byte_identical_to_nanogpt(workdir, shakespeare, shakespeare_text):
+    folder, meta = run_prepare(workdir, dataset="shakespeare_char", source=shakespeare, tokenizer="char")
+    # nanoGPT's data/shakespeare_char/prepare.py, step by step
+    chars = sorted(set(shakespeare_text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    n = len(shakespeare_text)
+    train_ids = np.array([stoi[c] for c in shakespeare_text[:int(n * 0.9)]], dtype=np.uint16)
+    val_ids = np.array([stoi[c] for c in shakespeare_text[int(n * 0.9):]], dtype=np.uint16)
+    assert (folder / "train.bin").read_bytes() == train_ids.tobytes()
+    assert (folder / "val.bin").read_bytes() == val_ids.tobytes()
+    assert (meta["train_tokens"], meta["val_tokens"]) == (1_003_854, 111_540)
+    assert meta["dtype"] == "uint16" and meta["tokenizer"] == "char"
+    assert meta["vocab_size"] == len(chars) + 2  # + <|endoftext|> and <unk>
+    assert len(meta["source_sha256"]) == 64
+
+
+def test_char_round_trip_through_saved_tokenizer(workdir, shakespeare, shakespeare_text):
+    folder, meta = run_prepare(workdir, dataset="sc", source=shakespeare, tokenizer="char")
+    tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
+    ids = np.concatenate([np.fromfile(folder / "train.bin", dtype=np.uint16), np.fromfile(folder / "val.bin", dtype=np.uint16)])
+    assert tok.decode(ids.tolist()) == shakespeare_text
+    assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == meta["eot_token_id"]
+
+
+def test_gpt2_ids_equal_the_real_gpt2_vocab(workdir, gpt2_dir, shakespeare_text):
+    text = shakespeare_text[:200_000]
+    (workdir / "s.txt").write_text(text, encoding="utf-8")
+    folder, meta = run_prepare(workdir, dataset="s_gpt2", source=workdir / "s.txt", tokenizer=gpt2_dir, val_fraction=0.1)
+    ids = np.concatenate([np.fromfile(folder / "train.bin", dtype=np.uint16), np.fromfile(folder / "val.bin", dtype=np.uint16)])
+    reference = GPT2Tokenizer.from_pretrained(gpt2_dir)(text)["input_ids"]  # the slow, pure-Python GPT-2 BPE
+    assert ids.tolist() == reference
+    assert meta["train_tokens"] == int(len(reference) * 0.9) and meta["vocab_size"] == 50257
+    assert PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer").decode(ids.tolist()) == text
+    assert meta["eot_token_id"] == 50256
+
+
+def test_gpt2_alias_loads_from_the_hub_cache(gpt2_dir, tmp_path):
+    """`tokenizer: gpt2` goes through the Hub loading path; offline it is served from the cache."""
+    import os
+    from pathlib import Path
+
+    snapshot = Path(os.environ["HF_HOME"]) / "hub" / "models--openai-community--gpt2" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    load_tokenizer(str(gpt2_dir)).save_pretrained(snapshot)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    refs = snapshot.parents[1] / "refs"
+    refs.mkdir(exist_ok=True)
+    (refs / "main").write_text("0" * 40)
+    tok = load_tokenizer("gpt2")
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+
+
+def test_gpt2_chunking_is_exact_at_every_cut(tmp_path, gpt2_dir, shakespeare_text):
+    """Tokenizing read_chunks' pieces gives the ids of tokenizing the whole text, also with tiny
+    chunks that force many cuts around spaces and newlines."""
+    text = shakespeare_text[:20_000] + "\n\n  indented\n \nx  \n\ty\n"
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    tok = load_tokenizer(str(gpt2_dir)).backend_tokenizer
+    pieces = [row["text"] for row in read_chunks(str(path), chunk_chars=97)]
+    assert "".join(pieces) == text and len(pieces) > 100
+    chunked = [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids]
+    assert chunked == tok.encode(text, add_special_tokens=False).ids
+
+
+def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
+    words = [f"w{i}" for i in range(70_000)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words + ["<unk>"])}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(workdir / "bigtok")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 70_000, size=3000)
+    (workdir / "w.txt").write_text(" ".join(words[i] for i in ids), encoding="utf-8")
+    folder, meta = run_prepare(workdir, dataset="big", source=workdir / "w.txt", tokenizer=workdir / "bigtok")
+    assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_001
+    stored = np.concatenate([np.fromfile(folder / "train.bin", dtype=np.uint32), np.fromfile(folder / "val.bin", dtype=np.uint32)])
+    assert stored.tolist() == ids.tolist() and stored.max() > 65_535
+
+
+class _Server:
+    """A one-folder HTTP server on 127.0.0.1 that counts its requests."""
+
+    def __init__(self, folder):
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                return super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_url_source_is_downloaded_once(workdir, shakespeare, tmp_path_factory):
+    served = tmp_path_factory.mktemp("served")
+    shutil.copy(shakespeare, served / "input.txt")
+    server = _Server(served)
+    try:
+        url = f"{server.url}/input.txt"
+        folder, meta = run_prepare(workdir, dataset="web", source=url)
+        assert server.requests == 1
+        assert (folder / "input.txt").read_bytes() == shakespeare.read_bytes()
+        assert meta["source"] == url and meta["train_tokens"] == 1_003_854
+        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+        before = (folder / "meta.json").stat().st_mtime_ns
+        run_prepare(workdir, dataset="web", source=url)  # the copy is there: no download, nothing to redo
+        assert server.requests == 1 and (folder / "meta.json").stat().st_mtime_ns == before
+    finally:
+        server.stop()
+
+
+def test_unreachable_url_fails_cleanly(workdir, capsys):
+    assert prepare.main(["--dataset=gone", "--source=http://127.0.0.1:9/input.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "could not download http://127.0.0.1:9/input.txt" in err
+    assert not list((workdir / "data" / "gone").glob("*"))
+
+
+def test_rerun_is_a_no_op_and_changed_settings_redo(workdir, shakespeare):
+    folder, meta = run_prepare(workdir, dataset="s", source=shakespeare)
+    stamp = (folder / "train.bin").stat().st_mtime_ns
+    run_prepare(workdir, dataset="s", source=shakespeare)
+    assert (folder / "train.bin").stat().st_mtime_ns == stamp
+    _, meta2 = run_prepare(workdir, dataset="s", source=shakespeare, val_fraction=0.2)
+    assert meta2["val_tokens"] == 1_115_394 - int(1_115_394 * 0.8)
+
+
+@pytest.mark.parametrize("content, message", [(None, "not found"), ("", "is empty")])
+def test_missing_or_empty_source(workdir, capsys, content, message):
+    if content is not None:
+        (workdir / "x.txt").write_text(content)
+    assert prepare.main(["--dataset=x", "--source=x.txt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "x.txt" in err and message in err and len(err.splitlines()) == 1
+    assert not (workdir / "data" / "x" / "meta.json").exists()
+
+
+def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(prepare, "write_split", boom)
+    recipe = load_recipe(None, ["--dataset=half", f"--source={shakespeare}"])
+    with pytest.raises(RuntimeError):
+        prepare.prepare(recipe)
+    assert list((workdir / "data" / "half").iterdir()) == []
+
+
+def test_unknown_tokenizer_is_a_one_line_error(workdir, shakespeare, capsys):
+    assert prepare.main(["--dataset=t", f"--source={shakespeare}", "--tokenizer=nobody/no-such-tokenizer"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer 'nobody/no-such-tokenizer'" in err and "hf download" in err and len(err.splitlines()) == 1

@@ -1,0 +1,144 @@
+"""train: the loss falls, out_dir is a plain transformers model, the schedule is nanoGPT's, errors are
+one line, and the loop runs under `accelerate launch` with two processes."""
+
+import json
+import subprocess
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfgpt import train
+from hfgpt.config import OptimConfig
+from hfgpt.optim import get_lr, make_optimizer
+from tests.conftest import PYTHON, ROOT, run_env
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def read_metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_loss_falls_and_writes_a_model_folder(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe())]) == 0
+    out = workdir / "out"
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "recipe.yaml", "metrics.jsonl"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".saving-*"))
+    rows = read_metrics(out)
+    evals = [r for r in rows if "val_loss" in r]
+    logs = [r for r in rows if "loss" in r]
+    assert [r["iter"] for r in evals] == [0, 50, 100]
+    assert [r["iter"] for r in logs] == [25, 50, 75, 100]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0  # ~4.2 (uniform over 67) -> well below
+    assert all(r["tokens_per_sec"] > 0 and r["lr"] > 0 for r in logs)
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["GPT2LMHeadModel"]
+    vocab_size = json.loads((workdir / "data" / "tiny" / "meta.json").read_text())["vocab_size"]
+    assert (config["n_layer"], config["n_embd"], config["n_positions"], config["vocab_size"]) == (2, 32, 32, vocab_size)
+
+
+def test_out_dir_loads_with_plain_transformers(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe())]) == 0
+    script = textwrap.dedent(f"""
+        import sys
+        from transformers import pipeline, set_seed
+        set_seed(0)
+        pipe = pipeline("text-generation", model={str(workdir / "out")!r})
+        text = pipe("ROMEO:", max_new_tokens=20, do_sample=False)[0]["generated_text"]
+        assert not any(m.startswith("hfgpt") for m in sys.modules), "hfgpt was imported"
+        print(repr(text))
+    """)
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=run_env(), cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = eval(result.stdout.strip().splitlines()[-1])
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 20
+
+
+def test_bias_false_keeps_biases_at_zero(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe(bias=False, max_iters=10, eval_interval=10))]) == 0
+    weights = load_file(workdir / "out" / "model.safetensors")
+    biases = {k: v for k, v in weights.items() if k.endswith(".bias")}
+    assert biases and all(torch.count_nonzero(v) == 0 for v in biases.values())
+    assert torch.count_nonzero(weights["transformer.h.0.attn.c_attn.weight"]) > 0
+
+
+def test_only_better_val_loss_saves_without_always_save(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe(always_save_checkpoint=False))]) == 0
+    assert (workdir / "out" / "model.safetensors").exists()  # the first evaluation after 0 always improves
+
+
+def test_eval_only_saves_nothing(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe()), "--eval_only=True"]) == 0
+    rows = read_metrics(workdir / "out")
+    assert len(rows) == 1 and rows[0]["iter"] == 0
+    assert not (workdir / "out" / "model.safetensors").exists()
+
+
+def test_block_size_larger_than_val_split(tiny_recipe, capsys):
+    # 2,000 characters: the val split has 200 tokens, fewer than block_size + 1
+    assert train.main([str(tiny_recipe(text_chars=2000, block_size=256))]) == 2
+    errors = error_lines(capsys)
+    assert len(errors) == 1 and "val split" in errors[0] and "200 tokens" in errors[0]
+    assert "block_size + 1 = 257" in errors[0]
+
+
+def test_missing_data_without_source(workdir, capsys):
+    assert train.main(["--dataset=nothing", "--device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "data/nothing/meta.json not found" in err and "source" in err
+
+
+def test_init_from_unknown_model_offline(tiny_recipe, capsys):
+    assert train.main([str(tiny_recipe()), "--init_from=nobody/missing-model"]) == 2
+    errors = error_lines(capsys)
+    assert len(errors) == 1 and "init_from='nobody/missing-model'" in errors[0] and "hf download" in errors[0]
+
+
+def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10))]) == 0
+    base = workdir / "base"
+    (workdir / "out").rename(base)
+    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10)), f"--init_from={base}", "--block_size=16",
+                       "--dropout=0.1"]) == 0
+    config = json.loads((workdir / "out" / "config.json").read_text())
+    assert config["n_positions"] == 16 and config["attn_pdrop"] == 0.1
+    weights = load_file(workdir / "out" / "model.safetensors")
+    assert weights["transformer.wpe.weight"].shape == (16, 32)
+
+
+def test_lr_schedule_is_nanogpts():
+    o = OptimConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
+    assert get_lr(0, o) == pytest.approx(1e-3 * 1 / 101)
+    assert get_lr(99, o) == pytest.approx(1e-3 * 100 / 101)
+    assert get_lr(100, o) == pytest.approx(1e-3)
+    assert get_lr(1050, o) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))  # halfway down the cosine
+    assert get_lr(2000, o) == pytest.approx(1e-4)
+    assert get_lr(5000, o) == pytest.approx(1e-4)
+    lrs = [get_lr(i, o) for i in range(100, 2001)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert get_lr(1234, OptimConfig(learning_rate=3e-5, decay_lr=False)) == 3e-5
+
+
+def test_weight_decay_only_on_matrices():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = make_optimizer(model, OptimConfig(weight_decay=0.1), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and [p.dim() for p in decay["params"]] == [2]
+    assert no_decay["weight_decay"] == 0.0 and sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
+
+
+def test_accelerate_launch_two_cpu_processes(tiny_recipe, workdir):
+    recipe = tiny_recipe(gradient_accumulation_steps=2, max_iters=20, eval_interval=10, lr_decay_iters=20)
+    cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--cpu",
+           "--num_processes", "2", "-m", "hfgpt.train", str(recipe)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=workdir, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = read_metrics(workdir / "out")
+    assert [r["iter"] for r in rows if "val_loss" in r] == [0, 10, 20]  # one writer: no duplicated lines
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    assert (workdir / "out" / "model.safetensors").exists()

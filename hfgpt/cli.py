@@ -14,6 +14,7 @@ COMMANDS = {
     "prepare": "tokenize a recipe's text into token files",
     "train": "train a GPT (prepares the data first if needed)",
     "sample": "generate text from a trained model",
+    "bench": "measure training, sampling or preparing speed",
 }
 
 
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
     if step not in COMMANDS:
         print(f"error: unknown step '{step}': choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    return importlib.import_module(f"hfgpt.{step}").main(rest)
+    module = "hfgpt.bench.__main__" if step == "bench" else f"hfgpt.{step}"
+    return importlib.import_module(module).main(rest)
 
 
 if __name__ == "__main__":

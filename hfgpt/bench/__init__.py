@@ -1,0 +1,29 @@
+"""Benchmarks of hfgpt's steps: training throughput, sampling speed, tokenization throughput.
+
+    python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml
+    python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
+    python -m hfgpt.bench prepare recipes/my_dataset.yaml
+
+Each mode lives in its own module (hfgpt.bench.train, .sample, .prepare), prints its figures and
+writes them as JSON with `report`.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def report(result: dict, json_path: str | None) -> None:
+    """Print `key: value` lines and, when json_path is given, write the result there atomically."""
+    for key, value in result.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else value
+        print(f"{key}: {shown}")
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)

@@ -1,0 +1,32 @@
+"""python -m hfgpt.bench MODE ...: run one benchmark mode (train, sample or prepare).
+
+    python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml --json=bench.json
+    python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
+    python -m hfgpt.bench prepare recipes/my_dataset.yaml
+"""
+
+import importlib
+import sys
+
+MODES = {
+    "train": "steady-state training step: ms/iter, tokens/s, MFU, peak memory",
+    "sample": "generation tokens/s at a given length",
+    "prepare": "tokenization throughput and peak memory of prepare",
+}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m hfgpt.bench MODE [ARGS ...]   (MODE --help for its options)\n\nmodes:")
+        for mode, doc in MODES.items():
+            print(f"  {mode:<8} {doc}")
+        return 0 if argv else 2
+    if argv[0] not in MODES:
+        print(f"error: unknown bench mode '{argv[0]}': choose one of {', '.join(MODES)}", file=sys.stderr)
+        return 2
+    return importlib.import_module(f"hfgpt.bench.{argv[0]}").main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,8 +27,18 @@ class Windows:
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
+        self._before_last = self.generator.get_state()
+
+    def state(self) -> torch.Tensor:
+        """The generator state that draws the most recent batch again: the loop always holds one
+        batch it fetched ahead, so a resumed run starts by drawing that batch."""
+        return self._before_last
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._before_last = self.generator.get_state()
         starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=self.generator)
         # one fancy-indexed read of (B, T + 1) tokens instead of 2 * B slices
         window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self.offsets].astype(np.int64))

@@ -31,9 +31,14 @@ def char_tokenizer(chars: Iterable[str]) -> PreTrainedTokenizerFast:
     The corpus's characters keep nanoGPT's ids 0..n-1, so token files match its train.bin;
     <|endoftext|> separates documents and ends generation, <unk> stands for unseen characters.
     """
-    vocab = {c: i for i, c in enumerate(sorted(set(chars)))}
-    vocab[EOT] = len(vocab)
-    vocab[UNK] = len(vocab)
+    return char_tokenizer_from_stoi({c: i for i, c in enumerate(sorted(set(chars)))})
+
+
+def char_tokenizer_from_stoi(stoi: dict[str, int]) -> PreTrainedTokenizerFast:
+    """A char tokenizer with exactly these character ids, plus <|endoftext|> and <unk> after them."""
+    vocab = dict(stoi)
+    vocab[EOT] = max(vocab.values(), default=-1) + 1
+    vocab[UNK] = vocab[EOT] + 1
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     # [\s\S] matches every character, newlines included ("." would drop them).
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")

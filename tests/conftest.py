@@ -18,6 +18,9 @@ os.environ.update({
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HOME": _HOME,
     "TOKENIZERS_PARALLELISM": "false",
+    # Tiny test models gain nothing from more threads, and on a busy machine OpenMP's spinning
+    # threads make every step up to 10x slower: one thread per process (subprocesses inherit it).
+    "OMP_NUM_THREADS": "1",
 })
 os.environ.pop("HF_TOKEN", None)
 

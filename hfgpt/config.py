@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -49,7 +50,7 @@ class ModelConfig:
     """The GPT: built from these numbers, or loaded and cropped to block_size."""
 
     init_from: str = "scratch"
-    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, ...) or a local model folder."""
+    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder."""
     n_layer: int = 12
     """Transformer blocks."""
     n_head: int = 12
@@ -113,7 +114,7 @@ class TrainConfig:
     keep_last: int | None = 2
     """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); the best one is kept too; None keeps all."""
     resume_from: str | None = None
-    """With init_from=resume: the checkpoint folder to continue from; None takes the newest complete one in out_dir/checkpoints."""
+    """With init_from=resume: the checkpoint folder to continue from, or a Hub repo pushed with hub_strategy=checkpoint (user/name[@revision]: its last-checkpoint/ is downloaded); None takes the newest complete one in out_dir/checkpoints."""
     seed: int = 1337
     """Seed for initialisation, batches and dropout (each process adds its rank)."""
 
@@ -131,6 +132,38 @@ class SystemConfig:
 
 
 @dataclass
+class LogConfig:
+    """Watching a run: trackers and the texts generated at each evaluation (metrics.jsonl and loss.png are always written)."""
+
+    log_with: str | None = None
+    """Trackers that receive every log line and evaluation, comma-separated: tensorboard (out_dir/runs/), wandb (out_dir/wandb/), or aim, clearml, comet_ml, dvclive, mlflow, swanlab, trackio; None: metrics.jsonl only."""
+    wandb_project: str = "hfgpt"
+    """Project name for the trackers: wandb's project, and tensorboard's folder out_dir/runs/<wandb_project>/."""
+    wandb_run_name: str | None = None
+    """Name of the run in wandb; None lets wandb pick one."""
+    eval_samples: int | None = None
+    """Texts generated at each evaluation, written to metrics.jsonl, the trackers and the model card; None: 1 on a GPU, 0 on the CPU (where generating slows small runs)."""
+    sample_start: str = "\n"
+    """Prompt of the texts generated at each evaluation."""
+    sample_max_new_tokens: int = 200
+    """Tokens generated per evaluation sample."""
+
+
+@dataclass
+class HubConfig:
+    """Sharing the run on the Hugging Face Hub (python -m hfgpt.push OUT_DIR does it for a finished run)."""
+
+    push_to_hub: bool = False
+    """Upload out_dir to the Hub repo hub_model_id: in the background while training (see hub_strategy) and, waited for, at the end."""
+    hub_model_id: str | None = None
+    """The Hub repo, 'user/name' or 'org/name' (created if missing); None: <your user name>/<out_dir's folder name>."""
+    hub_private: bool | None = None
+    """Create the repo private (True) or public (False); None keeps the Hub's default for you or your org."""
+    hub_strategy: str = "every_save"
+    """When to push: 'end' once after training; 'every_save' also whenever out_dir is saved; 'checkpoint' also the newest resumable checkpoint as last-checkpoint/ at every evaluation, so the run can resume from the Hub (resume_from=user/name)."""
+
+
+@dataclass
 class Recipe:
     """Everything a run needs, one section per job."""
 
@@ -139,6 +172,8 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def to_dict(self) -> dict:
         """The flat key -> value form a recipe file uses."""
@@ -150,14 +185,18 @@ KEYS = {f.name: section for section, cls in SECTIONS.items() for f in dataclasse
 CHOICES = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
+    "hub_strategy": ("end", "every_save", "checkpoint"),
 }
+# The trackers Accelerate knows by name (accelerate.tracking.LOGGER_TYPE_TO_CLASS).
+TRACKERS = ("tensorboard", "wandb", "aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "trackio")
 # Names from nanoGPT and its docs that hfgpt spells otherwise: the message points to ours.
 RENAMED = {
     "lr": "learning_rate",
     "dtype": "mixed_precision (no, fp16 or bf16)",
     "backend": "nothing: accelerate picks the process-group backend",
-    "wandb_log": "nothing yet: trackers are not built in this version",
 }
+# nanoGPT's `wandb_log: true` is read as written: it adds wandb to log_with.
+WANDB_LOG = "wandb_log"
 
 
 def field_docs(cls) -> dict[str, str]:
@@ -269,9 +308,21 @@ def validate(recipe: Recipe) -> list[str]:
     need(o.grad_clip >= 0, f"grad_clip={o.grad_clip} must be 0 (off) or positive")
     need(o.weight_decay >= 0, f"weight_decay={o.weight_decay} must be 0 or more")
     for key, allowed in CHOICES.items():
-        value = getattr(s, key)
+        value = getattr(getattr(recipe, KEYS[key]), key)
         need(value in allowed, f"{key}='{value}' is not one of {', '.join(allowed)}")
+    log, hub = recipe.log, recipe.hub
+    for name in tracker_names(log.log_with):
+        need(name in TRACKERS, f"log_with: '{name}' is not a tracker; choose from {', '.join(TRACKERS)} (comma-separated)")
+    need(log.eval_samples is None or log.eval_samples >= 0, f"eval_samples={log.eval_samples} must be 0 or more")
+    need(log.sample_max_new_tokens >= 1, f"sample_max_new_tokens={log.sample_max_new_tokens} must be at least 1")
+    need(hub.hub_model_id is None or re.fullmatch(r"([\w.-]+/)?[\w.-]+", hub.hub_model_id) is not None,
+         f"hub_model_id='{hub.hub_model_id}' is not a Hub repo id: write user/name or org/name")
     return problems
+
+
+def tracker_names(log_with: str | None) -> list[str]:
+    """'tensorboard, wandb' -> ['tensorboard', 'wandb']."""
+    return [name.strip() for name in (log_with or "").split(",") if name.strip()]
 
 
 def parse_overrides(args: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -324,8 +375,15 @@ def load_recipe(path: str | None = None, overrides: list[str] | dict | None = No
         layers.append(("command line", parsed))
 
     recipe = Recipe()
+    wandb_log = False
     for where, values in layers:
         for key, value in values.items():
+            if key == WANDB_LOG:
+                try:
+                    wandb_log = convert(key, value, bool)
+                except ValueError:
+                    problems.append(f"{where}: {key}={value!r} is not a valid bool")
+                continue
             if key not in KEYS:
                 problems.append(_unknown_key(str(key), where))
                 continue
@@ -336,6 +394,8 @@ def load_recipe(path: str | None = None, overrides: list[str] | dict | None = No
                 problems.append(f"{where}: {key}={value!r} is not a valid {_type_name(tp)}")
                 continue
             setattr(getattr(recipe, KEYS[key]), key, converted)
+    if wandb_log and "wandb" not in tracker_names(recipe.log.log_with):
+        recipe.log.log_with = ",".join(tracker_names(recipe.log.log_with) + ["wandb"])
     problems += [f"{path or 'recipe'}: {p}" for p in validate(recipe)]
     if problems:
         raise UserError("\n".join(problems))

@@ -3,8 +3,11 @@ the Hub or a folder and cropped to block_size.
 
     model = build_model(recipe.model, vocab_size=67, eot_token_id=65)
     model = load_model("gpt2-medium", block_size=256, dropout=0.1)
+    model = load_model("user/my-model@v1", block_size=256)    # a branch, tag or commit of a Hub repo
     loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
 """
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,19 +69,29 @@ def set_generation_defaults(model, block_size: int, eot_token_id: int | None) ->
     model.generation_config = gen
 
 
+def split_revision(name: str) -> tuple[str, str | None]:
+    """'user/name@revision' -> ('user/name', 'revision'); a local path or a name without @ has none."""
+    repo, at, revision = name.rpartition("@")
+    if not at or not repo or Path(name).exists():
+        return name, None
+    return repo, revision
+
+
 def load_model(init_from: str, block_size: int, dropout: float | None = None):
-    """Any causal LM from a Hub id or a local folder, cropped to block_size positions."""
-    repo = ALIASES.get(init_from, init_from)
-    kwargs = {}
+    """Any causal LM from a Hub id (user/name@revision for a branch, tag or commit) or a local
+    folder, cropped to block_size positions."""
+    name, revision = split_revision(init_from)
+    repo = ALIASES.get(name, name)
+    kwargs = {"revision": revision} if revision else {}
     if dropout is not None:
-        kwargs = {"embd_pdrop": dropout, "attn_pdrop": dropout, "resid_pdrop": dropout}
+        kwargs |= {"embd_pdrop": dropout, "attn_pdrop": dropout, "resid_pdrop": dropout}
     try:
         model = AutoModelForCausalLM.from_pretrained(repo, **kwargs)
     except OSError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
             f"init_from='{init_from}' could not be loaded: it is not a local model folder and the Hugging Face Hub "
-            f"or its cache does not have it ({reason}); with network access run `hf download {repo}`, "
+            f"or its cache does not have it ({reason}); with network access run `hf download {repo}{f' --revision {revision}' if revision else ''}`, "
             "or set init_from to a local folder or 'scratch'") from None
     crop_block_size(model, block_size)
     return model

@@ -18,14 +18,16 @@ from transformers import pipeline, set_seed
 
 from hfgpt.device import device_type
 from hfgpt.errors import UserError, cli
-from hfgpt.model import n_positions
+from hfgpt.config import LogConfig
+from hfgpt.model import n_positions, split_revision
 
 
 def load_pipeline(model: str, device: str = "auto"):
-    """A text-generation pipeline for a model folder or Hub id, on the requested device."""
+    """A text-generation pipeline for a model folder or Hub id (user/name@revision too), on the requested device."""
     dev = device_type(device)
+    repo, revision = split_revision(model)
     try:
-        return pipeline("text-generation", model=model, device=dev)
+        return pipeline("text-generation", model=repo, device=dev, **({"revision": revision} if revision else {}))
     except OSError as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model '{model}' could not be loaded: not a model folder, and not on the Hub or in its cache "
@@ -98,6 +100,31 @@ def generate(pipe, start: str, num_samples: int = 1, max_new_tokens: int = 500, 
         for i, row in zip(open_rows, ids.tolist()):
             rows[i] = row
     return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
+@torch.no_grad()
+def eval_samples(accelerator, model, tokenizer, log: LogConfig, seed: int) -> list[str]:
+    """The texts generated at an evaluation during training (main process; [] elsewhere).
+
+    log.eval_samples of them (None: 1 on a GPU, 0 on the CPU), from log.sample_start, with the
+    model's sampling defaults. The random generator is forked and seeded, so the samples are
+    reproducible and the training run's own random stream (dropout, resume) is untouched."""
+    n = log.eval_samples if log.eval_samples is not None else int(accelerator.device.type != "cpu")
+    if n == 0 or not accelerator.is_main_process:
+        return []
+    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+        return []  # the weights are sharded across processes: one process cannot generate alone
+    net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    devices = [net.device] if net.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        net.eval()
+        try:
+            pipe = pipeline("text-generation", model=net, tokenizer=tokenizer, device=net.device)
+            return generate(pipe, log.sample_start, n, log.sample_max_new_tokens,
+                            net.generation_config.temperature or 1.0, net.generation_config.top_k)
+        finally:
+            net.train()
 
 
 def parse_args(argv):

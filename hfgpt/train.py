@@ -12,7 +12,9 @@ Every eval_interval iterations it estimates train and val loss, saves out_dir as
 model folder when val improves (always, with always_save_checkpoint) and writes a resumable
 checkpoint to out_dir/checkpoints/. SIGINT or SIGTERM finish the iteration, checkpoint and exit
 130 or 143; init_from=resume continues exactly where the run stopped. out_dir/metrics.jsonl holds
-one JSON object per log line and per evaluation.
+one JSON object per log line and per evaluation, also sent to the trackers of log_with; loss.png
+is redrawn at each evaluation, and every saved model folder gets a README.md model card. With
+push_to_hub the saves go to the Hub in the background (see hfgpt.push).
 """
 
 import math
@@ -27,16 +29,22 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from hfgpt.card import write_card
 from hfgpt.checkpoint import check_resume, find_checkpoint, restore, save_checkpoint, save_model_folder
 from hfgpt.config import Recipe, parse_cli
 from hfgpt.data import Windows, check_split_size, load_tokens
 from hfgpt.device import device_type, resolve_mixed_precision
 from hfgpt.errors import UserError, cli
+from hfgpt.hub import resume_from_hub
 from hfgpt.metrics import MetricsLog
 from hfgpt.model import build_model, lm_loss, load_model, set_generation_defaults, zero_biases
 from hfgpt.optim import get_lr, make_optimizer
+from hfgpt.plot import plot_losses
 from hfgpt.prepare import dataset_dir, ensure_prepared
+from hfgpt.push import Pusher
+from hfgpt.sample import eval_samples
 from hfgpt.tokenizer import load_tokenizer
+from hfgpt.trackers import start_trackers, tracker_options
 
 
 def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = None):
@@ -112,9 +120,12 @@ def train(recipe: Recipe) -> dict:
     loss, the iterations done and the signal that stopped the run (0 if none)."""
     r, t = recipe, recipe.train
     dev = device_type(r.system.device)
-    accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(r.system.mixed_precision, dev))
+    accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(r.system.mixed_precision, dev),
+                              **tracker_options(r))
     master = accelerator.is_main_process
     device = accelerator.device
+    pusher = Pusher.for_recipe(r) if master and r.hub.push_to_hub else None  # a bad token stops the run here
+    resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
     resume = find_checkpoint(r) if r.model.init_from == "resume" else None
     if resume and master:
         check_resume(r, *resume)
@@ -158,7 +169,9 @@ def train(recipe: Recipe) -> dict:
     start_iter = iter_num
 
     out_dir = Path(t.out_dir)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=master, resume_iter=iter_num if resume else None)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=master, resume_iter=iter_num if resume else None,
+                         accelerator=accelerator)
+    start_trackers(accelerator, r)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     if master:
         print(f"training {n_params / 1e6:.2f}M parameters on {world} x {device.type} "
@@ -169,11 +182,14 @@ def train(recipe: Recipe) -> dict:
                dynamic_ncols=True)
     say = (bar.write if not bar.disable else print) if master else (lambda message: None)
 
-    def checkpoint(losses: dict | None) -> Path:
+    def checkpoint(losses: dict | None, samples: list[str] = ()) -> Path:
         best = best_val_loss if math.isfinite(best_val_loss) else None
         state = {"iter": iter_num, "tokens_seen": tokens_seen, "best_val_loss": best, "init_from": origin,
                  "train_loss": losses and losses["train"], "val_loss": losses and losses["val"]}
-        return save_checkpoint(accelerator, model, optimizer, batches, tokenizer, r, state)
+        folder = save_checkpoint(accelerator, model, optimizer, batches, tokenizer, r, state)
+        if master:
+            write_card(folder, {**state, "samples": list(samples)})
+        return folder
 
     def check_finite(losses: dict | None = None) -> None:
         bad = int(first_bad_iter.item())
@@ -200,15 +216,23 @@ def train(recipe: Recipe) -> dict:
                 losses = estimate_loss(model, {"train": train_tokens, "val": val_tokens}, r, accelerator)
                 check_finite(losses)
                 last_eval = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
-                metrics.write(**last_eval)
+                samples = eval_samples(accelerator, model, tokenizer, r.log, seed=t.seed + iter_num)
+                metrics.write(**last_eval, **({"samples": samples} if samples else {}))
+                if master:
+                    plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png", tokens_per_iter, title=str(out_dir))
                 say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
                 if iter_num > 0 and not t.eval_only:
                     improved = losses["val"] < best_val_loss
                     best_val_loss = min(best_val_loss, losses["val"])
                     if improved or t.always_save_checkpoint:
                         save_model_folder(accelerator, model, tokenizer, out_dir, r)
+                        if master:
+                            write_card(out_dir, {**last_eval, "tokens_seen": tokens_seen, "init_from": origin,
+                                                 "samples": samples})
                         say(f"saved {out_dir} (val loss {losses['val']:.4f})")
-                    checkpoint(losses)
+                    saved = checkpoint(losses, samples)
+                    if pusher:
+                        pusher.after_save(iter_num, losses["val"], improved or t.always_save_checkpoint, saved)
                 t_log = time.time()  # evaluation time does not count toward tokens/s
             if t.eval_only or iter_num >= t.max_iters:
                 break
@@ -256,6 +280,8 @@ def train(recipe: Recipe) -> dict:
         print(f"done: {iter_num - start_iter} iterations in {time.time() - t_start:.0f}s, best val loss "
               f"{best_val_loss:.4f}; sample with: python -m hfgpt.sample {out_dir}")
     accelerator.end_training()
+    if pusher:
+        pusher.finish(f"end of training: iter {iter_num}" if not stopped else f"stopped at iter {iter_num}")
     return {**last_eval, "best_val_loss": best_val_loss, "iters": iter_num, "signal": stopped}
 
 

@@ -1,0 +1,84 @@
+"""Reading runs back from the Hugging Face Hub: resume a run from its pushed checkpoint.
+
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --resume_from=user/shakespeare-char
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --resume_from=user/shakespeare-char@a1b2c3d
+
+A run pushed with hub_strategy: checkpoint has its newest resumable checkpoint in last-checkpoint/
+on the Hub. resume_from=user/name[@revision] downloads that folder into out_dir/checkpoints/iter-NNNNNN
+(through a temporary folder, renamed when whole) and resumes from it as from a local checkpoint.
+The token comes from HF_TOKEN or `hf auth login`; it is never printed (see redact).
+"""
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from hfgpt.checkpoint import checkpoint_dir, read_state
+from hfgpt.errors import UserError
+from hfgpt.model import split_revision
+
+LAST_CHECKPOINT = "last-checkpoint"
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
+
+
+def is_hub_id(name: str | None) -> bool:
+    """user/name or user/name@revision that is not a local path."""
+    return bool(name) and HUB_ID.fullmatch(name) is not None and not Path(name).exists()
+
+
+def redact(text: str) -> str:
+    """`text` with the Hub token, if any, replaced by ***."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return text.replace(token, "***") if token else text
+
+
+def reason(e: BaseException) -> str:
+    """The first line of an exception, for a one-line error message (token removed)."""
+    lines = str(e).strip().splitlines()
+    return redact(lines[0] if lines else type(e).__name__)
+
+
+def download_checkpoint(source: str, out_dir: str | Path) -> Path:
+    """Download last-checkpoint/ of the Hub repo `source` into out_dir/checkpoints/iter-NNNNNN."""
+    from huggingface_hub import snapshot_download
+
+    repo_id, revision = split_revision(source)
+    root = checkpoint_dir(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-hub-"))  # prune() removes leftovers of a crash
+    try:
+        try:
+            snapshot_download(repo_id, revision=revision, allow_patterns=[f"{LAST_CHECKPOINT}/*"], local_dir=tmp)
+        except Exception as e:  # offline, unknown repo or revision, no access: all end the same way
+            raise UserError(f"resume_from={source}: could not download its {LAST_CHECKPOINT}/ from the Hub "
+                            f"({reason(e)}); check the repo id and your access (HF_TOKEN or `hf auth login`), "
+                            "or give a local checkpoint folder") from None
+        folder = tmp / LAST_CHECKPOINT
+        state = read_state(folder)
+        if state is None:
+            raise UserError(f"resume_from={source}: the repo has no complete {LAST_CHECKPOINT}/ (no valid state.json): "
+                            "push the run with hub_strategy: checkpoint, or give a local checkpoint folder")
+        final = root / f"iter-{state['iter']:06d}"
+        shutil.rmtree(final, ignore_errors=True)
+        folder.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"downloaded {source}/{LAST_CHECKPOINT} (iteration {state['iter']}) to {final}")
+    return final
+
+
+def resume_from_hub(accelerator, recipe) -> None:
+    """With init_from=resume and resume_from=user/name: the main process downloads the checkpoint and
+    every process then resumes from the local copy."""
+    if recipe.model.init_from != "resume" or not is_hub_id(recipe.train.resume_from):
+        return
+    from accelerate.utils import broadcast_object_list
+
+    local = [str(download_checkpoint(recipe.train.resume_from, recipe.train.out_dir))
+             if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(local)
+    recipe.train.resume_from = local[0]

@@ -1,0 +1,49 @@
+"""out_dir/loss.png: train and val loss against iterations (bottom axis) and tokens (top axis).
+
+    plot_losses(Path("out/metrics.jsonl"), Path("out/loss.png"), tokens_per_iter=768)
+
+train redraws it from metrics.jsonl at every evaluation; the model card shows it. Drawn with
+matplotlib's Agg canvas directly (no pyplot, no change to the process's backend), written to a
+temporary name and renamed, so a reader never sees half a file.
+"""
+
+import os
+from pathlib import Path
+
+from hfgpt.metrics import read_metrics
+
+
+def plot_losses(metrics_path: Path, png: Path, tokens_per_iter: int, title: str | None = None) -> bool:
+    """Draw the curves of metrics.jsonl into png; False when there is nothing to draw yet."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_path)
+    logged = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["iter"], r["train_loss"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if not logged and not evals:
+        return False
+    fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if logged:
+        ax.plot(*zip(*logged), color="C0", alpha=0.3, linewidth=0.8, label="train loss (each logged iteration)")
+    if evals:
+        iters, train, val = zip(*evals)
+        ax.plot(iters, train, "o-", color="C0", markersize=3, label="train loss (estimate at each evaluation)")
+        ax.plot(iters, val, "o-", color="C1", markersize=3, label="val loss (estimate at each evaluation)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (cross-entropy, nats per token)")
+    last_iter = max([i for i, _ in logged] + [e[0] for e in evals])
+    scale, unit = (1e6, "millions") if last_iter * tokens_per_iter >= 1e6 else (1e3, "thousands")
+    top = ax.secondary_xaxis("top", functions=(lambda i: i * tokens_per_iter / scale,
+                                               lambda t: t * scale / tokens_per_iter))
+    top.set_xlabel(f"tokens seen ({unit})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    tmp = png.with_name(f".{png.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, png)
+    return True

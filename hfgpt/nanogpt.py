@@ -1,0 +1,115 @@
+"""nanoGPT data folders (train.bin, val.bin, maybe meta.pkl) trained as they are.
+
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --source=../nanoGPT/data/shakespeare_char
+    python -m hfgpt.train my.yaml --data_dir=../nanoGPT/data --dataset=shakespeare_char   # in place, no copy
+
+The token files keep their bytes (uint16, as nanoGPT writes them). meta.pkl is a pickle, so it is
+read with an unpickler that builds nothing but dicts, strings and ints; its stoi becomes a char
+tokenizer with the same ids, plus <|endoftext|> and <unk> after them. A folder without meta.pkl
+holds GPT-2 ids (nanoGPT's convention): set `tokenizer` to gpt2 or a GPT-2 tokenizer folder.
+Imported into another dataset folder, the .bin files are copied there.
+"""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from hfgpt import __version__
+from hfgpt.config import Recipe
+from hfgpt.errors import UserError
+from hfgpt.shards import publish, work_dir
+from hfgpt.tokenizer import char_tokenizer_from_stoi, eot_id, load_tokenizer
+
+DTYPE = np.uint16  # nanoGPT's prepare scripts always write uint16
+CHECK_TOKENS = 1 << 24
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every class and function: only pickle's built-in containers and scalars can load."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it holds a persistent reference")
+
+
+def read_meta_pkl(path: Path) -> dict:
+    """nanoGPT's meta.pkl ({'vocab_size': int, 'itos': {int: str}, 'stoi': {str: int}}), safely."""
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise UserError(f"{path} is not a plain nanoGPT meta.pkl ({e}): only dicts of strings and ints are read; "
+                        "remove it if the folder holds GPT-2 ids") from None
+    if not _plain(meta) or not isinstance(meta, dict):
+        raise UserError(f"{path} holds something other than dicts of strings and ints: it is not nanoGPT's meta.pkl")
+    stoi = meta.get("stoi")
+    if (not isinstance(stoi, dict) or not all(isinstance(c, str) and len(c) == 1 for c in stoi)
+            or sorted(stoi.values()) != list(range(len(stoi)))):
+        raise UserError(f"{path} has no stoi mapping single characters to the ids 0..n-1: it is not a "
+                        "nanoGPT char-level meta.pkl")
+    return meta
+
+
+def _plain(value) -> bool:
+    if type(value) is dict:
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return type(value) in (str, int)
+
+
+def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
+    """Write meta.json and tokenizer/ for the nanoGPT folder `src` into `out` (copying the .bin
+    files when they differ), through a temporary folder; returns the meta."""
+    if (src / "meta.pkl").exists():
+        tokenizer, name = char_tokenizer_from_stoi(read_meta_pkl(src / "meta.pkl")["stoi"]), "char"
+    elif recipe.data.tokenizer in ("char", "byte", "bpe"):
+        raise UserError(f"{src} has train.bin and val.bin but no meta.pkl, so it holds GPT-2 ids (nanoGPT's "
+                        f"convention), not tokenizer={recipe.data.tokenizer}: set tokenizer to gpt2 or a GPT-2 "
+                        "tokenizer folder")
+    else:
+        tokenizer, name = load_tokenizer(recipe.data.tokenizer), recipe.data.tokenizer
+    shards = {split: [{"file": f"{split}.bin", "tokens": _count(src / f"{split}.bin", len(tokenizer))}]
+              for split in ("train", "val")}
+    with work_dir(out) as work:
+        if src.resolve() != out.resolve():
+            for split in ("train", "val"):
+                shutil.copyfile(src / f"{split}.bin", work / f"{split}.bin")
+        tokenizer.save_pretrained(work / "tokenizer")
+        meta = {
+            "hfgpt_version": __version__,
+            "dataset": recipe.data.dataset,
+            "vocab_size": len(tokenizer),
+            "dtype": np.dtype(DTYPE).name,
+            "tokenizer": name,
+            "eot_token_id": eot_id(tokenizer),
+            "train_tokens": shards["train"][0]["tokens"],
+            "val_tokens": shards["val"][0]["tokens"],
+            "shards": shards,
+            "split": "nanogpt",
+            "source": recipe.data.source,
+            "source_kind": "nanogpt",
+            "source_files": 3 if (src / "meta.pkl").exists() else 2,
+            "source_bytes": sum((src / f"{s}.bin").stat().st_size for s in ("train", "val")),
+        }
+        (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        publish(work, out)
+    print(f"imported nanoGPT data {src} into {out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
+          f"tokens, {name} tokenizer ({meta['vocab_size']:,} ids)")
+    return meta
+
+
+def _count(path: Path, vocab_size: int) -> int:
+    """Tokens in a uint16 file, checking (a block at a time) that every id is in the vocabulary."""
+    if path.stat().st_size % np.dtype(DTYPE).itemsize:
+        raise UserError(f"{path} has an odd number of bytes: nanoGPT's token files are uint16")
+    tokens = np.memmap(path, dtype=DTYPE, mode="r")
+    for at in range(0, len(tokens), CHECK_TOKENS):
+        top = int(tokens[at:at + CHECK_TOKENS].max())
+        if top >= vocab_size:
+            raise UserError(f"{path} holds token id {top:,}, but the tokenizer has {vocab_size:,} ids: set tokenizer "
+                            "to the one the folder was made with")
+    return len(tokens)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-COPY_TOKENS = 1 << 24  # tokens per read when moving a stream's tail into val
+COPY_TOKENS = 1 << 22  # tokens per read when moving a stream's tail into val
 
 
 class ShardWriter:
@@ -78,10 +78,11 @@ def move_tail(stream: ShardWriter, val: ShardWriter, n_val: int) -> None:
         index += 1
     start = keep - first  # the tail begins here in shard `index`
     for i in range(index, len(stream.counts)):
-        tokens = np.memmap(stream.path(i), dtype=stream.dtype, mode="r") if stream.counts[i] else np.empty(0)
-        for at in range(start if i == index else 0, stream.counts[i], COPY_TOKENS):
-            val.write(np.array(tokens[at:at + COPY_TOKENS]))
-        del tokens
+        # plain reads, not a memmap: mapped pages would count as resident memory, as big as the tail
+        with open(stream.path(i), "rb") as f:
+            f.seek((start if i == index else 0) * stream.dtype.itemsize)
+            while len(block := np.fromfile(f, dtype=stream.dtype, count=COPY_TOKENS)):
+                val.write(block)
     for i in range(len(stream.counts) - 1, index, -1):
         stream.path(i).unlink()
     os.truncate(stream.path(index), start * stream.dtype.itemsize)

@@ -163,6 +163,8 @@ def _load_dataset(table: Table, cache_dir: Path):
     if table.paths is not None:
         builder = TABLES[table.paths[0].suffix.lower()]
         options = {"encoding_errors": d.errors} if builder in ("json", "csv") else {}
+        quiet = not datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # converting local files is quick: the tokenizing bar is the one to watch
         try:
             return datasets.load_dataset(builder, data_files=[str(p) for p in table.paths], split="train",
                                          streaming=d.streaming, cache_dir=str(cache_dir), **options)
@@ -170,6 +172,9 @@ def _load_dataset(table: Table, cache_dir: Path):
             cause = e.__cause__ or e
             raise UserError(f"could not read {table.name} as {builder} ({_first_line(cause)}): check the file, "
                             "or set errors: replace for bytes that are not UTF-8") from None
+        finally:
+            if not quiet:
+                datasets.enable_progress_bars()
     try:
         return datasets.load_dataset(table.name, d.source_config, split=d.source_split, streaming=d.streaming)
     except ConnectionError as e:

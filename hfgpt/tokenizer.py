@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hfgpt.errors import UserError
@@ -108,9 +108,12 @@ def bpe_from_vocab_merges(folder: Path) -> PreTrainedTokenizerFast:
 def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """A tokenizer from a local folder or a Hub id ('gpt2' is GPT-2's BPE)."""
     folder = Path(name)
+    if folder.is_dir() and not (folder / "tokenizer.json").exists() and (folder / "vocab.json").exists() \
+            and (folder / "merges.txt").exists():
+        return bpe_from_vocab_merges(folder)
+    from transformers import AutoTokenizer  # imports torch (~3 s): only when a tokenizer is loaded by name
+
     if folder.is_dir():
-        if not (folder / "tokenizer.json").exists() and (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
-            return bpe_from_vocab_merges(folder)
         try:
             tok = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as e:

@@ -274,7 +274,7 @@ def _unknown_key(key: str, where: str) -> str:
 
 def validate(recipe: Recipe) -> list[str]:
     """Problems that involve more than one value, or a value outside its range."""
-    d, m, o, t, s = recipe.data, recipe.model, recipe.optim, recipe.train, recipe.system
+    d, m, o, t = recipe.data, recipe.model, recipe.optim, recipe.train
     problems = []
 
     def need(ok: bool, message: str):

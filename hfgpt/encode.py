@@ -1,7 +1,9 @@
-"""Encoders: texts -> numpy token ids, exactly the ids of the tokenizer that prepare saves.
+"""Encoders: texts -> numpy token ids, exactly the ids of the tokenizer that prepare saves; and
+write_tokens, which runs one over a whole source with threads and writes the ids in order.
 
     encode = encoder_for(tokenizer)           # a PreTrainedTokenizerFast
     encode(["a document", "another"])         # -> [np.ndarray, np.ndarray] of uint32 ids
+    write_tokens(source, encode, {"train": ShardWriter(...), "val": ShardWriter(...)}, is_val, eot, num_proc)
 
 Text is encoded as ordinary text: a literal "<|endoftext|>" in a document is not the separator
 (as tiktoken's encode_ordinary in nanoGPT's prepare scripts). Every encoder releases the GIL
@@ -19,15 +21,21 @@ while it works, so prepare runs several in threads. Which one runs, by tokenizer
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from hfgpt.shards import ShardWriter
+from hfgpt.sources import Source
 from hfgpt.tokenizer import EOT
 
 Encoder = Callable[[list[str]], list[np.ndarray]]
+BATCH_CHARS = 1 << 20  # text per encoder call
 # GPT-2's pre-tokenizer regex (tiktoken's r50k_base / gpt2 pat_str).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # sha256 of GPT-2's vocabulary and merges as _fingerprint writes them (vocab.json/encoder.json and
@@ -117,3 +125,66 @@ def _is_gpt2(spec: dict) -> bool:
 def _fingerprint(vocab: dict[str, int], merges: list) -> str:
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     return hashlib.sha256(json.dumps([sorted(vocab.items(), key=lambda kv: kv[1]), merges]).encode()).hexdigest()
+
+
+def _batches(source: Source, is_val, documents: dict) -> Iterator[tuple[str, list[str], list[bool]]]:
+    """(split, texts, ends) of about BATCH_CHARS each, in source order; ends[i] marks a document's
+    last piece. A batch is handed out only when the next piece arrives, so ends[-1] can still be set."""
+    buffers = {"train": ([], [], [0]), "val": ([], [], [0])}
+    for i, document in enumerate(source.documents()):
+        split = "val" if is_val is not None and is_val(i) else "train"
+        texts, ends, size = buffers[split]
+        empty = True
+        for piece in document:
+            if size[0] >= BATCH_CHARS:
+                yield split, texts[:], ends[:]
+                texts.clear(), ends.clear()
+                size[0] = 0
+            texts.append(piece)
+            ends.append(False)
+            size[0] += len(piece)
+            empty = False
+        if not empty:
+            ends[-1] = True
+            documents[split] += 1
+    for split, (texts, ends, _) in buffers.items():
+        if texts:
+            yield split, texts, ends
+
+
+def write_tokens(source: Source, encode, writers: dict[str, ShardWriter], is_val, eot: int | None,
+                 num_proc: int | None) -> dict[str, int]:
+    """Tokenize every document with num_proc threads and write the ids in order; returns the
+    number of documents per split. At most 2 batches per thread are in flight, so memory is bounded."""
+    threads = num_proc or len(os.sched_getaffinity(0))
+    documents = {"train": 0, "val": 0}
+    dtype = writers["train"].dtype
+    bar = tqdm(total=source.text_bytes(), unit="B", unit_scale=True, desc="tokenizing", disable=None)
+
+    def encode_batch(texts: list[str], ends: list[bool]) -> np.ndarray:
+        arrays = encode(texts)
+        if eot is not None:
+            sep = np.array([eot], dtype=np.uint32)
+            arrays = [a for array, end in zip(arrays, ends) for a in ((array, sep) if end else (array,))]
+        return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
+
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        try:
+            for split, texts, ends in _batches(source, is_val, documents):
+                pending.append((split, sum(map(len, texts)), pool.submit(encode_batch, texts, ends)))
+                while len(pending) > 2 * threads or (pending and pending[0][2].done()):
+                    _write_next(pending, writers, bar)
+            while pending:
+                _write_next(pending, writers, bar)
+        finally:
+            for *_, future in pending:
+                future.cancel()
+            bar.close()
+    return documents
+
+
+def _write_next(pending: deque, writers: dict[str, ShardWriter], bar) -> None:
+    split, chars, future = pending.popleft()
+    writers[split].write(future.result())
+    bar.update(chars)

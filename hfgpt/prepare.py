@@ -23,17 +23,14 @@ import os
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from hfgpt import __version__
 from hfgpt.config import Recipe, parse_cli
-from hfgpt.encode import encoder_for
+from hfgpt.encode import encoder_for, write_tokens
 from hfgpt.errors import UserError, cli
 from hfgpt.nanogpt import import_dir
 from hfgpt.shards import ShardWriter, move_tail, publish, work_dir
@@ -43,7 +40,6 @@ from hfgpt.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokeniz
 # Recipe keys that shape the token files: meta.json records them, a change prepares again.
 SETTINGS = ("source", "file_glob", "text_column", "source_config", "source_split", "streaming", "errors",
             "tokenizer", "vocab_size", "val_fraction", "shard_size")
-BATCH_CHARS = 1 << 20  # text per tokenizer call
 DRAW_BLOCK = 1 << 16  # documents per seeded block of validation draws when their number is unknown
 
 
@@ -244,69 +240,6 @@ def _training_text(source: Source, is_val, val_fraction: float) -> Iterator[str]
                 budget -= len(piece)
             if piece:
                 yield piece
-
-
-def _batches(source: Source, is_val, documents: dict) -> Iterator[tuple[str, list[str], list[bool]]]:
-    """(split, texts, ends) of about BATCH_CHARS each, in source order; ends[i] marks a document's
-    last piece. A batch is handed out only when the next piece arrives, so ends[-1] can still be set."""
-    buffers = {"train": ([], [], [0]), "val": ([], [], [0])}
-    for i, document in enumerate(source.documents()):
-        split = "val" if is_val is not None and is_val(i) else "train"
-        texts, ends, size = buffers[split]
-        empty = True
-        for piece in document:
-            if size[0] >= BATCH_CHARS:
-                yield split, texts[:], ends[:]
-                texts.clear(), ends.clear()
-                size[0] = 0
-            texts.append(piece)
-            ends.append(False)
-            size[0] += len(piece)
-            empty = False
-        if not empty:
-            ends[-1] = True
-            documents[split] += 1
-    for split, (texts, ends, _) in buffers.items():
-        if texts:
-            yield split, texts, ends
-
-
-def write_tokens(source: Source, encode, writers: dict[str, ShardWriter], is_val, eot: int | None,
-                 num_proc: int | None) -> dict[str, int]:
-    """Tokenize every document with num_proc threads and write the ids in order; returns the
-    number of documents per split. At most 2 batches per thread are in flight, so memory is bounded."""
-    threads = num_proc or len(os.sched_getaffinity(0))
-    documents = {"train": 0, "val": 0}
-    dtype = writers["train"].dtype
-    bar = tqdm(total=source.text_bytes(), unit="B", unit_scale=True, desc="tokenizing", disable=None)
-
-    def encode_batch(texts: list[str], ends: list[bool]) -> np.ndarray:
-        arrays = encode(texts)
-        if eot is not None:
-            sep = np.array([eot], dtype=np.uint32)
-            arrays = [a for array, end in zip(arrays, ends) for a in ((array, sep) if end else (array,))]
-        return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
-
-    with ThreadPoolExecutor(threads) as pool:
-        pending = deque()
-        try:
-            for split, texts, ends in _batches(source, is_val, documents):
-                pending.append((split, sum(map(len, texts)), pool.submit(encode_batch, texts, ends)))
-                while len(pending) > 2 * threads or (pending and pending[0][2].done()):
-                    _write_next(pending, writers, bar)
-            while pending:
-                _write_next(pending, writers, bar)
-        finally:
-            for *_, future in pending:
-                future.cancel()
-            bar.close()
-    return documents
-
-
-def _write_next(pending: deque, writers: dict[str, ShardWriter], bar) -> None:
-    split, chars, future = pending.popleft()
-    writers[split].write(future.result())
-    bar.update(chars)
 
 
 def ensure_prepared(recipe: Recipe) -> dict:

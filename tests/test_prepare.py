@@ -1,11 +1,8 @@
 """prepare: exact token files (nanoGPT's bytes for shakespeare_char, GPT-2's real ids), URL sources,
 uint32 for large vocabularies, no-op reruns, and clean failures."""
 
-import functools
-import http.server
 import json
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from hfgpt.config import load_recipe
 from hfgpt.shards import ShardWriter
 from hfgpt.sources import read_pieces
 from hfgpt.tokenizer import load_tokenizer
+from tests.conftest import LocalServer
 
 
 def run_prepare(workdir, **overrides):
@@ -105,34 +103,10 @@ def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
     assert stored.tolist() == ids.tolist() and stored.max() > 65_535
 
 
-class _Server:
-    """A one-folder HTTP server on 127.0.0.1 that counts its requests."""
-
-    def __init__(self, folder):
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests += 1
-                return super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_url_source_is_downloaded_once(workdir, shakespeare, tmp_path_factory):
     served = tmp_path_factory.mktemp("served")
     shutil.copy(shakespeare, served / "input.txt")
-    server = _Server(served)
+    server = LocalServer(served)
     try:
         url = f"{server.url}/input.txt"
         folder, meta = run_prepare(workdir, dataset="web", source=url)

@@ -1,6 +1,7 @@
 """Every kind of source prepares into documents split by a seeded draw and trains; bad sources fail
 with one line and leave nothing behind."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from hfgpt import prepare, train
 from hfgpt.errors import UserError
 from hfgpt.sources import read_pieces
-from tests.conftest import PYTHON, TINY, run_env
+from tests.conftest import PYTHON, TINY, LocalServer, run_env
 from tests.fake_hub import FakeHub
 
 N_ROWS = 60
@@ -101,6 +102,24 @@ def test_source_prepares_by_document_and_trains(kind, corpus, paragraphs, workdi
     if kind != "jsonl-streaming":  # a stream draws each document with probability val_fraction instead
         assert len(got["val"]) == round(len(expected) * 0.1)
     assert 0 < len(got["val"]) < len(expected) // 3
+    assert (workdir / "out" / "model.safetensors").exists()
+
+
+def test_url_of_a_jsonl_file_is_downloaded_once_and_trains(corpus, paragraphs, workdir):
+    server = LocalServer(corpus)
+    try:
+        url = f"{server.url}/rows.jsonl"
+        assert train.main([quick_recipe(workdir, source=url)]) == 0
+        assert train.main([quick_recipe(workdir, source=url)]) == 0  # the copy is reused: no second download
+        assert server.requests == 1
+    finally:
+        server.stop()
+    folder = workdir / "data" / "tiny"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (folder / "rows.jsonl").read_bytes() == (corpus / "rows.jsonl").read_bytes()
+    assert meta["source"] == url and meta["source_sha256"] == hashlib.sha256((corpus / "rows.jsonl").read_bytes()).hexdigest()
+    got = documents_of(folder, meta)
+    assert sorted(got["train"] + got["val"]) == sorted(paragraphs[500:500 + N_ROWS])
     assert (workdir / "out" / "model.safetensors").exists()
 
 

@@ -21,6 +21,7 @@ from hfgpt import __version__
 from hfgpt.config import Recipe
 from hfgpt.errors import UserError
 from hfgpt.shards import publish, work_dir
+from hfgpt.sources import stamp_of
 from hfgpt.tokenizer import char_tokenizer_from_stoi, eot_id, load_tokenizer
 
 DTYPE = np.uint16  # nanoGPT's prepare scripts always write uint16
@@ -91,15 +92,20 @@ def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
             "shards": shards,
             "split": "nanogpt",
             "source": recipe.data.source,
-            "source_kind": "nanogpt",
-            "source_files": 3 if (src / "meta.pkl").exists() else 2,
-            "source_bytes": sum((src / f"{s}.bin").stat().st_size for s in ("train", "val")),
+            "source_files": len(files(src)),
+            "source_bytes": sum(f.stat().st_size for f in files(src)),
+            "source_stamp": stamp_of(files(src)),
         }
         (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         publish(work, out)
     print(f"imported nanoGPT data {src} into {out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
           f"tokens, {name} tokenizer ({meta['vocab_size']:,} ids)")
     return meta
+
+
+def files(folder: Path) -> list[Path]:
+    """The files of a nanoGPT data folder that hfgpt reads."""
+    return [folder / name for name in ("train.bin", "val.bin", "meta.pkl") if (folder / name).exists()]
 
 
 def _count(path: Path, vocab_size: int) -> int:

@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hfgpt import __version__
+from hfgpt import __version__, nanogpt
 from hfgpt.config import Recipe, parse_cli
 from hfgpt.encode import encoder_for, write_tokens
 from hfgpt.errors import UserError, cli
-from hfgpt.nanogpt import import_dir
 from hfgpt.shards import ShardWriter, move_tail, publish, work_dir
-from hfgpt.sources import Source, is_nanogpt_dir, open_source
+from hfgpt.sources import Source, is_nanogpt_dir, open_source, stamp_of
 from hfgpt.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokenizer, train_bpe
 
 # Recipe keys that shape the token files: meta.json records them, a change prepares again.
@@ -76,7 +75,9 @@ def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) ->
     if changed:
         print(f"{out} was prepared with other settings ({', '.join(changed)}): preparing it again")
         return False
-    if source.hub or source.nanogpt_dir or meta.get("source_stamp") == source.stamp():
+    if source.nanogpt_dir is not None:
+        return meta.get("source_stamp") == stamp_of(nanogpt.files(source.nanogpt_dir))
+    if source.hub or meta.get("source_stamp") == source.stamp():
         return True  # a Hub dataset is not checked again: delete the folder to read a newer revision
     if meta.get("source_sha256") == source.sha256():
         meta["source_stamp"] = source.stamp()
@@ -128,7 +129,7 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
         print(f"{out} is up to date with {recipe.data.source} (tokenizer {recipe.data.tokenizer}): nothing to do")
         return meta
     if source.nanogpt_dir is not None:
-        return import_dir(recipe, source.nanogpt_dir, out)
+        return nanogpt.import_dir(recipe, source.nanogpt_dir, out)
     with work_dir(out) as work:
         meta = _tokenize_source(recipe, source, work, out)
         publish(work, out)
@@ -251,7 +252,7 @@ def ensure_prepared(recipe: Recipe) -> dict:
     if meta is not None:
         return meta
     if is_nanogpt_dir(out):
-        return import_dir(recipe, out, out)
+        return nanogpt.import_dir(recipe, out, out)
     raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
                     f"(a file, folder, URL or Hub dataset), or run python -m hfgpt.prepare RECIPE")
 

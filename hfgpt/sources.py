@@ -56,6 +56,15 @@ def download(url: str, dest: Path) -> None:
             os.remove(tmp)
 
 
+def stamp_of(paths: list[Path]) -> str:
+    """A hash of the files' paths, sizes and modification times: equal stamps mean nothing changed."""
+    h = hashlib.sha256()
+    for path in paths:
+        st = path.stat()
+        h.update(f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -152,12 +161,7 @@ class Source:
             yield from part.documents()
 
     def stamp(self) -> str:
-        """Paths, sizes and modification times of the files: equal stamps mean nothing changed."""
-        h = hashlib.sha256()
-        for path in self.files:
-            st = path.stat()
-            h.update(f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
+        return stamp_of(self.files)
 
     def sha256(self) -> str:
         """sha256 of the file's bytes for one file; else of the parts' hashes and names, in order

@@ -46,11 +46,32 @@ class Table:
             self.n_documents = len(self.dataset)
 
     def documents(self) -> Iterator[Iterator[str]]:
-        for texts in _text_batches(self.dataset, self.recipe.data.text_column):
-            for text in texts:
+        row = 0
+        for column in _text_columns(self.dataset, self.recipe.data.text_column):
+            for text in self._decode(column, row):
                 if text:
                     self.text_sha256.update(text.encode("utf-8", "surrogatepass"))
                 yield iter((text,) if text else ())
+            row += len(column)
+
+    def _decode(self, column, first_row: int) -> list:
+        """The column's texts. Arrow's JSON reader keeps bytes that are not UTF-8: they stop with the
+        row (errors='strict') or are replaced / dropped as `errors` says."""
+        import pyarrow as pa
+
+        try:
+            return column.to_pylist()
+        except UnicodeDecodeError:
+            raw = column.cast(pa.large_binary()).to_pylist()
+        errors = self.recipe.data.errors
+        for i, value in enumerate(raw):
+            try:
+                raw[i] = None if value is None else value.decode("utf-8", errors)
+            except UnicodeDecodeError as e:
+                raise UserError(f"{self.name} is not UTF-8 at row {first_row + i + 1:,}, byte {e.start:,} of its "
+                                f"{self.recipe.data.text_column} ({e.reason}): convert it to UTF-8, or set errors: "
+                                "replace (or --errors=replace) to write U+FFFD for such bytes") from None
+        return raw
 
 
 def _load_dataset(table: Table, cache_dir: Path):
@@ -60,8 +81,9 @@ def _load_dataset(table: Table, cache_dir: Path):
     if table.paths is not None:
         builder = TABLES[table.paths[0].suffix.lower()]
         options = {"encoding_errors": d.errors} if builder in ("json", "csv") else {}
-        quiet = not datasets.is_progress_bar_enabled()
+        quiet, verbosity = not datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
         datasets.disable_progress_bars()  # converting local files is quick: the tokenizing bar is the one to watch
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its "Failed to read file" duplicates our error
         try:
             return datasets.load_dataset(builder, data_files=[str(p) for p in table.paths], split="train",
                                          streaming=d.streaming, cache_dir=str(cache_dir), **options)
@@ -70,6 +92,7 @@ def _load_dataset(table: Table, cache_dir: Path):
             raise UserError(f"could not read {table.name} as {builder} ({_first_line(cause)}): check the file, "
                             "or set errors: replace for bytes that are not UTF-8") from None
         finally:
+            datasets.logging.set_verbosity(verbosity)
             if not quiet:
                 datasets.enable_progress_bars()
     try:
@@ -96,20 +119,20 @@ def _column_names(dataset) -> list[str]:
     return names
 
 
-def _text_batches(dataset, column: str) -> Iterator[list]:
-    """Lists of texts in dataset order. A Dataset that is exactly its Arrow files is read with plain
-    reads rather than through ds.iter's memory map: mapped pages count as resident, so RSS would
-    grow to the dataset's size."""
+def _text_columns(dataset, column: str) -> Iterator:
+    """The text column, a batch of rows at a time, in dataset order. A Dataset that is exactly its
+    Arrow files is read with plain reads rather than through ds.iter's memory map: mapped pages
+    count as resident, so RSS would grow to the dataset's size."""
     import pyarrow as pa
 
     if _is_its_files(dataset):
         for cache in dataset.cache_files:
             with pa.OSFile(cache["filename"]) as f:
                 for batch in pa.ipc.open_stream(f):
-                    yield batch.column(column).to_pylist()
+                    yield batch.column(column)
         return
-    for batch in dataset.select_columns([column]).iter(batch_size=ROWS_PER_READ):
-        yield batch[column]
+    for batch in dataset.select_columns([column]).with_format("arrow").iter(batch_size=ROWS_PER_READ):
+        yield batch.column(column)
 
 
 def _is_its_files(dataset) -> bool:

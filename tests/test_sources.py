@@ -170,6 +170,9 @@ def _make(workdir, kind):
     if kind == "not UTF-8":
         (workdir / "latin1.txt").write_bytes("caf\u00e9 au lait\n".encode("utf-8") * 100 + "d\u00e9j\u00e0".encode("latin-1"))
         return ["--source=latin1.txt"]
+    if kind == "not UTF-8 rows":
+        (workdir / "rows.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 noir"}\n')
+        return ["--source=rows.jsonl"]
     if kind == "missing column":
         (workdir / "rows.jsonl").write_text('{"body": "some text"}\n{"body": "more"}\n')
         return ["--source=rows.jsonl"]
@@ -186,6 +189,7 @@ def _make(workdir, kind):
     ("folder without matches", "has no files matching **/*.txt"),
     ("glob without matches", "matches no files"),
     ("not UTF-8", "latin1.txt is not UTF-8 at byte 1,401"),
+    ("not UTF-8 rows", "rows.jsonl is not UTF-8 at row 2, byte 3 of its text"),
     ("missing column", "has no column 'text': its columns are body"),
     ("unknown Hub dataset offline", "is not in the local cache and the Hub is offline"),
     ("unwritable output", "cannot write to afile/data/bad"),
@@ -198,13 +202,21 @@ def test_bad_source_is_one_line_and_leaves_nothing(workdir, capsys, kind, messag
     assert not (workdir / "data" / "bad").exists()
 
 
-def test_errors_replace_prepares_text_that_is_not_utf8(workdir):
-    (workdir / "latin1.txt").write_bytes(("caf\u00e9\n" * 200).encode("latin-1"))
-    assert prepare.main(["--source=latin1.txt", "--dataset=r", "--block_size=8", "--errors=replace"]) == 0
+@pytest.mark.parametrize("name", ["latin1.txt", "latin1.jsonl"])
+def test_errors_replace_prepares_text_that_is_not_utf8(workdir, name):
+    if name.endswith(".txt"):
+        (workdir / name).write_bytes(("caf\u00e9\n" * 200).encode("latin-1"))
+    else:
+        (workdir / name).write_bytes(b"".join(b'{"text": "caf\xe9 %d"}\n' % i for i in range(20)))
+    assert prepare.main([f"--source={name}", "--dataset=r", "--block_size=8", "--errors=replace"]) == 0
     folder = workdir / "data" / "r"
     tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
     ids = np.concatenate([np.fromfile(folder / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
-    assert tok.decode(ids.tolist()) == "caf\ufffd\n" * 200
+    text = tok.decode(ids.tolist())
+    if name.endswith(".txt"):
+        assert text == "caf\ufffd\n" * 200
+    else:
+        assert sorted(text.split("<|endoftext|>")[:-1]) == sorted(f"caf\ufffd {i}" for i in range(20))
 
 
 def hub_dataset(hub, paragraphs):

@@ -20,6 +20,7 @@ checks that both wrote the same token ids, and reports hfgpt's tokens/s over the
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -205,7 +206,8 @@ def compare(rest, corpus: Path, out: Path, flags: dict, num_proc: int, recipe, e
     for _ in range(flags["pairs"]):
         ours, meta = run_hfgpt(rest, corpus, out, env)
         n_docs = meta["documents"]["train"] + meta["documents"]["val"]
-        chosen = np.flatnonzero([val_documents(n_docs, recipe.data.val_fraction, recipe.train.seed)(i) for i in range(n_docs)])
+        is_val = val_documents(n_docs, recipe.data.val_fraction, recipe.train.seed)
+        chosen = np.flatnonzero([is_val(i) for i in range(n_docs)])
         np.save(out.with_name(out.name + "-val.npy"), chosen)
         theirs = run_tiktoken_map(corpus, out.with_name(out.name + "-tiktoken"), gpt2_dir, num_proc,
                                   out.with_name(out.name + "-val.npy"), env)
@@ -218,8 +220,7 @@ def compare(rest, corpus: Path, out: Path, flags: dict, num_proc: int, recipe, e
         print(f"pair {len(pairs)}: {pairs[-1]}", flush=True)
     shutil.rmtree(out.with_name(out.name + "-tiktoken"), ignore_errors=True)
     tokens = meta["train_tokens"] + meta["val_tokens"]
-    ratios = sorted(p["ratio"] for p in pairs)
-    return {"tokens": tokens, "pairs": pairs, "median_ratio": ratios[len(ratios) // 2],
+    return {"tokens": tokens, "pairs": pairs, "median_ratio": statistics.median(p["ratio"] for p in pairs),
             "hfgpt_tokens_per_sec": tokens / min(p["hfgpt_s"] for p in pairs),
             "tiktoken_map_tokens_per_sec": tokens / min(p["tiktoken_map_s"] for p in pairs),
             "identical_ids": all(p["identical_ids"] for p in pairs)}

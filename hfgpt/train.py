@@ -116,8 +116,10 @@ def train(recipe: Recipe) -> dict:
     master = accelerator.is_main_process
     device = accelerator.device
     resume = find_checkpoint(r) if r.model.init_from == "resume" else None
-    if resume and master:
-        check_resume(r, *resume)
+    if resume:
+        message = check_resume(r, *resume)  # every process refuses a changed shape; the main one says so
+        if master:
+            print(message)
 
     # data: the main process prepares it when missing while the others wait, then all read it
     with accelerator.main_process_first():

@@ -4,6 +4,7 @@ Tests never touch the network: the Hub is switched off before any HF library is 
 HF_HOME points to a fresh folder, so only what a test puts in the cache is there.
 """
 
+import atexit
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="hfgpt-tests-hf-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",

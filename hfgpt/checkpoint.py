@@ -1,31 +1,245 @@
-"""Saving: out_dir is a standard Hugging Face model folder at all times.
+"""Checkpoints: out_dir is a Hugging Face model folder; out_dir/checkpoints/ resumes a run exactly.
 
-    save_model_folder(model, tokenizer, out_dir, recipe)   # config, safetensors, tokenizer, recipe.yaml
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --resume_from=out/checkpoints/iter-000500
 
-The files are written into a temporary folder inside out_dir and then moved into place one by
-one, so a crash while writing leaves the previous model files whole.
+Every checkpoint, out_dir/checkpoints/iter-NNNNNN/, is itself a model folder (config.json,
+model.safetensors, tokenizer) plus the state of the run:
+  optimizer.safetensors, optimizer.json   AdamW's tensors, and the rest of its state as JSON
+  rng-<rank>.safetensors                  each process's torch RNG and the data sampler's position
+  scaler.json                             the fp16 loss scaler, when one is used
+  state.json                              iteration, losses, tokens seen, recipe, hfgpt version
+It is written as .tmp-iter-NNNNNN and renamed when complete, so a kill at any moment leaves the
+earlier checkpoints whole and resume sees complete ones only. Nothing here is a pickle: tensors
+go to safetensors, everything else to JSON. (FSDP and DeepSpeed shard the optimizer; with them
+the optimizer and RNG go through accelerator.save_state into accelerate/ instead.)
 """
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file, save_file
 
+from hfgpt import __version__
 from hfgpt.config import Recipe
+from hfgpt.errors import UserError
+
+STATE = "state.json"
+SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def save_model_folder(model, tokenizer, out_dir: str | Path, recipe: Recipe | None = None) -> None:
+def write_model_files(model, state_dict: dict, tokenizer, folder: Path, recipe: Recipe | None) -> None:
+    """config, safetensors weights, generation config, tokenizer and recipe.yaml into `folder`."""
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    if recipe is not None:
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None) -> None:
+    """Write out_dir's model files (called on every process; the main one writes).
+
+    The files go to a temporary folder inside out_dir and are then moved into place one by one,
+    so a crash while writing leaves the previous model files whole."""
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded weights: every process takes part
+    if not accelerator.is_main_process:
+        return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".saving-"))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if recipe is not None:
-            (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
         for item in sorted(tmp.iterdir()):
             os.replace(item, out / item.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- optimizer state as safetensors + JSON -------------------------------------------------------
+
+def flatten(obj, tensors: dict, path: str = "t"):
+    """Replace every tensor in a nested dict/list/tuple by a reference into `tensors`."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().contiguous().cpu()
+        return {"__tensor__": path}
+    if isinstance(obj, dict):
+        return {"__dict__": [[flatten(k, tensors, f"{path}.k{i}"), flatten(v, tensors, f"{path}.{i}")]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    return obj
+
+
+def unflatten(tree, tensors: dict):
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__dict__" in tree:
+            return {unflatten(k, tensors): unflatten(v, tensors) for k, v in tree["__dict__"]}
+        if "__tuple__" in tree:
+            return tuple(unflatten(v, tensors) for v in tree["__tuple__"])
+    if isinstance(tree, list):
+        return [unflatten(v, tensors) for v in tree]
+    return tree
+
+
+def save_tree(obj, folder: Path, name: str) -> None:
+    tensors: dict = {}
+    tree = flatten(obj, tensors)
+    save_file(tensors, folder / f"{name}.safetensors")
+    (folder / f"{name}.json").write_text(json.dumps(tree))
+
+
+def load_tree(folder: Path, name: str):
+    return unflatten(json.loads((folder / f"{name}.json").read_text()), load_file(folder / f"{name}.safetensors"))
+
+
+# --- saving and finding checkpoints -----------------------------------------------------------
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def rng_state(sampler_state: torch.Tensor) -> dict[str, torch.Tensor]:
+    states = {"torch": torch.get_rng_state(), "sampler": sampler_state}
+    if torch.cuda.is_available():
+        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return states
+
+
+def save_checkpoint(accelerator: Accelerator, model, optimizer, sampler, tokenizer, recipe: Recipe,
+                    state: dict) -> Path:
+    """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process)."""
+    final = checkpoint_dir(recipe.train.out_dir) / f"iter-{state['iter']:06d}"
+    tmp = final.with_name(f".tmp-{final.name}")
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    if accelerator.distributed_type in SHARDED:
+        accelerator.save_state(tmp / "accelerate")
+    if accelerator.is_main_process:
+        write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
+        if accelerator.distributed_type not in SHARDED:
+            save_tree(optimizer.state_dict(), tmp, "optimizer")
+        if accelerator.scaler is not None:
+            (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
+    save_file(rng_state(sampler.state()), tmp / f"rng-{accelerator.process_index}.safetensors")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        full = {**state, "world_size": accelerator.num_processes, "recipe": recipe.to_dict(), "hfgpt_version": __version__}
+        (tmp / STATE).write_text(json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune(recipe.train.out_dir, recipe.train.keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def read_state(folder: Path) -> dict | None:
+    """The checkpoint's state.json, or None when the checkpoint is incomplete."""
+    try:
+        state = json.loads((folder / STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("iter"), int) else None
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[Path, dict]]:
+    """Complete checkpoints, oldest first (by the iteration in state.json, not the folder name)."""
+    root = checkpoint_dir(out_dir)
+    found = []
+    for folder in root.iterdir() if root.is_dir() else []:
+        state = read_state(folder) if folder.is_dir() and not folder.name.startswith(".") else None
+        if state is not None:
+            found.append((folder, state))
+    return sorted(found, key=lambda item: item[1]["iter"])
+
+
+def latest(out_dir: str | Path) -> tuple[Path, dict] | None:
+    found = list_checkpoints(out_dir)
+    return found[-1] if found else None
+
+
+def best(out_dir: str | Path) -> tuple[Path, dict] | None:
+    found = [item for item in list_checkpoints(out_dir) if item[1].get("val_loss") is not None]
+    return min(found, key=lambda item: item[1]["val_loss"]) if found else None
+
+
+def prune(out_dir: str | Path, keep_last: int | None) -> None:
+    """Delete all but the newest keep_last complete checkpoints and the best one; drop leftovers
+    of interrupted writes."""
+    root = checkpoint_dir(out_dir)
+    for leftover in root.glob(".tmp-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if keep_last is None:
+        return
+    found = list_checkpoints(out_dir)
+    keep = {folder for folder, _ in found[-keep_last:]}
+    if (b := best(out_dir)) is not None:
+        keep.add(b[0])
+    for folder, _ in found:
+        if folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def find_checkpoint(recipe: Recipe) -> tuple[Path, dict]:
+    """The checkpoint to resume: resume_from when given, else the newest complete one in out_dir."""
+    if recipe.train.resume_from:
+        folder = Path(recipe.train.resume_from)
+        state = read_state(folder)
+        if state is None:
+            raise UserError(f"resume_from={recipe.train.resume_from} is not a complete hfgpt checkpoint (no valid "
+                            f"{STATE}): give a folder under {checkpoint_dir(recipe.train.out_dir)}")
+        return folder, state
+    found = latest(recipe.train.out_dir)
+    if found is None:
+        raise UserError(f"init_from=resume but {checkpoint_dir(recipe.train.out_dir)} has no complete checkpoint: "
+                        "train without init_from=resume first, or point resume_from at a checkpoint folder")
+    return found
+
+
+def restore(accelerator: Accelerator, optimizer, sampler, folder: Path) -> None:
+    """Load the optimizer, loss scaler, RNG and sampler state of `folder` (the model is loaded
+    from the same folder before Accelerate prepares it)."""
+    if accelerator.distributed_type in SHARDED:
+        accelerator.load_state(folder / "accelerate")
+    else:
+        optimizer.load_state_dict(load_tree(folder, "optimizer"))
+    if accelerator.scaler is not None and (folder / "scaler.json").exists():
+        accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
+    rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
+    if not rng_file.exists():
+        print(f"process {accelerator.process_index}: {folder} has no RNG state for it (the run had fewer "
+              "processes): this process starts a fresh random stream")
+        return
+    states = load_file(rng_file)
+    torch.set_rng_state(states["torch"])
+    if torch.cuda.is_available():
+        cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    sampler.load_state(states["sampler"])
+
+
+def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
+    """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
+    saved = state["recipe"]
+    current = recipe.to_dict()
+    shape = ["block_size"] + (["n_layer", "n_head", "n_embd", "bias"] if state.get("init_from") == "scratch" else [])
+    wrong = [f"{k}={current[k]} (checkpoint: {saved.get(k)})" for k in shape if saved.get(k) != current[k]]
+    if wrong:
+        raise UserError(f"cannot resume {folder} with another model shape: {', '.join(wrong)}; set these back, "
+                        "or start a new run in another out_dir")
+    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items()
+               if k not in ("init_from", "resume_from") and saved.get(k) != v]
+    return f"resuming {folder} at iteration {state['iter']}" + (f"; changed: {', '.join(changed)}" if changed else "")

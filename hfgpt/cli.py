@@ -14,6 +14,7 @@ COMMANDS = {
     "prepare": "tokenize a recipe's text into token files",
     "train": "train a GPT (prepares the data first if needed)",
     "sample": "generate text from a trained model",
+    "convert": "convert nanoGPT checkpoints to Hugging Face model folders and back",
     "bench": "measure training, sampling or preparing speed",
 }
 

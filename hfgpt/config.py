@@ -65,7 +65,7 @@ class ModelConfig:
     """The GPT: built from these numbers, or loaded and cropped to block_size."""
 
     init_from: str = "scratch"
-    """'scratch' builds a new GPT2LMHeadModel; otherwise a Hub model id (gpt2, gpt2-medium, ...) or a local model folder."""
+    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, ...) or a local model folder."""
     n_layer: int = 12
     """Transformer blocks."""
     n_head: int = 12
@@ -125,7 +125,11 @@ class TrainConfig:
     log_interval: int = 1
     """Log loss, lr and tokens/s every this many iterations."""
     always_save_checkpoint: bool = True
-    """Save at every evaluation, not only when val loss improves."""
+    """Save the model in out_dir at every evaluation, not only when val loss improves."""
+    keep_last: int | None = 2
+    """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); the best one is kept too; None keeps all."""
+    resume_from: str | None = None
+    """With init_from=resume: the checkpoint folder to continue from; None takes the newest complete one in out_dir/checkpoints."""
     seed: int = 1337
     """Seed for initialisation, batches and dropout (each process adds its rank)."""
 
@@ -286,6 +290,9 @@ def validate(recipe: Recipe) -> list[str]:
     for name in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
         need(getattr(t, name) >= 1, f"{name}={getattr(t, name)} must be at least 1")
     need(t.max_iters >= 0, f"max_iters={t.max_iters} must be 0 or more")
+    need(t.keep_last is None or t.keep_last >= 1, f"keep_last={t.keep_last} must be at least 1 (or None to keep all)")
+    need(t.resume_from is None or m.init_from == "resume",
+         f"resume_from={t.resume_from} is set but init_from='{m.init_from}': set init_from: resume")
     if m.n_head >= 1:
         need(m.n_embd % m.n_head == 0,
              f"n_embd={m.n_embd} is not divisible by n_head={m.n_head}: pick n_embd a multiple of n_head "

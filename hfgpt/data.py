@@ -44,8 +44,8 @@ def load_tokens(folder: Path, meta: dict, split: str) -> TokenShards:
 class Windows:
     """Random windows of block_size + 1 tokens from one split, drawn from a seeded generator.
 
-    All randomness comes from self.generator (one per sampler), so its state can be saved with
-    generator.get_state() and restored to resume the same sequence of batches."""
+    All randomness comes from self.generator (one per sampler), so state() / load_state() resume
+    the same sequence of batches, whatever the number of shards."""
 
     def __init__(self, tokens: TokenShards | np.ndarray, block_size: int, batch_size: int, seed: int):
         shards = tokens.arrays if isinstance(tokens, TokenShards) else [tokens]
@@ -55,8 +55,18 @@ class Windows:
         self.offsets = np.arange(block_size + 1)
         self.ends = np.cumsum([len(a) - block_size for a in self.shards])  # window starts, cumulated per shard
         self.firsts = np.r_[0, self.ends[:-1]]
+        self._before_last = self.generator.get_state()
+
+    def state(self) -> torch.Tensor:
+        """The generator state that draws the most recent batch again: the loop always holds one
+        batch it fetched ahead, so a resumed run starts by drawing that batch."""
+        return self._before_last
+
+    def load_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._before_last = self.generator.get_state()
         starts = torch.randint(int(self.ends[-1]), (self.batch_size,), generator=self.generator).numpy()
         if len(self.shards) == 1:
             # one fancy-indexed read of (B, T + 1) tokens instead of 2 * B slices

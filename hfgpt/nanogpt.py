@@ -1,58 +1,50 @@
-"""nanoGPT data folders (train.bin, val.bin, maybe meta.pkl) trained as they are.
+"""nanoGPT's file formats: ckpt.pt state dicts and meta.pkl, read safely and mapped to GPT-2's.
 
-    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --source=../nanoGPT/data/shakespeare_char
-    python -m hfgpt.train my.yaml --data_dir=../nanoGPT/data --dataset=shakespeare_char   # in place, no copy
+    meta = read_meta_pkl("data/shakespeare_char/meta.pkl")     # plain dicts, strings and ints only
+    model = hf_model_from_nanogpt(torch.load("ckpt.pt", weights_only=True))
+    ckpt = nanogpt_checkpoint_from_hf(model)
 
-The token files keep their bytes (uint16, as nanoGPT writes them). meta.pkl is a pickle, so it is
-read with an unpickler that builds nothing but dicts, strings and ints; its stoi becomes a char
-tokenizer with the same ids, plus <|endoftext|> and <unk> after them. A folder without meta.pkl
-holds GPT-2 ids (nanoGPT's convention): set `tokenizer` to gpt2 or a GPT-2 tokenizer folder.
-Imported into another dataset folder, the .bin files are copied there.
+nanoGPT's GPT mirrors GPT-2's parameter names, but uses nn.Linear where GPT-2 uses Conv1D (the
+same matrix, transposed), has no biases with bias=False, uses the exact GELU, and ties lm_head
+to wte.
 """
 
-import json
 import pickle
-import shutil
-from pathlib import Path
 
-import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
-from hfgpt import __version__
-from hfgpt.config import Recipe
 from hfgpt.errors import UserError
-from hfgpt.shards import publish, work_dir
-from hfgpt.sources import stamp_of
-from hfgpt.tokenizer import char_tokenizer_from_stoi, eot_id, load_tokenizer
 
-DTYPE = np.uint16  # nanoGPT's prepare scripts always write uint16
-CHECK_TOKENS = 1 << 24
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+COMPILED_PREFIX = "_orig_mod."
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Refuses every class and function: only pickle's built-in containers and scalars can load."""
+    """Refuses every class and function reference (and persistent ids), so a hostile pickle cannot
+    run code; read_meta_pkl then accepts only dicts, strings and ints."""
 
     def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}")
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in meta.pkl")
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it holds a persistent reference")
+        raise pickle.UnpicklingError("a persistent reference is not allowed in meta.pkl")
 
 
-def read_meta_pkl(path: Path) -> dict:
-    """nanoGPT's meta.pkl ({'vocab_size': int, 'itos': {int: str}, 'stoi': {str: int}}), safely."""
+def read_meta_pkl(path) -> dict:
+    """nanoGPT's meta.pkl ({'vocab_size', 'itos', 'stoi'}), read without running any code."""
     try:
         with open(path, "rb") as f:
             meta = _PlainUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise UserError(f"{path} is not a plain nanoGPT meta.pkl ({e}): only dicts of strings and ints are read; "
-                        "remove it if the folder holds GPT-2 ids") from None
-    if not _plain(meta) or not isinstance(meta, dict):
+        raise UserError(f"{path} is not a plain nanoGPT meta.pkl ({e}): only dicts of strings and ints are read") from None
+    if not isinstance(meta, dict) or not _plain(meta):
         raise UserError(f"{path} holds something other than dicts of strings and ints: it is not nanoGPT's meta.pkl")
     stoi = meta.get("stoi")
-    if (not isinstance(stoi, dict) or not all(isinstance(c, str) and len(c) == 1 for c in stoi)
-            or sorted(stoi.values()) != list(range(len(stoi)))):
-        raise UserError(f"{path} has no stoi mapping single characters to the ids 0..n-1: it is not a "
-                        "nanoGPT char-level meta.pkl")
+    if (not isinstance(stoi, dict) or not all(isinstance(k, str) and len(k) == 1 for k in stoi)
+            or len(set(stoi.values())) != len(stoi) or min(stoi.values(), default=0) < 0):
+        raise UserError(f"{path} has no 'stoi' mapping single characters to distinct ids: it is not a char-level "
+                        "nanoGPT meta.pkl")
     return meta
 
 
@@ -62,60 +54,57 @@ def _plain(value) -> bool:
     return type(value) in (str, int)
 
 
-def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
-    """Write meta.json and tokenizer/ for the nanoGPT folder `src` into `out` (copying the .bin
-    files when they differ), through a temporary folder; returns the meta."""
-    if (src / "meta.pkl").exists():
-        tokenizer, name = char_tokenizer_from_stoi(read_meta_pkl(src / "meta.pkl")["stoi"]), "char"
-    elif recipe.data.tokenizer in ("char", "byte", "bpe"):
-        raise UserError(f"{src} has train.bin and val.bin but no meta.pkl, so it holds GPT-2 ids (nanoGPT's "
-                        f"convention), not tokenizer={recipe.data.tokenizer}: set tokenizer to gpt2 or a GPT-2 "
-                        "tokenizer folder")
-    else:
-        tokenizer, name = load_tokenizer(recipe.data.tokenizer), recipe.data.tokenizer
-    shards = {split: [{"file": f"{split}.bin", "tokens": _count(src / f"{split}.bin", len(tokenizer))}]
-              for split in ("train", "val")}
-    with work_dir(out) as work:
-        if src.resolve() != out.resolve():
-            for split in ("train", "val"):
-                shutil.copyfile(src / f"{split}.bin", work / f"{split}.bin")
-        tokenizer.save_pretrained(work / "tokenizer")
-        meta = {
-            "hfgpt_version": __version__,
-            "dataset": recipe.data.dataset,
-            "vocab_size": len(tokenizer),
-            "dtype": np.dtype(DTYPE).name,
-            "tokenizer": name,
-            "eot_token_id": eot_id(tokenizer),
-            "train_tokens": shards["train"][0]["tokens"],
-            "val_tokens": shards["val"][0]["tokens"],
-            "shards": shards,
-            "split": "nanogpt",
-            "source": recipe.data.source,
-            "source_files": len(files(src)),
-            "source_bytes": sum(f.stat().st_size for f in files(src)),
-            "source_stamp": stamp_of(files(src)),
-        }
-        (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        publish(work, out)
-    print(f"imported nanoGPT data {src} into {out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
-          f"tokens, {name} tokenizer ({meta['vocab_size']:,} ids)")
-    return meta
+def gpt2_config_from_nanogpt(args: dict) -> GPT2Config:
+    dropout = args.get("dropout", 0.0)
+    return GPT2Config(vocab_size=args["vocab_size"], n_positions=args["block_size"], n_embd=args["n_embd"],
+                      n_layer=args["n_layer"], n_head=args["n_head"], embd_pdrop=dropout, attn_pdrop=dropout,
+                      resid_pdrop=dropout, activation_function="gelu", layer_norm_epsilon=1e-5,
+                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
 
 
-def files(folder: Path) -> list[Path]:
-    """The files of a nanoGPT data folder that hfgpt reads."""
-    return [folder / name for name in ("train.bin", "val.bin", "meta.pkl") if (folder / name).exists()]
+def hf_model_from_nanogpt(ckpt: dict) -> GPT2LMHeadModel:
+    """A GPT2LMHeadModel computing exactly what the nanoGPT checkpoint's GPT computes."""
+    try:
+        args, state = ckpt["model_args"], ckpt["model"]
+    except (KeyError, TypeError):
+        raise UserError("not a nanoGPT checkpoint: ckpt.pt needs 'model' and 'model_args' (as nanoGPT's train.py saves)") from None
+    state = {k.removeprefix(COMPILED_PREFIX): v for k, v in state.items()}
+    model = GPT2LMHeadModel(gpt2_config_from_nanogpt(args))
+    ours = model.state_dict()
+    converted = {}
+    for key, target in ours.items():
+        if key == "lm_head.weight":
+            continue  # tied to transformer.wte.weight
+        if key in state:
+            value = state[key]
+            converted[key] = value.t() if key.endswith(CONV1D) else value
+        elif key.endswith(".bias"):
+            converted[key] = torch.zeros_like(target)  # nanoGPT's bias=False: the same as zero biases
+        else:
+            raise UserError(f"the nanoGPT checkpoint lacks {key}: it does not match its model_args")
+        if converted[key].shape != target.shape:
+            raise UserError(f"{key} has shape {tuple(converted[key].shape)} in the checkpoint, expected "
+                            f"{tuple(target.shape)} from its model_args")
+    model.load_state_dict(converted, strict=False)
+    model.tie_weights()
+    return model.eval()
 
 
-def _count(path: Path, vocab_size: int) -> int:
-    """Tokens in a uint16 file, checking (a block at a time) that every id is in the vocabulary."""
-    if path.stat().st_size % np.dtype(DTYPE).itemsize:
-        raise UserError(f"{path} has an odd number of bytes: nanoGPT's token files are uint16")
-    tokens = np.memmap(path, dtype=DTYPE, mode="r")
-    for at in range(0, len(tokens), CHECK_TOKENS):
-        top = int(tokens[at:at + CHECK_TOKENS].max())
-        if top >= vocab_size:
-            raise UserError(f"{path} holds token id {top:,}, but the tokenizer has {vocab_size:,} ids: set tokenizer "
-                            "to the one the folder was made with")
-    return len(tokens)
+def nanogpt_checkpoint_from_hf(model, dataset: str | None = None) -> dict:
+    """A dict that nanoGPT's train.py (init_from=resume) and sample.py load as their ckpt.pt."""
+    c = model.config
+    if c.model_type != "gpt2" or (c.n_inner not in (None, 4 * c.n_embd)):
+        raise UserError(f"only GPT-2 models with a 4x MLP convert to nanoGPT, not model_type={c.model_type}")
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.endswith(".attn.bias")}
+    biases = [v for k, v in state.items() if k.endswith(".bias")]
+    bias = any(torch.count_nonzero(b) for b in biases)
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".bias") and not bias:
+            continue
+        out[key] = value.t().contiguous() if key.endswith(CONV1D) else value
+    out["lm_head.weight"] = out["transformer.wte.weight"]
+    args = {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions,
+            "bias": bool(bias), "vocab_size": c.vocab_size, "dropout": c.resid_pdrop}
+    return {"model": out, "model_args": args, "iter_num": 0, "best_val_loss": 1e9,
+            "config": {"dataset": dataset} if dataset else {}}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfgpt import __version__, nanogpt
+from hfgpt import __version__, nanogpt_data
 from hfgpt.config import Recipe, parse_cli
 from hfgpt.encode import encoder_for, write_tokens
 from hfgpt.errors import UserError, cli
@@ -76,7 +76,7 @@ def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) ->
         print(f"{out} was prepared with other settings ({', '.join(changed)}): preparing it again")
         return False
     if source.nanogpt_dir is not None:
-        return meta.get("source_stamp") == stamp_of(nanogpt.files(source.nanogpt_dir))
+        return meta.get("source_stamp") == stamp_of(nanogpt_data.files(source.nanogpt_dir))
     if source.hub or meta.get("source_stamp") == source.stamp():
         return True  # a Hub dataset is not checked again: delete the folder to read a newer revision
     if meta.get("source_sha256") == source.sha256():
@@ -129,7 +129,7 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
         print(f"{out} is up to date with {recipe.data.source} (tokenizer {recipe.data.tokenizer}): nothing to do")
         return meta
     if source.nanogpt_dir is not None:
-        return nanogpt.import_dir(recipe, source.nanogpt_dir, out)
+        return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out)
     with work_dir(out) as work:
         meta = _tokenize_source(recipe, source, work, out)
         publish(work, out)
@@ -252,7 +252,7 @@ def ensure_prepared(recipe: Recipe) -> dict:
     if meta is not None:
         return meta
     if is_nanogpt_dir(out):
-        return nanogpt.import_dir(recipe, out, out)
+        return nanogpt_data.import_dir(recipe, out, out)
     raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
                     f"(a file, folder, URL or Hub dataset), or run python -m hfgpt.prepare RECIPE")
 

@@ -12,7 +12,7 @@ plain transformers. char, byte and bpe add <|endoftext|>, the id that separates 
 """
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -41,12 +41,11 @@ def char_tokenizer(chars: Iterable[str]) -> PreTrainedTokenizerFast:
     return char_tokenizer_from_stoi({c: i for i, c in enumerate(sorted(set(chars)))})
 
 
-def char_tokenizer_from_stoi(stoi: Mapping[str, int]) -> PreTrainedTokenizerFast:
-    """A char tokenizer with exactly these ids (e.g. nanoGPT's meta.pkl stoi, ids 0..n-1), then
-    <|endoftext|> = n and <unk> = n + 1, so existing token files keep their meaning."""
+def char_tokenizer_from_stoi(stoi: dict[str, int]) -> PreTrainedTokenizerFast:
+    """A char tokenizer with exactly these character ids, plus <|endoftext|> and <unk> after them."""
     vocab = dict(stoi)
-    vocab[EOT] = len(vocab)
-    vocab[UNK] = len(vocab)
+    vocab[EOT] = max(vocab.values(), default=-1) + 1
+    vocab[UNK] = vocab[EOT] + 1
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     # [\s\S] matches every character, newlines included ("." would drop them).
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), "isolated")

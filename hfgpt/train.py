@@ -1,18 +1,22 @@
 """Train a GPT with one Accelerate loop.
 
     python -m hfgpt.train recipes/shakespeare_char_cpu.yaml
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --max_iters=3000
     accelerate launch -m hfgpt.train recipes/shakespeare_char.yaml
     accelerate launch --config_file accelerate_config.yaml -m hfgpt.train recipes/my_dataset.yaml --max_iters=100
     accelerate launch --cpu --num_processes 2 -m hfgpt.train recipes/shakespeare_char_cpu.yaml
 
 Prepares the data when needed, builds or loads the model, and trains: random block_size windows,
 gradient accumulation, AdamW with warmup + cosine decay, gradient clipping, mixed precision.
-Every eval_interval iterations it estimates train and val loss and saves out_dir as a Hugging
-Face model folder when val improves (always, with always_save_checkpoint). out_dir/metrics.jsonl
-holds one JSON object per log line and per evaluation.
+Every eval_interval iterations it estimates train and val loss, saves out_dir as a Hugging Face
+model folder when val improves (always, with always_save_checkpoint) and writes a resumable
+checkpoint to out_dir/checkpoints/. SIGINT or SIGTERM finish the iteration, checkpoint and exit
+130 or 143; init_from=resume continues exactly where the run stopped. out_dir/metrics.jsonl holds
+one JSON object per log line and per evaluation.
 """
 
-import json
+import math
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -23,44 +27,35 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from hfgpt.checkpoint import save_model_folder
+from hfgpt.checkpoint import check_resume, find_checkpoint, restore, save_checkpoint, save_model_folder
 from hfgpt.config import Recipe, parse_cli
 from hfgpt.data import Windows, check_split_size, load_tokens
 from hfgpt.device import device_type, resolve_mixed_precision
 from hfgpt.errors import UserError, cli
-from hfgpt.model import build_model, lm_loss, load_model, set_generation_defaults
+from hfgpt.metrics import MetricsLog
+from hfgpt.model import build_model, lm_loss, load_model, set_generation_defaults, zero_biases
 from hfgpt.optim import get_lr, make_optimizer
 from hfgpt.prepare import dataset_dir, ensure_prepared
 from hfgpt.tokenizer import load_tokenizer
 
 
-class MetricsLog:
-    """out_dir/metrics.jsonl: one JSON object per line, flushed as written; main process only."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.file = None
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "w", encoding="utf-8")
-
-    def write(self, **fields) -> None:
-        if self.file:
-            self.file.write(json.dumps(fields) + "\n")
-            self.file.flush()
-
-
-def make_model(recipe: Recipe, meta: dict, tokenizer):
-    """From scratch with the dataset's vocabulary, or loaded and checked against the tokenizer."""
+def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = None):
+    """From scratch with the dataset's vocabulary, or loaded (a Hub id, a folder, the checkpoint
+    being resumed) and checked against the tokenizer."""
     m = recipe.model
-    if m.init_from == "scratch":
+    if checkpoint is None and m.init_from == "scratch":
         return build_model(m, vocab_size=meta["vocab_size"], eot_token_id=meta.get("eot_token_id"))
-    model = load_model(m.init_from, m.block_size, m.dropout)
+    source = str(checkpoint) if checkpoint is not None else m.init_from
+    model = load_model(source, m.block_size, m.dropout)
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise UserError(f"the {meta['tokenizer']} tokenizer of {recipe.data.dataset} has {len(tokenizer):,} ids but "
-                        f"{m.init_from} embeds only {rows:,}: prepare the data with the model's own tokenizer "
-                        f"(tokenizer: {m.init_from})")
-    set_generation_defaults(model, m.block_size, meta.get("eot_token_id"))
+                        f"{source} embeds only {rows:,}: prepare the data with the model's own tokenizer "
+                        f"(tokenizer: {source})")
+    if checkpoint is not None and not m.bias:
+        zero_biases(model)  # they are zero already; this keeps them out of training again
+    if checkpoint is None:
+        set_generation_defaults(model, m.block_size, meta.get("eot_token_id"))
     return model
 
 
@@ -85,13 +80,46 @@ def estimate_loss(model, splits: dict, recipe: Recipe, accelerator: Accelerator)
     return out
 
 
+class StopSignal:
+    """While active, SIGINT and SIGTERM only set a flag: the loop finishes its iteration, saves a
+    checkpoint and returns, and `main` exits 128 + the signal number (130, 143)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def received(self, accelerator: Accelerator) -> int:
+        """The signal any process got (every process must stop at the same iteration)."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        return int(accelerator.gather(torch.tensor([self.signum], device=accelerator.device)).max().item())
+
+
 def train(recipe: Recipe) -> dict:
-    """Run the recipe to max_iters; returns the last evaluation and the best val loss."""
+    """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
+    loss, the iterations done and the signal that stopped the run (0 if none)."""
     r, t = recipe, recipe.train
     dev = device_type(r.system.device)
     accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(r.system.mixed_precision, dev))
     master = accelerator.is_main_process
     device = accelerator.device
+    resume = find_checkpoint(r) if r.model.init_from == "resume" else None
+    if resume:
+        message = check_resume(r, *resume)  # every process refuses a changed shape; the main one says so
+        if master:
+            print(message)
 
     # data: the main process prepares it when missing while the others wait, then all read it
     with accelerator.main_process_first():
@@ -111,86 +139,126 @@ def train(recipe: Recipe) -> dict:
     tokens_per_iter = t.gradient_accumulation_steps * t.batch_size * r.model.block_size
 
     set_seed(t.seed)  # identical initial weights on every process
-    model = make_model(r, meta, tokenizer)
+    model = make_model(r, meta, tokenizer, checkpoint=resume[0] if resume else None)
     torch.manual_seed(t.seed + accelerator.process_index)  # different dropout masks per process
     optimizer = make_optimizer(model, r.optim, device.type)
     compile_model = r.system.compile if r.system.compile is not None else device.type == "cuda"
     if compile_model:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()  # from_pretrained returns models in eval mode: dropout would be off
     batches = Windows(train_tokens, r.model.block_size, t.batch_size, seed=t.seed + accelerator.process_index)
 
+    iter_num, best_val_loss, tokens_seen, last_eval = 0, float("inf"), 0, {}
+    origin = r.model.init_from
+    if resume:
+        restore(accelerator, optimizer, batches, resume[0])
+        state = resume[1]
+        iter_num, tokens_seen = state["iter"], state["tokens_seen"]
+        best_val_loss = state["best_val_loss"] if state["best_val_loss"] is not None else float("inf")
+        origin = state["init_from"]
+    start_iter = iter_num
+
     out_dir = Path(t.out_dir)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=master)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=master, resume_iter=iter_num if resume else None)
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     if master:
         print(f"training {n_params / 1e6:.2f}M parameters on {world} x {device.type} "
               f"({accelerator.mixed_precision} precision{', compiled' if compile_model else ''}); "
               f"{tokens_per_iter:,} tokens per iteration = {accum} micro-batches x {world} processes x "
               f"{t.batch_size} x {r.model.block_size}")
-    bar = tqdm(total=t.max_iters, disable=not master or None, desc="training", unit="it", dynamic_ncols=True)
-    say = bar.write if not bar.disable else print
+    bar = tqdm(total=t.max_iters, initial=iter_num, disable=not master or None, desc="training", unit="it",
+               dynamic_ncols=True)
+    say = (bar.write if not bar.disable else print) if master else (lambda message: None)
 
-    iter_num, best_val_loss, last_eval = 0, float("inf"), {}
+    def checkpoint(losses: dict | None) -> Path:
+        best = best_val_loss if math.isfinite(best_val_loss) else None
+        state = {"iter": iter_num, "tokens_seen": tokens_seen, "best_val_loss": best, "init_from": origin,
+                 "train_loss": losses and losses["train"], "val_loss": losses and losses["val"]}
+        return save_checkpoint(accelerator, model, optimizer, batches, tokenizer, r, state)
+
+    def check_finite(losses: dict | None = None) -> None:
+        bad = int(first_bad_iter.item())
+        if bad >= 0 or (losses and not all(math.isfinite(v) for v in losses.values())):
+            where = f"iteration {bad}" if bad >= 0 else f"the evaluation at iteration {iter_num}"
+            raise UserError(f"the loss became NaN or infinite at {where}; stopped without saving over the last good "
+                            f"checkpoint in {out_dir / 'checkpoints'}: lower learning_rate (or use bf16 instead of "
+                            "fp16) and continue with --init_from=resume")
+
     t_start = time.time()
     t_log, iters_since_log = time.time(), 0
+    first_bad_iter = torch.tensor(-1, device=device)  # first iteration whose loss was not finite
+    stopped = 0
     x, y = batches.next_batch()
-    while True:
-        lr = get_lr(iter_num, r.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    with StopSignal() as stop:
+        while True:
+            lr = get_lr(iter_num, r.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
-        # evaluate, and save when val improves (or always)
-        if iter_num % t.eval_interval == 0 or iter_num == t.max_iters:
-            losses = estimate_loss(model, {"train": train_tokens, "val": val_tokens}, r, accelerator)
-            last_eval = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
-            metrics.write(**last_eval)
-            if master:
+            # evaluate; save the model when val improves (or always) and a resumable checkpoint
+            evaluate = iter_num % t.eval_interval == 0 or iter_num == t.max_iters
+            if evaluate and not (resume and iter_num == start_iter):
+                losses = estimate_loss(model, {"train": train_tokens, "val": val_tokens}, r, accelerator)
+                check_finite(losses)
+                last_eval = {"iter": iter_num, "train_loss": losses["train"], "val_loss": losses["val"]}
+                metrics.write(**last_eval)
                 say(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            if iter_num > 0 and (losses["val"] < best_val_loss or t.always_save_checkpoint):
-                if master:
-                    save_model_folder(accelerator.unwrap_model(model), tokenizer, out_dir, r)
-                    say(f"saved {out_dir} (val loss {losses['val']:.4f})")
-            best_val_loss = min(best_val_loss, losses["val"]) if iter_num > 0 else best_val_loss
-            t_log = time.time()  # evaluation time does not count toward tokens/s
-        if t.eval_only or iter_num >= t.max_iters:
-            break
+                if iter_num > 0 and not t.eval_only:
+                    improved = losses["val"] < best_val_loss
+                    best_val_loss = min(best_val_loss, losses["val"])
+                    if improved or t.always_save_checkpoint:
+                        save_model_folder(accelerator, model, tokenizer, out_dir, r)
+                        say(f"saved {out_dir} (val loss {losses['val']:.4f})")
+                    checkpoint(losses)
+                t_log = time.time()  # evaluation time does not count toward tokens/s
+            if t.eval_only or iter_num >= t.max_iters:
+                break
+            if stopped := stop.received(accelerator):
+                check_finite()
+                say(f"{signal.Signals(stopped).name}: saved {checkpoint(None)}; continue with --init_from=resume")
+                break
 
-        # forward, backward, update; gradients sync across processes on the last micro-batch only
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(accum):
-            last = micro_step == accum - 1
-            with nullcontext() if last else accelerator.no_sync(model):
-                loss = lm_loss(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True)) / accum
-                x, y = batches.next_batch()  # fetch the next batch while the device works
-                accelerator.backward(loss)
-            loss_sum += loss.detach()
-        if r.optim.grad_clip > 0:
-            accelerator.clip_grad_norm_(model.parameters(), r.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        iter_num += 1
-        iters_since_log += 1
+            # forward, backward, update; gradients sync across processes on the last micro-batch only
+            loss_sum = torch.zeros((), device=device)
+            for micro_step in range(accum):
+                last = micro_step == accum - 1
+                with nullcontext() if last else accelerator.no_sync(model):
+                    loss = lm_loss(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True)) / accum
+                    x, y = batches.next_batch()  # fetch the next batch while the device works
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+            if r.optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), r.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            # remember the first non-finite loss without a device sync; checked at log and save time
+            first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, first_bad_iter)
+            iter_num += 1
+            iters_since_log += 1
+            tokens_seen += tokens_per_iter
 
-        if iter_num % t.log_interval == 0 or iter_num == t.max_iters:
-            now = time.time()
-            lossf = loss_sum.item()
-            tokens_per_sec = iters_since_log * tokens_per_iter / max(now - t_log, 1e-9)
-            metrics.write(iter=iter_num, loss=lossf, lr=lr, tokens_per_sec=round(tokens_per_sec, 1),
-                          elapsed_s=round(now - t_start, 3))
-            if bar.disable and master:
-                print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s")
-            bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
-            t_log, iters_since_log = now, 0
-        bar.update(1)
+            if iter_num % t.log_interval == 0 or iter_num == t.max_iters:
+                check_finite()
+                now = time.time()
+                lossf = loss_sum.item()
+                tokens_per_sec = iters_since_log * tokens_per_iter / max(now - t_log, 1e-9)
+                metrics.write(iter=iter_num, loss=lossf, lr=lr, tokens_per_sec=round(tokens_per_sec, 1),
+                              elapsed_s=round(now - t_start, 3))
+                if bar.disable and master:
+                    print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s")
+                bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
+                t_log, iters_since_log = now, 0
+            bar.update(1)
 
     bar.close()
+    metrics.close()
     accelerator.wait_for_everyone()
-    if master:
-        print(f"done: {iter_num} iterations in {time.time() - t_start:.0f}s, best val loss {best_val_loss:.4f}; "
-              f"sample with: python -m hfgpt.sample {out_dir}")
+    if master and not stopped:
+        print(f"done: {iter_num - start_iter} iterations in {time.time() - t_start:.0f}s, best val loss "
+              f"{best_val_loss:.4f}; sample with: python -m hfgpt.sample {out_dir}")
     accelerator.end_training()
-    return {**last_eval, "best_val_loss": best_val_loss, "iters": iter_num}
+    return {**last_eval, "best_val_loss": best_val_loss, "iters": iter_num, "signal": stopped}
 
 
 @cli
@@ -199,8 +267,8 @@ def main(argv=None) -> int:
     recipe = parse_cli(argv, "python -m hfgpt.train", "Train a GPT on the recipe's dataset (prepares it first if needed).")
     if recipe is None:
         return 0
-    train(recipe)
-    return 0
+    result = train(recipe)
+    return 128 + result["signal"] if result["signal"] else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Tests never touch the network: the Hub is switched off before any HF library is 
 HF_HOME points to a fresh folder, so only what a test puts in the cache is there.
 """
 
+import atexit
 import functools
 import http.server
 import os
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="hfgpt-tests-hf-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -21,6 +23,9 @@ os.environ.update({
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "HF_HOME": _HOME,
     "TOKENIZERS_PARALLELISM": "false",
+    # Tiny test models gain nothing from more threads, and on a busy machine OpenMP's spinning
+    # threads make every step up to 10x slower: one thread per process (subprocesses inherit it).
+    "OMP_NUM_THREADS": "1",
 })
 os.environ.pop("HF_TOKEN", None)
 

@@ -158,9 +158,10 @@ class Smuggler:
 
 
 @pytest.mark.parametrize("payload, message", [
-    ({"vocab_size": 2, "stoi": {"a": 0, "b": 1}, "itos": {0: "a", 1: "b"}, "x": Smuggler()}, "asks for posix.system"),
+    ({"vocab_size": 2, "stoi": {"a": 0, "b": 1}, "itos": {0: "a", 1: "b"}, "x": Smuggler()}, "posix.system is not allowed"),
     ({"vocab_size": 2, "stoi": {"a": 0.0, "b": 1}}, "other than dicts of strings and ints"),
-    ({"vocab_size": 2, "stoi": {"a": 0, "b": 5}}, "no stoi mapping single characters"),
+    ({"vocab_size": 2, "stoi": {"a": 0, "ab": 1}}, "no 'stoi' mapping single characters"),
+    ({"vocab_size": 2, "stoi": {"a": 0, "b": 0}}, "no 'stoi' mapping single characters"),
 ])
 def test_meta_pkl_reads_only_plain_dicts(workdir, payload, message):
     (workdir / "meta.pkl").write_bytes(pickle.dumps(payload))

@@ -127,6 +127,11 @@ def _fingerprint(vocab: dict[str, int], merges: list) -> str:
     return hashlib.sha256(json.dumps([sorted(vocab.items(), key=lambda kv: kv[1]), merges]).encode()).hexdigest()
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (os.sched_getaffinity is Linux-only)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _batches(source: Source, is_val, documents: dict) -> Iterator[tuple[str, list[str], list[bool]]]:
     """(split, texts, ends) of about BATCH_CHARS each, in source order; ends[i] marks a document's
     last piece. A batch is handed out only when the next piece arrives, so ends[-1] can still be set."""
@@ -156,7 +161,7 @@ def write_tokens(source: Source, encode, writers: dict[str, ShardWriter], is_val
                  num_proc: int | None) -> dict[str, int]:
     """Tokenize every document with num_proc threads and write the ids in order; returns the
     number of documents per split. At most 2 batches per thread are in flight, so memory is bounded."""
-    threads = num_proc or len(os.sched_getaffinity(0))
+    threads = num_proc or usable_cpus()
     documents = {"train": 0, "val": 0}
     dtype = writers["train"].dtype
     bar = tqdm(total=source.text_bytes(), unit="B", unit_scale=True, desc="tokenizing", disable=None)

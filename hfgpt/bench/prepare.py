@@ -7,7 +7,7 @@
 Each run is a fresh `python -m hfgpt.prepare` in a child process (into DATASET-bench, removed
 first): tokens/s is all its tokens over its wall time, start-up included; peak RSS is the largest
 resident size of the child and its descendants, as `/usr/bin/time -v` reports it, and the total
-is the sum of their proportional set sizes, sampled every 0.1 s.
+is the sum of their proportional set sizes, sampled every 0.1 s (from /proc: Linux only).
 
 --corpus_mb=N writes a corpus of about N MB into --corpus_dir (kept for later runs; delete it
 when done): documents of 20-200 random lines of --corpus_from (a text file), as .jsonl
@@ -31,6 +31,7 @@ import numpy as np
 
 from hfgpt.bench import report
 from hfgpt.config import load_recipe
+from hfgpt.encode import usable_cpus
 from hfgpt.errors import UserError, cli
 
 BENCH_FLAGS = {"corpus_mb": int, "corpus_format": str, "corpus_from": str, "corpus_dir": str, "compare_tiktoken": bool,
@@ -121,7 +122,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         raise UserError(f"{' '.join(cmd)} failed ({child.returncode}):\n{output[-3000:]}")
-    return {"seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "peak_pss_total_mb": sampler.peak_kb / 1024}
+    rss_mb = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)  # bytes on macOS, KB on Linux
+    return {"seconds": wall, "peak_rss_mb": rss_mb, "peak_pss_total_mb": sampler.peak_kb / 1024}
 
 
 def same_tokens(ours: Path, meta: dict, theirs: Path) -> bool:
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
         corpus = make_corpus(Path(flags["corpus_dir"]) / name, flags["corpus_mb"], seed_text, flags["corpus_format"])
     if corpus is None:
         raise UserError("no text to measure: set --source=FILE or --corpus_mb=N --corpus_from=FILE")
-    num_proc = d.num_proc or len(os.sched_getaffinity(0))
+    num_proc = d.num_proc or usable_cpus()
     out = Path(d.data_dir) / f"{d.dataset}-bench"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
                                                                      os.environ.get("PYTHONPATH")]))}

@@ -49,7 +49,7 @@ class Table:
         row = 0
         for column in _text_columns(self.dataset, self.recipe.data.text_column):
             for text in self._decode(column, row):
-                if text:
+                if text and self.paths is None:  # files are hashed as files
                     self.text_sha256.update(text.encode("utf-8", "surrogatepass"))
                 yield iter((text,) if text else ())
             row += len(column)

@@ -231,8 +231,8 @@ def restore(accelerator: Accelerator, optimizer, sampler, folder: Path) -> None:
     sampler.load_state(states["sampler"])
 
 
-def check_resume(recipe: Recipe, folder: Path, state: dict) -> None:
-    """Refuse a resume that changes the model's shape; say what else changed (allowed)."""
+def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
+    """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
     saved = state["recipe"]
     current = recipe.to_dict()
     shape = ["block_size"] + (["n_layer", "n_head", "n_embd", "bias"] if state.get("init_from") == "scratch" else [])
@@ -242,4 +242,4 @@ def check_resume(recipe: Recipe, folder: Path, state: dict) -> None:
                         "or start a new run in another out_dir")
     changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items()
                if k not in ("init_from", "resume_from") and saved.get(k) != v]
-    print(f"resuming {folder} at iteration {state['iter']}" + (f"; changed: {', '.join(changed)}" if changed else ""))
+    return f"resuming {folder} at iteration {state['iter']}" + (f"; changed: {', '.join(changed)}" if changed else "")

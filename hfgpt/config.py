@@ -35,14 +35,30 @@ class DataConfig:
     """Name of the dataset: its token files, meta.json and tokenizer live in data_dir/dataset/."""
     data_dir: str = "data"
     """Folder that holds one subfolder per dataset."""
-    source: str | None = None
-    """Text to prepare: a local text file or an http(s) URL (downloaded once into the dataset folder)."""
+    source: str | list[str] | None = None
+    """Text to prepare: a text file, folder, glob, .jsonl/.json/.csv/.parquet file, http(s) URL, Hub dataset id or nanoGPT data folder; or a list of these ([a.txt, docs/])."""
+    file_glob: str | list[str] = "**/*.txt"
+    """Files a folder source contributes, matched below it (e.g. ['**/*.md', '**/*.py'])."""
+    text_column: str = "text"
+    """Column that holds the text in .jsonl/.json/.csv/.parquet files and Hub datasets: one document per row."""
+    source_config: str | None = None
+    """Configuration (subset) name of a Hub dataset, as load_dataset's second argument."""
+    source_split: str = "train"
+    """Split of a Hub dataset to read; validation is carved out of it by val_fraction."""
+    streaming: bool = False
+    """Read .jsonl/.json/.csv/.parquet and Hub datasets as a stream (no local copy); each document then goes to validation with probability val_fraction."""
+    errors: str = "strict"
+    """Bytes that are not UTF-8: 'strict' stops with the file and byte offset, 'replace' writes U+FFFD, 'ignore' drops them."""
     tokenizer: str = "char"
-    """'char' (one id per character, as nanoGPT's shakespeare_char), 'gpt2', or any Hugging Face tokenizer id or folder."""
+    """'char' (one id per character, as nanoGPT's shakespeare_char), 'byte' (256 byte ids), 'bpe' (byte-level BPE learned from the training text), 'gpt2', or any Hugging Face tokenizer id or folder."""
+    vocab_size: int | None = None
+    """Number of ids a 'bpe' tokenizer learns (256 bytes + <|endoftext|> + merges); only used with tokenizer: bpe."""
     val_fraction: float = 0.1
-    """Share of the token stream held out for validation: the last val_fraction of it, as nanoGPT splits."""
+    """Share held out for validation: the last val_fraction of the tokens for one text stream (as nanoGPT), else that share of the documents, picked with seed."""
+    shard_size: int = 100_000_000
+    """Most tokens per token file; a split larger than this is written as train-00000.bin, train-00001.bin, ..."""
     num_proc: int | None = None
-    """Processes that tokenize; None picks one per core for large corpora and 1 for small ones."""
+    """Threads that tokenize in parallel (the tokenizers release the GIL); None uses every core."""
 
 
 @dataclass
@@ -183,6 +199,7 @@ class Recipe:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
 KEYS = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 CHOICES = {
+    "errors": ("strict", "replace", "ignore"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "mixed_precision": ("auto", "no", "fp16", "bf16"),
     "hub_strategy": ("end", "every_save", "checkpoint"),
@@ -218,19 +235,45 @@ FIELD_TYPES = _field_types()
 
 
 def _type_name(tp) -> str:
-    args = typing.get_args(tp)
-    if args:
-        return " | ".join("None" if a is type(None) else a.__name__ for a in args)
+    if tp is type(None):
+        return "None"
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
     return tp.__name__
 
 
+def _convert_list(key: str, value, item_type) -> list:
+    """A YAML list, or on the command line a YAML flow list (--source=[a.txt, b.txt]); one value is a one-item list."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ValueError from None
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise ValueError
+    return [convert(key, item, item_type) for item in value]
+
+
 def convert(key: str, value, tp):
-    """Convert a YAML or command-line value to the declared type, or raise ValueError."""
+    """Convert a YAML or command-line value to the declared type, or raise ValueError.
+
+    In a union with list[...] (source: str | list[str]), a list stays a list and one value keeps
+    its plain type, so `source: input.txt` still reads as a string.
+    """
     args = typing.get_args(tp)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", "")):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", ""))):
             return None
-        tp = next(a for a in args if a is not type(None))
+        lists = [a for a in args if typing.get_origin(a) is list]
+        if lists and (isinstance(value, list) or (isinstance(value, str) and value.strip().startswith("["))):
+            return _convert_list(key, value, typing.get_args(lists[0])[0])
+        tp = next(a for a in args if a is not type(None) and a not in lists)
+    if typing.get_origin(tp) is list:
+        return _convert_list(key, value, args[0])
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -274,7 +317,7 @@ def _unknown_key(key: str, where: str) -> str:
 
 def validate(recipe: Recipe) -> list[str]:
     """Problems that involve more than one value, or a value outside its range."""
-    d, m, o, t, s = recipe.data, recipe.model, recipe.optim, recipe.train, recipe.system
+    d, m, o, t = recipe.data, recipe.model, recipe.optim, recipe.train
     problems = []
 
     def need(ok: bool, message: str):
@@ -296,6 +339,15 @@ def validate(recipe: Recipe) -> list[str]:
     need(0.0 <= m.dropout < 1.0, f"dropout={m.dropout} must be in [0, 1)")
     need(0.0 < d.val_fraction < 1.0, f"val_fraction={d.val_fraction} must be between 0 and 1")
     need(d.num_proc is None or d.num_proc >= 1, f"num_proc={d.num_proc} must be at least 1 (or None)")
+    if d.tokenizer == "bpe":
+        need(d.vocab_size is not None and d.vocab_size >= 258,
+             f"tokenizer=bpe needs vocab_size of at least 258 (256 bytes, <|endoftext|> and a merge), got "
+             f"{d.vocab_size}: set e.g. --vocab_size=4096")
+    else:
+        need(d.vocab_size is None, f"vocab_size={d.vocab_size} is only used with tokenizer=bpe, not "
+                                   f"tokenizer={d.tokenizer}: remove it (the tokenizer decides its vocabulary)")
+    need(d.shard_size > m.block_size, f"shard_size={d.shard_size} must be larger than block_size={m.block_size}: "
+                                      "a training window never crosses a shard boundary")
     need(o.learning_rate > 0, f"learning_rate={o.learning_rate} must be positive")
     need(o.warmup_iters >= 0, f"warmup_iters={o.warmup_iters} must be 0 or more")
     if o.decay_lr:

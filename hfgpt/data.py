@@ -1,7 +1,11 @@
-"""Batches: random block_size windows from memmapped token files, as nanoGPT's get_batch.
+"""Batches: random block_size windows from memmapped token shards, as nanoGPT's get_batch.
 
     train = Windows(load_tokens(folder, meta, "train"), block_size=64, batch_size=12, seed=1337)
     x, y = train.next_batch()           # (12, 64) int64 each; y is x shifted left by one token
+
+A split is one file (train.bin) or several shards (train-00000.bin, ...). Windows are drawn
+uniformly over all the places a window fits, so each shard is sampled in proportion to its
+size, and no window crosses a shard boundary. With one file the draws are nanoGPT's.
 """
 
 from pathlib import Path
@@ -12,21 +16,45 @@ import torch
 from hfgpt.errors import UserError
 
 
-def load_tokens(folder: Path, meta: dict, split: str) -> np.ndarray:
-    """The split's token ids, memory-mapped (read lazily, never loaded whole)."""
-    path = folder / meta["files"][split]
-    if not path.exists():
-        raise UserError(f"{path} not found: run python -m hfgpt.prepare RECIPE to make it again")
-    return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r")
+class TokenShards:
+    """A split's token files, memory-mapped (read lazily, never loaded whole)."""
+
+    def __init__(self, arrays: list[np.ndarray]):
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return sum(len(a) for a in self.arrays)
+
+    def longest(self) -> int:
+        return max((len(a) for a in self.arrays), default=0)
+
+
+def load_tokens(folder: Path, meta: dict, split: str) -> TokenShards:
+    """The split's shards as listed in meta.json (`files` in meta.json of hfgpt 0.1)."""
+    entries = meta["shards"][split] if "shards" in meta else [{"file": meta["files"][split]}]
+    arrays = []
+    for entry in entries:
+        path = folder / entry["file"]
+        if not path.exists():
+            raise UserError(f"{path} not found: run python -m hfgpt.prepare RECIPE to make it again")
+        arrays.append(np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r"))
+    return TokenShards(arrays)
 
 
 class Windows:
-    """Random windows of block_size + 1 tokens from one split, drawn from a seeded generator."""
+    """Random windows of block_size + 1 tokens from one split, drawn from a seeded generator.
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int):
-        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+    All randomness comes from self.generator (one per sampler), so state() / load_state() resume
+    the same sequence of batches, whatever the number of shards."""
+
+    def __init__(self, tokens: TokenShards | np.ndarray, block_size: int, batch_size: int, seed: int):
+        shards = tokens.arrays if isinstance(tokens, TokenShards) else [tokens]
+        self.shards = [a for a in shards if len(a) > block_size]  # shards too short for a window are skipped
+        self.block_size, self.batch_size = block_size, batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.offsets = np.arange(block_size + 1)
+        self.ends = np.cumsum([len(a) - block_size for a in self.shards])  # window starts, cumulated per shard
+        self.firsts = np.r_[0, self.ends[:-1]]
         self._before_last = self.generator.get_state()
 
     def state(self) -> torch.Tensor:
@@ -39,16 +67,23 @@ class Windows:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._before_last = self.generator.get_state()
-        starts = torch.randint(len(self.tokens) - self.block_size, (self.batch_size,), generator=self.generator)
-        # one fancy-indexed read of (B, T + 1) tokens instead of 2 * B slices
-        window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self.offsets].astype(np.int64))
+        starts = torch.randint(int(self.ends[-1]), (self.batch_size,), generator=self.generator).numpy()
+        if len(self.shards) == 1:
+            # one fancy-indexed read of (B, T + 1) tokens instead of 2 * B slices
+            window = self.shards[0][starts[:, None] + self.offsets]
+        else:
+            shard = np.searchsorted(self.ends, starts, side="right")
+            local = starts - self.firsts[shard]
+            window = np.stack([self.shards[s][i:i + self.block_size + 1] for s, i in zip(shard, local)])
+        window = torch.from_numpy(window.astype(np.int64))
         return window[:, :-1], window[:, 1:]
 
 
-def check_split_size(tokens: np.ndarray, split: str, block_size: int, folder: Path) -> None:
-    """A split must hold at least one window of block_size + 1 tokens."""
+def check_split_size(tokens, split: str, block_size: int, folder: Path) -> None:
+    """A split must hold at least one window of block_size + 1 tokens (in one shard)."""
     need = block_size + 1
-    if len(tokens) < need:
+    have = tokens.longest() if isinstance(tokens, TokenShards) else len(tokens)
+    if have < need:
         raise UserError(
-            f"the {split} split of {folder} has {len(tokens):,} tokens, fewer than block_size + 1 = {need:,}: "
-            f"add {need - len(tokens):,}+ tokens of text, raise val_fraction, or lower block_size")
+            f"the {split} split of {folder} has {have:,} tokens, fewer than block_size + 1 = {need:,}: "
+            f"add {need - have:,}+ tokens of text, raise val_fraction, or lower block_size")

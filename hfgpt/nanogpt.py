@@ -21,11 +21,14 @@ COMPILED_PREFIX = "_orig_mod."
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, strings and numbers only: any class or function reference is refused,
-    so a hostile pickle cannot run code."""
+    """Refuses every class and function reference (and persistent ids), so a hostile pickle cannot
+    run code; read_meta_pkl then accepts only dicts, strings and ints."""
 
     def find_class(self, module, name):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in meta.pkl")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("a persistent reference is not allowed in meta.pkl")
 
 
 def read_meta_pkl(path) -> dict:
@@ -33,12 +36,22 @@ def read_meta_pkl(path) -> dict:
     try:
         with open(path, "rb") as f:
             meta = _PlainUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise UserError(f"{path} is not a plain nanoGPT meta.pkl ({e}): only dicts of strings and ints are read") from None
-    stoi = meta.get("stoi") if isinstance(meta, dict) else None
-    if not isinstance(stoi, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in stoi.items()):
-        raise UserError(f"{path} has no 'stoi' mapping of characters to ids: it is not a char-level nanoGPT meta.pkl")
+    if not isinstance(meta, dict) or not _plain(meta):
+        raise UserError(f"{path} holds something other than dicts of strings and ints: it is not nanoGPT's meta.pkl")
+    stoi = meta.get("stoi")
+    if (not isinstance(stoi, dict) or not all(isinstance(k, str) and len(k) == 1 for k in stoi)
+            or len(set(stoi.values())) != len(stoi) or min(stoi.values(), default=0) < 0):
+        raise UserError(f"{path} has no 'stoi' mapping single characters to distinct ids: it is not a char-level "
+                        "nanoGPT meta.pkl")
     return meta
+
+
+def _plain(value) -> bool:
+    if type(value) is dict:
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return type(value) in (str, int)
 
 
 def gpt2_config_from_nanogpt(args: dict) -> GPT2Config:

@@ -1,16 +1,23 @@
-"""Tokenizers: char-level built from the corpus, GPT-2 BPE, or any Hugging Face tokenizer.
+"""Tokenizers: char-level built from the corpus, bytes, a byte-level BPE learned from the corpus,
+GPT-2's BPE, or any Hugging Face tokenizer.
+
+    char_tokenizer(set(text))                  # one id per character, nanoGPT's order
+    byte_tokenizer()                           # ids 0..255 are the UTF-8 bytes, 256 is <|endoftext|>
+    train_bpe(texts, vocab_size=4096)          # byte-level BPE (GPT-2's scheme) learned from texts
+    load_tokenizer("gpt2")                     # a Hub id or a local folder
 
 Whatever the kind, the result is a `PreTrainedTokenizerFast` that is saved next to the token
 files and into every model folder, so `pipeline("text-generation", model=out_dir)` works with
-plain transformers.
+plain transformers. char, byte and bpe add <|endoftext|>, the id that separates documents.
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hfgpt.errors import UserError
 
@@ -47,6 +54,39 @@ def char_tokenizer_from_stoi(stoi: dict[str, int]) -> PreTrainedTokenizerFast:
     return _wrap(tok, eos_token=EOT, unk_token=UNK)
 
 
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Ids 0..255 are the bytes of the UTF-8 text, 256 is <|endoftext|>: any language, no unknowns.
+
+    Built as a byte-level BPE without merges: the ByteLevel alphabet maps each byte to one
+    printable character, and the vocabulary gives that character the byte's value as its id.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    vocab = {c: byte_of[c] for c in alphabet}
+    vocab[EOT] = 256
+    tok = Tokenizer(models.BPE(vocab, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(EOT, special=True)])
+    return _wrap(tok, eos_token=EOT, bos_token=EOT, unk_token=EOT)
+
+
+def train_bpe(texts: Iterator[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (GPT-2's pre-tokenizer and decoder, so any text round-trips exactly)
+    learned from `texts`, with <|endoftext|> as id 0."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    learned = tok.get_vocab_size()
+    if learned != vocab_size:
+        raise UserError(f"tokenizer=bpe learned {learned:,} ids from the training text, not vocab_size={vocab_size:,}: "
+                        f"lower vocab_size to {learned:,} or add text")
+    return _wrap(tok, eos_token=EOT, bos_token=EOT, unk_token=EOT)
+
+
 def bpe_from_vocab_merges(folder: Path) -> PreTrainedTokenizerFast:
     """A byte-level BPE (GPT-2's scheme) from vocab.json + merges.txt.
 
@@ -67,9 +107,12 @@ def bpe_from_vocab_merges(folder: Path) -> PreTrainedTokenizerFast:
 def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """A tokenizer from a local folder or a Hub id ('gpt2' is GPT-2's BPE)."""
     folder = Path(name)
+    if folder.is_dir() and not (folder / "tokenizer.json").exists() and (folder / "vocab.json").exists() \
+            and (folder / "merges.txt").exists():
+        return bpe_from_vocab_merges(folder)
+    from transformers import AutoTokenizer  # imports torch (~3 s): only when a tokenizer is loaded by name
+
     if folder.is_dir():
-        if not (folder / "tokenizer.json").exists() and (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
-            return bpe_from_vocab_merges(folder)
         try:
             tok = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as e:

@@ -127,8 +127,10 @@ def train(recipe: Recipe) -> dict:
     pusher = Pusher.for_recipe(r) if master and r.hub.push_to_hub else None  # a bad token stops the run here
     resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
     resume = find_checkpoint(r) if r.model.init_from == "resume" else None
-    if resume and master:
-        check_resume(r, *resume)
+    if resume:
+        message = check_resume(r, *resume)  # every process refuses a changed shape; the main one says so
+        if master:
+            print(message)
 
     # data: the main process prepares it when missing while the others wait, then all read it
     with accelerator.main_process_first():

@@ -4,13 +4,18 @@ Tests never touch the network: the Hub is switched off before any HF library is 
 HF_HOME points to a fresh folder, so only what a test puts in the cache is there.
 """
 
+import atexit
+import functools
+import http.server
 import os
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="hfgpt-tests-hf-")
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -120,3 +125,27 @@ def run_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+class LocalServer:
+    """A one-folder HTTP server on 127.0.0.1 that counts its requests."""
+
+    def __init__(self, folder):
+        self.requests = 0
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                return super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,11 +1,8 @@
 """prepare: exact token files (nanoGPT's bytes for shakespeare_char, GPT-2's real ids), URL sources,
 uint32 for large vocabularies, no-op reruns, and clean failures."""
 
-import functools
-import http.server
 import json
 import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -14,8 +11,10 @@ from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
 
 from hfgpt import prepare
 from hfgpt.config import load_recipe
-from hfgpt.prepare import read_chunks
+from hfgpt.shards import ShardWriter
+from hfgpt.sources import read_pieces
 from hfgpt.tokenizer import load_tokenizer
+from tests.conftest import LocalServer
 
 
 def run_prepare(workdir, **overrides):
@@ -84,7 +83,7 @@ def test_gpt2_chunking_is_exact_at_every_cut(tmp_path, gpt2_dir, shakespeare_tex
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
     tok = load_tokenizer(str(gpt2_dir)).backend_tokenizer
-    pieces = [row["text"] for row in read_chunks(str(path), chunk_chars=97)]
+    pieces = list(read_pieces(path, piece_chars=97))
     assert "".join(pieces) == text and len(pieces) > 100
     chunked = [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids]
     assert chunked == tok.encode(text, add_special_tokens=False).ids
@@ -98,40 +97,16 @@ def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 70_000, size=3000)
     (workdir / "w.txt").write_text(" ".join(words[i] for i in ids), encoding="utf-8")
-    folder, meta = run_prepare(workdir, dataset="big", source=workdir / "w.txt", tokenizer=workdir / "bigtok")
+    folder, meta = run_prepare(workdir, dataset="big", source=workdir / "w.txt", tokenizer=workdir / "bigtok", block_size=64)
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_001
     stored = np.concatenate([np.fromfile(folder / "train.bin", dtype=np.uint32), np.fromfile(folder / "val.bin", dtype=np.uint32)])
     assert stored.tolist() == ids.tolist() and stored.max() > 65_535
 
 
-class _Server:
-    """A one-folder HTTP server on 127.0.0.1 that counts its requests."""
-
-    def __init__(self, folder):
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests += 1
-                return super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_url_source_is_downloaded_once(workdir, shakespeare, tmp_path_factory):
     served = tmp_path_factory.mktemp("served")
     shutil.copy(shakespeare, served / "input.txt")
-    server = _Server(served)
+    server = LocalServer(served)
     try:
         url = f"{server.url}/input.txt"
         folder, meta = run_prepare(workdir, dataset="web", source=url)
@@ -172,15 +147,35 @@ def test_missing_or_empty_source(workdir, capsys, content, message):
     assert not (workdir / "data" / "x" / "meta.json").exists()
 
 
-def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch):
-    def boom(*args, **kwargs):
-        raise RuntimeError("disk full")
+@pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch, error):
+    """A failure (or Ctrl-C) after some token files were written leaves nothing behind; a folder
+    prepared before keeps its files."""
+    calls = []
 
-    monkeypatch.setattr(prepare, "write_split", boom)
-    recipe = load_recipe(None, ["--dataset=half", f"--source={shakespeare}"])
-    with pytest.raises(RuntimeError):
+    def write(self, ids):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise error
+        return real_write(self, ids)
+
+    real_write = ShardWriter.write
+    monkeypatch.setattr(ShardWriter, "write", write)
+    recipe = load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--shard_size=100000", "--block_size=64"])
+    with pytest.raises(type(error)):
         prepare.prepare(recipe)
-    assert list((workdir / "data" / "half").iterdir()) == []
+    assert len(calls) == 3 and not (workdir / "data" / "half").exists()
+
+    monkeypatch.setattr(ShardWriter, "write", real_write)
+    folder, meta = run_prepare(workdir, dataset="half", source=shakespeare)
+    before = {p.name: p.read_bytes() for p in folder.glob("*.bin")}
+    monkeypatch.setattr(ShardWriter, "write", write)
+    calls.clear()
+    with pytest.raises(type(error)):
+        prepare.prepare(load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--val_fraction=0.2"]))
+    assert {p.name: p.read_bytes() for p in folder.glob("*.bin")} == before
+    assert json.loads((folder / "meta.json").read_text()) == meta
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
 
 
 def test_unknown_tokenizer_is_a_one_line_error(workdir, shakespeare, capsys):

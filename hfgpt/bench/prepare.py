@@ -1,0 +1,228 @@
+"""Tokenizing speed and peak memory of `python -m hfgpt.prepare`, on your text or a generated corpus.
+
+    python -m hfgpt.bench prepare recipes/my_dataset.yaml --source=big.txt --tokenizer=gpt2
+    python -m hfgpt.bench prepare RECIPE --tokenizer=gpt2 --corpus_mb=2000 --corpus_format=txt --corpus_from=input.txt
+    python -m hfgpt.bench prepare RECIPE --tokenizer=GPT2_DIR --corpus_mb=500 --corpus_from=input.txt --compare_tiktoken --pairs=3
+
+Each run is a fresh `python -m hfgpt.prepare` in a child process (into DATASET-bench, removed
+first): tokens/s is all its tokens over its wall time, start-up included; peak RSS is the largest
+resident size of the child and its descendants, as `/usr/bin/time -v` reports it, and the total
+is the sum of their proportional set sizes, sampled every 0.1 s (from /proc: Linux only).
+
+--corpus_mb=N writes a corpus of about N MB into --corpus_dir (kept for later runs; delete it
+when done): documents of 20-200 random lines of --corpus_from (a text file), as .jsonl
+(`{"text": ...}` per line) or as one .txt stream. --compare_tiktoken (GPT-2 tokenizer, .jsonl)
+alternates each hfgpt run with nanoGPT's openwebtext approach on the same corpus
+(hfgpt.bench.tiktoken_map: tiktoken encode_ordinary inside datasets.map with the same num_proc),
+checks that both wrote the same token ids, and reports hfgpt's tokens/s over the approach's per pair.
+"""
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hfgpt.bench import report
+from hfgpt.config import load_recipe
+from hfgpt.encode import usable_cpus
+from hfgpt.errors import UserError, cli
+
+BENCH_FLAGS = {"corpus_mb": int, "corpus_format": str, "corpus_from": str, "corpus_dir": str, "compare_tiktoken": bool,
+               "pairs": int, "json": str, "gpt2_dir": str}
+DEFAULTS = {"corpus_mb": None, "corpus_format": "jsonl", "corpus_from": None, "corpus_dir": "data/bench-corpus",
+            "compare_tiktoken": False, "pairs": 1, "json": None, "gpt2_dir": None}
+
+
+def split_args(argv: list[str]) -> tuple[dict, list[str]]:
+    """The bench's own --flags, and the rest for the recipe."""
+    flags, rest = dict(DEFAULTS), []
+    for arg in argv:
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key not in BENCH_FLAGS:
+            rest.append(arg)
+        elif BENCH_FLAGS[key] is bool:
+            flags[key] = not eq or value.lower() in ("1", "true", "yes")
+        else:
+            flags[key] = BENCH_FLAGS[key](value)
+    return flags, rest
+
+
+def make_corpus(path: Path, mb: int, seed_text: Path, fmt: str, seed: int = 0) -> Path:
+    """About mb MB of documents made of random lines of seed_text, written through a temporary name."""
+    if path.exists():
+        return path
+    lines = [line for line in seed_text.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written, target = 0, mb * 1_000_000
+    with open(tmp, "w", encoding="utf-8") as f:
+        while written < target:
+            picks = rng.integers(0, len(lines), size=(1000, 200))
+            for row, n in zip(picks, rng.integers(20, 201, size=1000)):
+                doc = "\n".join(lines[i] for i in row[:n])
+                record = json.dumps({"text": doc}) + "\n" if fmt == "jsonl" else doc + "\n\n"
+                f.write(record)
+                written += len(record)
+    os.replace(tmp, path)
+    return path
+
+
+class Sampler(threading.Thread):
+    """Largest sum of PSS over a process and its descendants, read from /proc every 0.1 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.1):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(self.pid)))
+
+
+def _tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            for task in os.listdir(f"/proc/{pids[i]}/task"):
+                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
+                    pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return pids
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
+    except OSError:
+        return 0
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run cmd; its wall time, exit status and peak memory."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sampler = Sampler(child.pid)
+    sampler.start()
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise UserError(f"{' '.join(cmd)} failed ({child.returncode}):\n{output[-3000:]}")
+    rss_mb = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)  # bytes on macOS, KB on Linux
+    return {"seconds": wall, "peak_rss_mb": rss_mb, "peak_pss_total_mb": sampler.peak_kb / 1024}
+
+
+def same_tokens(ours: Path, meta: dict, theirs: Path) -> bool:
+    """Whether hfgpt's shards hold exactly the ids of the approach's train.bin and val.bin, read a block at a time."""
+    for split in ("train", "val"):
+        reference = np.memmap(theirs / f"{split}.bin", dtype=np.uint16, mode="r")
+        at = 0
+        for entry in meta["shards"][split]:
+            shard = np.memmap(ours / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r")
+            for i in range(0, len(shard), 1 << 24):
+                block = shard[i:i + (1 << 24)]
+                if not np.array_equal(block, reference[at + i:at + i + len(block)]):
+                    return False
+            at += len(shard)
+        if at != len(reference):
+            return False
+    return True
+
+
+def run_hfgpt(rest: list[str], corpus: Path, out: Path, env: dict) -> tuple[dict, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "hfgpt.prepare", *rest, f"--source={corpus}", f"--dataset={out.name}"]
+    result = measure(cmd, env)
+    meta = json.loads((out / "meta.json").read_text())
+    result["tokens"] = meta["train_tokens"] + meta["val_tokens"]
+    return result, meta
+
+
+def run_tiktoken_map(corpus: Path, out: Path, gpt2_dir: str, num_proc: int, val_ids: Path, env: dict) -> dict:
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "hfgpt.bench.tiktoken_map", str(corpus), str(out), f"--gpt2_dir={gpt2_dir}",
+           f"--num_proc={num_proc}", f"--val_ids={val_ids}"]
+    return measure(cmd, env)
+
+
+@cli
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0
+    flags, rest = split_args(argv)
+    recipe = load_recipe(rest[0] if rest and not rest[0].startswith("--") else None,
+                         rest[1:] if rest and not rest[0].startswith("--") else rest)
+    d = recipe.data
+    corpus = Path(str(d.source)) if d.source is not None else None
+    if flags["corpus_mb"]:
+        seed_text = Path(flags["corpus_from"] or str(d.source))
+        if not seed_text.is_file():
+            raise UserError(f"--corpus_mb needs --corpus_from=TEXT_FILE to draw lines from (got {seed_text})")
+        name = f"corpus-{flags['corpus_mb']}mb.{flags['corpus_format']}"
+        corpus = make_corpus(Path(flags["corpus_dir"]) / name, flags["corpus_mb"], seed_text, flags["corpus_format"])
+    if corpus is None:
+        raise UserError("no text to measure: set --source=FILE or --corpus_mb=N --corpus_from=FILE")
+    num_proc = d.num_proc or usable_cpus()
+    out = Path(d.data_dir) / f"{d.dataset}-bench"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    result = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "tokenizer": d.tokenizer,
+              "num_proc": num_proc}
+    if flags["compare_tiktoken"]:
+        result.update(compare(rest, corpus, out, flags, num_proc, recipe, env))
+    else:
+        runs = [run_hfgpt(rest, corpus, out, env)[0] for _ in range(flags["pairs"])]
+        best = min(runs, key=lambda r: r["seconds"])
+        result.update({"tokens": best["tokens"], "seconds": best["seconds"], "tokens_per_sec": best["tokens"] / best["seconds"],
+                       "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                       "peak_pss_total_mb": max(r["peak_pss_total_mb"] for r in runs)})
+    report(result, flags["json"])
+    return 0
+
+
+def compare(rest, corpus: Path, out: Path, flags: dict, num_proc: int, recipe, env) -> dict:
+    """Alternate hfgpt and the tiktoken + datasets.map approach; the ratio of tokens/s per pair."""
+    from hfgpt.prepare import val_documents
+
+    gpt2_dir = flags["gpt2_dir"] or recipe.data.tokenizer
+    if not Path(gpt2_dir).is_dir() or flags["corpus_format"] != "jsonl":
+        raise UserError("--compare_tiktoken needs a .jsonl corpus and GPT-2's files: --gpt2_dir=DIR (encoder.json + "
+                        "vocab.bpe, or vocab.json + merges.txt), or --tokenizer=DIR with them")
+    pairs = []
+    for _ in range(flags["pairs"]):
+        ours, meta = run_hfgpt(rest, corpus, out, env)
+        n_docs = meta["documents"]["train"] + meta["documents"]["val"]
+        is_val = val_documents(n_docs, recipe.data.val_fraction, recipe.train.seed)
+        chosen = np.flatnonzero([is_val(i) for i in range(n_docs)])
+        np.save(out.with_name(out.name + "-val.npy"), chosen)
+        theirs = run_tiktoken_map(corpus, out.with_name(out.name + "-tiktoken"), gpt2_dir, num_proc,
+                                  out.with_name(out.name + "-val.npy"), env)
+        identical = same_tokens(out, meta, out.with_name(out.name + "-tiktoken"))
+        pairs.append({"hfgpt_s": round(ours["seconds"], 2), "tiktoken_map_s": round(theirs["seconds"], 2),
+                      "ratio": round(theirs["seconds"] / ours["seconds"], 3), "identical_ids": identical,
+                      "hfgpt_peak_rss_mb": round(ours["peak_rss_mb"]), "tiktoken_map_peak_rss_mb": round(theirs["peak_rss_mb"]),
+                      "hfgpt_pss_total_mb": round(ours["peak_pss_total_mb"]),
+                      "tiktoken_map_pss_total_mb": round(theirs["peak_pss_total_mb"])})
+        print(f"pair {len(pairs)}: {pairs[-1]}", flush=True)
+    shutil.rmtree(out.with_name(out.name + "-tiktoken"), ignore_errors=True)
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    return {"tokens": tokens, "pairs": pairs, "median_ratio": statistics.median(p["ratio"] for p in pairs),
+            "hfgpt_tokens_per_sec": tokens / min(p["hfgpt_s"] for p in pairs),
+            "tiktoken_map_tokens_per_sec": tokens / min(p["tiktoken_map_s"] for p in pairs),
+            "identical_ids": all(p["identical_ids"] for p in pairs)}

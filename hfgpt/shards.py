@@ -1,0 +1,123 @@
+"""Writing a dataset folder: token shards filled as ids come, in a temporary folder moved into
+place when everything is written.
+
+    with work_dir(out) as work:                # out/.prepare-XXXX, removed whatever happens
+        train = ShardWriter(work, "train", np.uint16, shard_size=100_000_000)
+        train.write(ids)                       # any number of times; files fill one after the other
+        move_tail(train, val, n_val)           # one text stream: its last n_val tokens become val
+        train.close()                          # -> [{"file": "train.bin", "tokens": 1003854}]
+        publish(work, out)                     # token files, tokenizer/, then meta.json
+
+A split that fits in one shard is written as `train.bin` (nanoGPT's name, so nanoGPT reads it);
+a larger one as `train-00000.bin`, `train-00001.bin`, ...
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+COPY_TOKENS = 1 << 22  # tokens per read when moving a stream's tail into val
+
+
+class ShardWriter:
+    def __init__(self, folder: Path, split: str, dtype, shard_size: int):
+        self.folder, self.split, self.dtype, self.shard_size = folder, split, np.dtype(dtype), shard_size
+        self.counts: list[int] = []
+        self.file = None
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{self.split}-{index:05d}.bin"
+
+    def write(self, ids: np.ndarray) -> None:
+        ids = ids.astype(self.dtype, copy=False)
+        while len(ids):
+            if self.file is None or self.counts[-1] == self.shard_size:
+                self._next_file()
+            room = self.shard_size - self.counts[-1]
+            self.file.write(ids[:room].tobytes())
+            self.counts[-1] += min(room, len(ids))
+            ids = ids[room:]
+
+    def _next_file(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.file = open(self.path(len(self.counts)), "wb")
+        self.counts.append(0)
+
+    def close(self) -> list[dict]:
+        """Finish the files; a single shard is renamed to `split.bin`. Returns meta.json's shard list."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if len(self.counts) == 1:
+            os.replace(self.path(0), self.folder / f"{self.split}.bin")
+            return [{"file": f"{self.split}.bin", "tokens": self.counts[0]}]
+        return [{"file": self.path(i).name, "tokens": n} for i, n in enumerate(self.counts)]
+
+
+def move_tail(stream: ShardWriter, val: ShardWriter, n_val: int) -> None:
+    """Move the last n_val tokens of `stream` (in order) into `val` and cut them off `stream`: one
+    text stream split as nanoGPT splits it, in bounded memory. Call before closing either."""
+    if stream.file is not None:
+        stream.file.close()
+        stream.file = None
+    if not stream.counts:
+        return
+    keep, index, first = len(stream) - n_val, 0, 0
+    while index < len(stream.counts) - 1 and keep >= first + stream.counts[index]:
+        first += stream.counts[index]
+        index += 1
+    start = keep - first  # the tail begins here in shard `index`
+    for i in range(index, len(stream.counts)):
+        # plain reads, not a memmap: mapped pages would count as resident memory, as big as the tail
+        with open(stream.path(i), "rb") as f:
+            f.seek((start if i == index else 0) * stream.dtype.itemsize)
+            while len(block := np.fromfile(f, dtype=stream.dtype, count=COPY_TOKENS)):
+                val.write(block)
+    for i in range(len(stream.counts) - 1, index, -1):
+        stream.path(i).unlink()
+    os.truncate(stream.path(index), start * stream.dtype.itemsize)
+    stream.counts[index + 1:] = []
+    stream.counts[index] = start
+    if start == 0 and index > 0:  # the tail began exactly at a shard boundary
+        stream.path(index).unlink()
+        stream.counts.pop()
+
+
+TOKEN_FILE = re.compile(r"^(train|val)(-\d{5})?\.bin$")
+
+
+@contextmanager
+def work_dir(out: Path) -> Iterator[Path]:
+    """A temporary folder inside `out` (same file system, so publishing is renames), always removed."""
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move the finished files from `work` into `out`; meta.json last, as the commit mark. Token
+    files of an earlier preparation that the new one does not have are removed."""
+    (out / "meta.json").unlink(missing_ok=True)
+    new = {p.name for p in work.iterdir() if TOKEN_FILE.match(p.name)}
+    if new:
+        for old in out.iterdir():
+            if TOKEN_FILE.match(old.name) and old.name not in new:
+                old.unlink()
+    for name in sorted(new):
+        os.replace(work / name, out / name)
+    if (out / "tokenizer").exists():
+        shutil.rmtree(out / "tokenizer")
+    os.replace(work / "tokenizer", out / "tokenizer")
+    os.replace(work / "meta.json", out / "meta.json")

@@ -28,7 +28,6 @@ CARD = "README.md"
 FACTS = "training.json"
 EVAL_RESULTS = "eval_results.json"
 PLOT = "loss.png"
-HFGPT_URL = "https://github.com/hfgpt/hfgpt"
 
 
 def read_json(path: Path) -> dict:
@@ -109,7 +108,7 @@ def summary(name: str, recipe: dict, facts: dict, config: dict, n_params: int | 
     size = f"a {n_params / 1e6:.2f}M-parameter GPT" if n_params else "a GPT"
     init_from = facts.get("init_from") or recipe.get("init_from") or "scratch"
     start = "from scratch" if init_from == "scratch" else f"starting from `{init_from}`"
-    text = f"**{name}** is {size}{shape}, trained {start} with [hfgpt]({HFGPT_URL})"
+    text = f"**{name}** is {size}{shape}, trained {start} with hfgpt"
     if recipe:
         source = f" ({recipe['source']})" if recipe.get("source") else ""
         text += f" on the `{recipe.get('dataset')}` dataset{source}, tokenized with the `{recipe.get('tokenizer')}` tokenizer"
@@ -138,11 +137,11 @@ def results_table(facts: dict, results: dict) -> str:
 
 
 def usage(model_id: str, start: str) -> str:
-    code = (f"from transformers import pipeline\n\ngenerator = pipeline(\"text-generation\", model={model_id!r})\n"
-            f"print(generator({start!r}, max_new_tokens=200)[0][\"generated_text\"])")
-    commands = (f"python -m hfgpt.sample {model_id} --start={json.dumps(start)} --num_samples=3\n"
-                f"python -m hfgpt.eval {model_id}")
-    return f"{fenced(code, 'python')}\n\nor with hfgpt (`pip install hfgpt`):\n\n{fenced(commands, 'sh')}"
+    code = (f"from transformers import pipeline\n\ngenerator = pipeline(\"text-generation\", model={json.dumps(model_id)})\n"
+            f"print(generator({json.dumps(start)}, max_new_tokens=200)[0][\"generated_text\"])")
+    prompt = f" --start={json.dumps(start)}" if start.strip() else ""
+    commands = f"python -m hfgpt.sample {model_id}{prompt} --num_samples=3\npython -m hfgpt.eval {model_id}"
+    return f"{fenced(code, 'python')}\n\nor with hfgpt:\n\n{fenced(commands, 'sh')}"
 
 
 def render(folder: Path, facts: dict, model_id: str | None = None) -> str:

@@ -3,6 +3,8 @@
     hfgpt prepare recipes/shakespeare_char.yaml
     hfgpt train recipes/shakespeare_char_cpu.yaml --max_iters=500
     hfgpt sample out-shakespeare-char-cpu --start="ROMEO:"
+    hfgpt eval out-shakespeare-char-cpu
+    hfgpt push out-shakespeare-char-cpu --hub_model_id=user/shakespeare-char
 
 `hfgpt STEP ...` is the same as `python -m hfgpt.STEP ...`.
 """
@@ -14,6 +16,8 @@ COMMANDS = {
     "prepare": "tokenize a recipe's text into token files",
     "train": "train a GPT (prepares the data first if needed)",
     "sample": "generate text from a trained model",
+    "eval": "loss, perplexity and bits per character/byte over a whole split",
+    "push": "upload a run to the Hugging Face Hub",
     "convert": "convert nanoGPT checkpoints to Hugging Face model folders and back",
     "bench": "measure training, sampling or preparing speed",
 }

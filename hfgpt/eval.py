@@ -136,21 +136,21 @@ def split_tokens(args, recipe: dict, tokenizer) -> tuple[list[np.ndarray], str, 
     if meta is None:
         raise UserError(f"{folder}/meta.json not found: prepare the data with python -m hfgpt.prepare RECIPE, or give "
                         "--data_dir/--dataset of prepared data, or --text=FILE")
-    if args.split not in meta["files"]:
-        raise UserError(f"--split={args.split}: {folder} has the splits {', '.join(meta['files'])}")
+    splits = meta["shards"] if "shards" in meta else meta["files"]
+    if args.split not in splits:
+        raise UserError(f"--split={args.split}: {folder} has the splits {', '.join(splits)}")
     if meta["vocab_size"] != len(tokenizer):
         raise UserError(f"{folder} was tokenized with {meta['tokenizer']} ({meta['vocab_size']:,} ids) but the model's "
                         f"tokenizer has {len(tokenizer):,}: give the model's own data with --data_dir/--dataset")
-    tokens = load_tokens(folder, meta, args.split)
-    shards = tokens if isinstance(tokens, list) else [tokens]
+    shards = load_tokens(folder, meta, args.split).arrays  # windows never cross a shard boundary
     return shards, f"{folder} ({args.split})", "char" if meta["tokenizer"] == "char" else "byte"
 
 
-def evaluate_model(args) -> dict:
+def evaluate_model(args, folder: Path) -> dict:
+    """Score the model in `folder` as the command line says; the results as eval_results.json holds them."""
     import evaluate
     from transformers import AutoModelForCausalLM
 
-    folder, _ = model_folder(args.model)
     recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
     tokenizer = load_tokenizer(str(folder))
     device = torch.device(device_type(args.device))
@@ -198,8 +198,8 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.batch_size < 1:
         raise UserError(f"--batch_size={args.batch_size} must be at least 1")
-    results = evaluate_model(args)
     folder, own = model_folder(args.model)
+    results = evaluate_model(args, folder)
     out = Path(args.out) if args.out else (folder if own else Path(".")) / EVAL_RESULTS
     write_text(out, json.dumps(results, indent=2))
     unit = results["unit"]

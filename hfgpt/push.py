@@ -38,11 +38,13 @@ from hfgpt.hub import LAST_CHECKPOINT, reason
 APPENDED = {"metrics.jsonl"}  # files that grow in place: copied, never linked
 SKIPPED_DIRS = {"checkpoints", "wandb"}
 SNAPSHOT_PREFIX = ".push-"
+RETRIES = 3  # tries per push
+RETRY_WAIT = 2.0  # seconds before the 2nd try; doubled before each next one
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
     """A hard link (free, and unchanged when hfgpt later replaces src by a new file), else a copy."""
-    if src.name in APPENDED:
+    if Path(src).name in APPENDED:
         shutil.copy2(src, dst)
         return
     try:
@@ -69,7 +71,7 @@ class Pusher:
     """Pushes one run's out_dir to one Hub repo, one commit per push, on a background thread."""
 
     def __init__(self, out_dir: str | Path, repo_id: str | None = None, private: bool | None = None,
-                 strategy: str = "every_save", retries: int = 3, retry_wait: float = 2.0):
+                 strategy: str = "every_save"):
         from huggingface_hub import HfApi, get_token
 
         if strategy not in CHOICES["hub_strategy"]:
@@ -77,16 +79,20 @@ class Pusher:
         if get_token() is None:
             raise UserError("pushing to the Hub needs a token with write access: run `hf auth login` or set HF_TOKEN")
         self.out_dir, self.strategy = Path(out_dir), strategy
-        self.retries, self.retry_wait = retries, retry_wait
         self.api = HfApi()
+        # a bad token, no network, no right to that namespace: stop before training, not at its first save
         try:
-            if repo_id is None:
-                repo_id = f"{self.api.whoami()['name']}/{self.out_dir.resolve().name}"
+            user = self.api.whoami()["name"]
+        except Exception as e:
+            raise UserError(f"the Hub did not accept the token ({reason(e)}): run `hf auth login` or set HF_TOKEN to a "
+                            "token with write access") from None
+        repo_id = repo_id or f"{user}/{self.out_dir.resolve().name}"
+        try:
             repo = self.api.create_repo(repo_id, private=private, exist_ok=True)
-            self.repo_id, self.url = repo.repo_id, str(repo)
-        except Exception as e:  # a bad token, no network, no right to that namespace: stop before training
-            raise UserError(f"could not create or reach the Hub repo {repo_id} ({reason(e)}): check hub_model_id and "
-                            "your token (HF_TOKEN or `hf auth login`)") from None
+        except Exception as e:
+            raise UserError(f"could not create the Hub repo {repo_id} ({reason(e)}): check hub_model_id and that your "
+                            "token may write to that namespace") from None
+        self.repo_id, self.url = repo.repo_id, str(repo)
         self.queued: list[tuple] = []  # (future, snapshot folder) not finished yet
         self.counter = itertools.count()
         for leftover in self.out_dir.glob(f"{SNAPSHOT_PREFIX}*"):  # from a run that was killed mid-upload
@@ -117,17 +123,17 @@ class Pusher:
     def _upload(self, folder: Path, message: str, with_checkpoint: bool):
         """Runs on the background worker: upload with retries; None after the last failed try."""
         try:
-            for attempt in range(1, self.retries + 1):
+            for attempt in range(1, RETRIES + 1):
                 try:
                     return self.api.upload_folder(repo_id=self.repo_id, folder_path=folder, commit_message=message,
                                                   delete_patterns=[f"{LAST_CHECKPOINT}/*"] if with_checkpoint else None)
                 except Exception as e:  # whatever went wrong, training must go on
-                    if attempt == self.retries:
+                    if attempt == RETRIES:
                         tqdm.write(f"warning: push '{message}' to {self.repo_id} failed after {attempt} tries "
                                    f"({reason(e)}); the files are safe in {self.out_dir}: push them later with "
                                    f"python -m hfgpt.push {self.out_dir} --hub_model_id={self.repo_id}")
                         return None
-                    time.sleep(self.retry_wait * 2 ** (attempt - 1))
+                    time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -3,6 +3,7 @@
     python -m hfgpt.sample out-shakespeare-char-cpu --start="ROMEO:"
     python -m hfgpt.sample out-shakespeare-char --start=FILE:prompt.txt --num_samples=3 --max_new_tokens=1000
     python -m hfgpt.sample user/my-model --temperature=1.0 --top_k=50 --seed=7
+    python -m hfgpt.sample user/my-model@v1.0 --num_samples=1        # a branch, tag or commit of a Hub repo
 
 The pipeline generates with the KV cache while the text fits in the model's block_size. Past it,
 sampling goes on as nanoGPT's does: each new token sees the last block_size tokens, so any
@@ -16,9 +17,10 @@ from pathlib import Path
 import torch
 from transformers import pipeline, set_seed
 
+from hfgpt.checkpoint import SHARDED
+from hfgpt.config import LogConfig
 from hfgpt.device import device_type
 from hfgpt.errors import UserError, cli
-from hfgpt.config import LogConfig
 from hfgpt.model import n_positions, split_revision
 
 
@@ -112,7 +114,7 @@ def eval_samples(accelerator, model, tokenizer, log: LogConfig, seed: int) -> li
     n = log.eval_samples if log.eval_samples is not None else int(accelerator.device.type != "cpu")
     if n == 0 or not accelerator.is_main_process:
         return []
-    if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+    if accelerator.distributed_type in SHARDED:
         return []  # the weights are sharded across processes: one process cannot generate alone
     net = accelerator.unwrap_model(model, keep_torch_compile=False)
     devices = [net.device] if net.device.type == "cuda" else []

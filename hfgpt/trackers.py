@@ -42,5 +42,6 @@ def start_trackers(accelerator, recipe: Recipe) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     wandb = {"dir": str(out_dir)} | ({"name": recipe.log.wandb_run_name} if recipe.log.wandb_run_name else {})
     # tensorboard's hparams take numbers, strings and booleans only
-    config = {k: v for k, v in recipe.to_dict().items() if v is not None}
+    config = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in recipe.to_dict().items()
+              if v is not None}
     accelerator.init_trackers(recipe.log.wandb_project, config=config, init_kwargs={"wandb": wandb})

@@ -8,10 +8,12 @@ repo_info, list_repo_files/list_repo_tree, hf_hub_download and snapshot_download
 Usage:
     hub = FakeHub(lfs_mode="lfs").start()   # hub.url -> "http://127.0.0.1:<port>"
     hub.add_files("dataset", "someone/docs", {"data/train.parquet": b"..."})  # serve a dataset repo
+    hub.commit_delay, hub.fail_commits = 1.0, 2   # slow commits down; make the next 2 fail
     ...
     hub.stop()
 
-Copied from ../shared/tools/fake_hub.py; add_files is hfgpt's addition.
+Copied from ../shared/tools/fake_hub.py; add_files, commit_delay, fail_commits, history and the
+commits' "time" are hfgpt's additions.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class Repo:
 
     def add_commit(self, ref: str, files: dict, title: str, parent: str | None) -> str:
         oid = uuid.uuid4().hex + uuid.uuid4().hex[:8]  # 40 hex chars, like a git sha1
-        self.commits[oid] = {"files": files, "title": title, "parent": parent, "date": _now()}
+        self.commits[oid] = {"files": files, "title": title, "parent": parent, "date": _now(), "time": time.time()}
         self.refs[ref] = oid
         return oid
 
@@ -106,6 +108,9 @@ class FakeHub:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[tuple[str, str]] = []  # (method, path) log for assertions
+        self.commit_delay = 0.0  # seconds each commit request waits before it is applied
+        self.fail_commits = 0  # the next this many commit requests fail with HTTP fail_status
+        self.fail_status = 400  # huggingface_hub retries 5xx itself (for ~25 s); a 4xx reaches the caller at once
         self.lock = threading.RLock()
         hub = self
 
@@ -117,6 +122,15 @@ class FakeHub:
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread: threading.Thread | None = None
+
+    def history(self, repo_type: str, repo_id: str, ref: str = "main") -> list[dict]:
+        """The commits of a branch, oldest first (the initial commit included)."""
+        repo, out = self.repo(repo_type, repo_id), []
+        oid = repo.refs[ref]
+        while oid is not None:
+            out.append({"oid": oid, **repo.commits[oid]})
+            oid = repo.commits[oid]["parent"]
+        return out[::-1]
 
     def start(self) -> "FakeHub":
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -219,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = parts.path, parse_qs(parts.query)
         hub.requests.append((self.command, path))
         body = self._body() if self.command in ("POST", "PUT") else b""
+        if hub.commit_delay and self.command == "POST" and "/commit/" in path:
+            time.sleep(hub.commit_delay)  # outside the lock: other requests go on meanwhile
         try:
             with hub.lock:
                 self._route(path, query, body)
@@ -331,6 +347,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _commit(self, repo: Repo, ref: str, body: bytes):
         hub = self.hub
+        if hub.fail_commits > 0:
+            hub.fail_commits -= 1
+            raise HubError(hub.fail_status, "commit refused (a failure injected by the test)")
         if ref not in repo.refs:
             raise HubError(404, f"Invalid rev id: {ref}", "RevisionNotFound")
         head = repo.refs[ref]

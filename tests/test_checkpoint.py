@@ -60,7 +60,7 @@ def test_checkpoint_folder_is_a_model_folder_without_pickles(tiny_recipe, workdi
                  "rng-0.safetensors", "state.json", "recipe.yaml"):
         assert (folder / name).is_file(), name
     written = [p for p in (workdir / "out").rglob("*") if p.is_file()]
-    assert {p.suffix for p in written} <= {".json", ".jsonl", ".safetensors", ".yaml"}
+    assert {p.suffix for p in written} <= {".json", ".jsonl", ".safetensors", ".yaml", ".md", ".png"}
     for p in written:
         assert not p.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle/zip
 

@@ -124,3 +124,24 @@ def test_help_lists_every_key_with_its_doc(capsys):
         assert f"--{key}=" in out
     assert "Context length in tokens" in out  # block_size's docstring
     assert recipe_help("x", "y").count("\n      ") == len(KEYS)
+
+
+def test_nanogpt_wandb_log_adds_wandb_to_log_with(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("log_with: tensorboard\nwandb_log: true\nwandb_project: owt\nwandb_run_name: gpt2-124M\n")
+    r = load_recipe(str(path))
+    assert (r.log.log_with, r.log.wandb_project, r.log.wandb_run_name) == ("tensorboard,wandb", "owt", "gpt2-124M")
+    assert load_recipe(None, ["--wandb_log=False"]).log.log_with is None
+    assert load_recipe(None, ["--wandb_log=true", "--log_with=wandb"]).log.log_with == "wandb"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("--log_with=tensorboard,wandbb", "log_with: 'wandbb' is not a tracker"),
+    ("--hub_strategy=sometimes", "hub_strategy='sometimes' is not one of end, every_save, checkpoint"),
+    ("--hub_model_id=a/b/c", "hub_model_id='a/b/c' is not a Hub repo id"),
+    ("--eval_samples=-1", "eval_samples=-1 must be 0 or more"),
+    ("--wandb_log=maybe", "wandb_log='maybe' is not a valid bool"),
+])
+def test_bad_watch_and_hub_keys(arg, message):
+    with pytest.raises(UserError, match=message):
+        load_recipe(None, [arg])

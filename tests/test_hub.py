@@ -1,0 +1,201 @@
+"""The Hub for real: huggingface_hub's own client, over HTTP, against tests/fake_hub.py on 127.0.0.1.
+
+HF_ENDPOINT is read when huggingface_hub is imported, so everything that talks to the Hub runs in
+a subprocess with the fake hub's URL, its own HF_HOME and a token. Proxies point at a closed local
+port (loopback excepted), so a request meant for anywhere but 127.0.0.1 fails instead of leaving
+the machine; each test checks that the fake hub saw the requests.
+"""
+
+import hashlib
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from tests.conftest import PYTHON, run_env
+from tests.fake_hub import FakeHub
+
+TOKEN = "hf_" + "TestOnlySecret" * 3  # the fake hub accepts this token and no other
+USER = "test-user"
+MB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """One fake hub for the module: large files go through xet (local:// CAS) or, with
+    HF_HUB_DISABLE_XET=1 on the client, through classic LFS."""
+    with FakeHub(lfs_mode="xet", xet_dir=str(tmp_path_factory.mktemp("xet-cas")), token=TOKEN, user=USER) as hub:
+        yield hub
+
+
+def hub_env(hub, home, path: str = "xet", token: str = TOKEN) -> dict:
+    env = run_env()
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env[key] = "0"
+    env.update({
+        "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_TOKEN": token, "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")},
+    })
+    if path == "lfs":
+        env["HF_HUB_DISABLE_XET"] = "1"
+    return env
+
+
+def run(args: list[str], env: dict, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    assert TOKEN not in result.stdout + result.stderr, "the token was printed"
+    return result
+
+
+def run_script(script: str, env: dict, cwd) -> dict:
+    """Run Python code in a subprocess; it prints one JSON object as its last line."""
+    result = run([PYTHON, "-c", textwrap.dedent(script)], env, cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_token_nowhere(folder) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def paths_for(hub, repo: str) -> list[str]:
+    return [path for _, path in hub.requests if f"/{repo}" in path]
+
+
+@pytest.mark.parametrize("path", ["xet", "lfs"])
+def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny_recipe, workdir, hub, path):
+    repo = f"{USER}/run-{path}"
+    recipe = tiny_recipe(f"{path}.yaml", n_embd=384, n_head=4, max_iters=10, eval_interval=5, log_interval=5,
+                         eval_iters=2, lr_decay_iters=10, push_to_hub=True, hub_model_id=repo,
+                         hub_strategy="checkpoint")
+    env = hub_env(hub, workdir / "hf-home", path)
+    hub.commit_delay = 2.0  # slow commits: training must not wait for them
+    try:
+        result = run([PYTHON, "-m", "hfgpt.train", str(recipe)], env, workdir)
+    finally:
+        hub.commit_delay = 0.0
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = workdir / "out"
+    assert (out / "model.safetensors").stat().st_size > 10 * MB
+
+    # pushed in the background: iteration 10 was checkpointed while the iteration-5 push was still going
+    commits = hub.history("model", repo)
+    titles = [c["title"] for c in commits]
+    assert titles[1].startswith("iter 5:") and titles[-1] == "end of training: iter 10", titles
+    assert commits[1]["time"] > (out / "checkpoints" / "iter-000010" / "state.json").stat().st_mtime
+    # the large files took the path under test
+    xet_token = f"/api/models/{repo}/xet-write-token/main" in paths_for(hub, repo)
+    lfs_batch = f"/{repo}.git/info/lfs/objects/batch" in paths_for(hub, repo)
+    assert (xet_token, lfs_batch) == ((True, False) if path == "xet" else (False, True))
+
+    # download it back: byte-identical; loads with from_pretrained and pipeline by its Hub id; resumes
+    got = run_script(f"""
+        import hashlib, json, pathlib
+        from huggingface_hub import snapshot_download
+        from transformers import AutoModelForCausalLM, pipeline
+        from hfgpt import train
+        folder = pathlib.Path(snapshot_download({repo!r}, local_dir="downloaded"))
+        files = {{str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in folder.rglob("*") if p.is_file() and ".cache" not in p.parts}}
+        model = AutoModelForCausalLM.from_pretrained({repo!r})
+        text = pipeline("text-generation", model={repo!r})("ROMEO:", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+        code = train.main([{str(recipe)!r}, "--init_from=resume", "--resume_from={repo}", "--max_iters=15",
+                           "--out_dir=resumed", "--push_to_hub=false"])
+        print(json.dumps({{"files": files, "params": model.num_parameters(), "text": text, "code": code}}))
+    """, env, workdir)
+    # every file byte-identical, except the card, which the Hub copy words for the repo
+    last = out / "checkpoints" / "iter-000010"
+    expected = {p.name: sha256(p) for p in out.iterdir() if p.is_file() and p.name != "README.md"}
+    expected |= {f"last-checkpoint/{p.name}": sha256(p) for p in last.iterdir() if p.name != "README.md"}
+    assert {k: v for k, v in got["files"].items() if not k.endswith("README.md") and k != ".gitattributes"} == expected
+    assert "model.safetensors" in expected and "last-checkpoint/optimizer.safetensors" in expected
+    assert got["params"] > 3_000_000 and got["text"].startswith("ROMEO:")
+    assert got["code"] == 0
+    state = json.loads((workdir / "resumed" / "checkpoints" / "iter-000015" / "state.json").read_text())
+    assert state["iter"] == 15 and state["tokens_seen"] == 15 * 8 * 32
+    resumed_rows = [json.loads(line) for line in (workdir / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in resumed_rows if "loss" in r] == [15]  # it went on from iteration 10
+    card = (workdir / "downloaded" / "README.md").read_text()
+    assert f'model="{repo}"' in card  # the card on the Hub names the repo
+    assert_token_nowhere(workdir)
+
+
+def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, workdir, hub):
+    from hfgpt import eval as hfgpt_eval
+    from hfgpt import train
+
+    recipe = tiny_recipe(max_iters=20, eval_interval=20, lr_decay_iters=20)
+    assert train.main([str(recipe)]) == 0
+    (workdir / "out").rename(workdir / "first")
+    assert train.main([str(recipe), "--seed=7"]) == 0
+    repo = f"{USER}/cli"
+    got = run_script(f"""
+        import json
+        import torch
+        from safetensors.torch import load_file
+        from hfgpt import eval, push, train
+        from hfgpt.model import load_model
+        first = push.Pusher("first", "{repo}").finish("first run").rsplit("/", 1)[1]  # its commit URL
+        codes = [push.main(["out", "--hub_model_id={repo}"])]
+        model = load_model("{repo}@" + first, block_size=32)  # as init_from: user/name@revision
+        weights = load_file("first/model.safetensors")
+        same = all(torch.equal(p, weights[k]) for k, p in model.state_dict().items() if k in weights)
+        codes.append(eval.main(["{repo}@" + first, "--dataset=tiny", "--out=hub-eval.json"]))
+        codes.append(train.main(["{recipe}", "--init_from={repo}@" + first, "--max_iters=2", "--eval_interval=2",
+                                 "--out_dir=finetuned"]))
+        print(json.dumps({{"codes": codes, "same": same}}))
+    """, hub_env(hub, workdir / "hf-home"), workdir)
+    assert got == {"codes": [0, 0, 0], "same": True}
+    assert [c["title"] for c in hub.history("model", repo)][1:] == ["first run", "hfgpt: push out"]
+    assert hfgpt_eval.main([str(workdir / "first")]) == 0  # the same model, evaluated from its local folder
+    local, remote = (json.loads(p.read_text()) for p in (workdir / "first" / "eval_results.json", workdir / "hub-eval.json"))
+    assert remote["loss"] == pytest.approx(local["loss"], abs=1e-6) and remote["tokens"] == local["tokens"] > 9000
+    assert (workdir / "finetuned" / "model.safetensors").is_file()
+    assert_token_nowhere(workdir)
+
+
+def test_failed_pushes_are_retried_reported_and_never_stop_training(tiny_recipe, workdir, hub):
+    recipe = tiny_recipe(max_iters=10, eval_interval=5, log_interval=5, eval_iters=2, lr_decay_iters=10,
+                         push_to_hub=True, hub_model_id=f"{USER}/flaky")
+    env = hub_env(hub, workdir / "hf-home")
+    script = f"""
+        import json, sys
+        import hfgpt.push
+        from hfgpt import push, train
+        hfgpt.push.RETRY_WAIT = 0.01
+        print(json.dumps(train.main([{str(recipe)!r}] + sys.argv[1:])))
+    """
+    hub.fail_commits = 4  # iteration 5: 3 tries fail; iteration 10: 1 fails, the 2nd try lands
+    try:
+        partly = run([PYTHON, "-c", textwrap.dedent(script)], env, workdir)
+        hub.fail_commits = 1000  # nothing lands
+        never = run([PYTHON, "-c", textwrap.dedent(script), "--out_dir=out2"], env, workdir)
+    finally:
+        hub.fail_commits = 0
+    bad_token = run([PYTHON, "-m", "hfgpt.train", str(recipe), "--out_dir=out3"],
+                    hub_env(hub, workdir / "hf-home", token="hf_wrong"), workdir)
+
+    assert partly.stdout.strip().splitlines()[-1] == "0", partly.stdout[-3000:] + partly.stderr[-3000:]
+    titles = [c["title"] for c in hub.history("model", f"{USER}/flaky")]
+    assert not any(t.startswith("iter 5:") for t in titles) and titles[-1] == "end of training: iter 10"
+    reports = [line for line in (partly.stdout + partly.stderr).splitlines() if line.startswith("warning: push")]
+    assert len(reports) == 1 and "iter 5:" in reports[0]  # the push that failed 3 times was reported
+
+    assert never.stdout.strip().splitlines()[-1] == "2" and "error: the final push" in never.stderr
+    assert (workdir / "out2" / "model.safetensors").is_file() and (workdir / "out2" / "checkpoints" / "iter-000010").is_dir()
+    rows = [json.loads(line) for line in (workdir / "out2" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iter"] == 10  # training ran to the end
+    assert not list((workdir / "out2").glob(".push-*"))
+
+    assert bad_token.returncode == 2 and "hf auth login" in bad_token.stderr
+    assert not (workdir / "out3").exists()  # stopped before training
+    assert_token_nowhere(workdir)

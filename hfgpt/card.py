@@ -99,16 +99,24 @@ def fenced(text: str, language: str = "") -> str:
     return f"{fence}{language}\n{text}\n{fence}"
 
 
+def first_of(config: dict, *keys: str):
+    """The first of `keys` that config.json has: GPT-2's names, then the usual transformers ones."""
+    return next((config[k] for k in keys if config.get(k) is not None), "?")
+
+
 def summary(name: str, recipe: dict, facts: dict, config: dict, n_params: int | None) -> str:
     shape = ""
     if config:
-        shape = (f" (`{(config.get('architectures') or ['GPT2LMHeadModel'])[0]}`: {config.get('n_layer')} layers, "
-                 f"{config.get('n_head')} heads, {config.get('n_embd')} wide, a context of "
-                 f"{config.get('n_positions')} tokens, {config.get('vocab_size'):,} token ids)")
-    size = f"a {n_params / 1e6:.2f}M-parameter GPT" if n_params else "a GPT"
+        shape = (f" (`{(config.get('architectures') or ['?'])[0]}`: {first_of(config, 'n_layer', 'num_hidden_layers')} "
+                 f"layers, {first_of(config, 'n_head', 'num_attention_heads')} heads, "
+                 f"{first_of(config, 'n_embd', 'hidden_size')} wide, a context of "
+                 f"{first_of(config, 'n_positions', 'max_position_embeddings')} tokens, "
+                 f"{first_of(config, 'vocab_size')} token ids)")
+    text = f"**{name}** is {f'a {n_params / 1e6:.2f}M-parameter GPT' if n_params else 'a GPT'}{shape}"
+    if not recipe and not facts:  # a model folder hfgpt did not train
+        return text + "."
     init_from = facts.get("init_from") or recipe.get("init_from") or "scratch"
-    start = "from scratch" if init_from == "scratch" else f"starting from `{init_from}`"
-    text = f"**{name}** is {size}{shape}, trained {start} with hfgpt"
+    text += f", trained {'from scratch' if init_from == 'scratch' else f'starting from `{init_from}`'} with hfgpt"
     if recipe:
         source = f" ({recipe['source']})" if recipe.get("source") else ""
         text += f" on the `{recipe.get('dataset')}` dataset{source}, tokenized with the `{recipe.get('tokenizer')}` tokenizer"

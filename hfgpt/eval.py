@@ -39,6 +39,7 @@ from hfgpt.prepare import read_meta
 from hfgpt.tokenizer import load_tokenizer
 
 METRIC = Path(__file__).parent / "token_loss"
+LOGITS_BYTES = 1 << 29  # the default batch keeps its float32 logits near 512 MB
 
 
 def windows(n: int, block_size: int, stride: int):
@@ -166,12 +167,13 @@ def evaluate_model(args, folder: Path) -> dict:
 
     metric = evaluate.load(str(METRIC), keep_in_memory=True)
     started = time.time()
-    for nll, tokens, units in score(model, shards, block_size, stride, args.batch_size, unit_lengths(tokenizer, unit),
-                                    device):
+    vocab = model.get_output_embeddings().out_features
+    batch_size = args.batch_size or max(1, min(256, LOGITS_BYTES // (4 * block_size * vocab)))
+    for nll, tokens, units in score(model, shards, block_size, stride, batch_size, unit_lengths(tokenizer, unit), device):
         metric.add_batch(nll=nll, tokens=tokens, units=units)
     results = metric.compute(unit=unit)
     return {"model": args.model, "iter": read_json(folder / FACTS).get("iter"), "data": data, "split": args.split,
-            "unit": unit, **results, "block_size": block_size, "stride": stride, "device": device.type,
+            "unit": unit, **results, "block_size": block_size, "stride": stride, "batch_size": batch_size, "device": device.type,
             "seconds": round(time.time() - started, 2), "hfgpt_version": __version__}
 
 
@@ -186,7 +188,8 @@ def parse_args(argv):
     p.add_argument("--block_size", type=int, help="tokens per window (default: the model's context)")
     p.add_argument("--stride", type=int, help="tokens between window starts; less than block_size overlaps the "
                                               "windows, each scoring its last stride tokens (default block_size)")
-    p.add_argument("--batch_size", type=int, default=32, help="windows per forward pass (default 32)")
+    p.add_argument("--batch_size", type=int, help="windows per forward pass (default: as many as keep the logits "
+                                                  "near 512 MB, at most 256)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default auto)")
     p.add_argument("--out", help="where to write the results (default: eval_results.json in the model folder, "
                                  "or in the current folder for a Hub id)")
@@ -196,7 +199,7 @@ def parse_args(argv):
 @cli
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch_size={args.batch_size} must be at least 1")
     folder, own = model_folder(args.model)
     results = evaluate_model(args, folder)

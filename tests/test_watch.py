@@ -62,6 +62,9 @@ def test_tensorboard_and_offline_wandb_get_every_step(tiny_recipe, workdir, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HF_TOKEN", SECRET)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):  # nothing leaves the machine
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     recipe = tiny_recipe(max_iters=20, eval_interval=10, log_interval=5, lr_decay_iters=20, log_with="tensorboard,wandb",
                          wandb_run_name="tiny-run", eval_samples=1, sample_max_new_tokens=20)
     assert train.main([str(recipe)]) == 0

@@ -87,3 +87,10 @@ def check_split_size(tokens, split: str, block_size: int, folder: Path) -> None:
         raise UserError(
             f"the {split} split of {folder} has {have:,} tokens, fewer than block_size + 1 = {need:,}: "
             f"add {need - have:,}+ tokens of text, raise val_fraction, or lower block_size")
+
+
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Move a batch to the device; on CUDA through pinned memory, so the copy overlaps the device's work."""
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+    return tuple(t.to(device) for t in batch)

@@ -94,7 +94,7 @@ def score(model, shards: list[np.ndarray], block_size: int, stride: int, batch_s
             rows = np.stack([shard[start:start + length + 1].astype(np.int64) for shard, start, _, _ in batch])
             window = torch.from_numpy(rows).to(device)
             x, y = window[:, :-1], window[:, 1:]  # (B, T) inputs and the tokens that follow each
-            logits = model(input_ids=x).logits.float()  # (B, T, vocab)
+            logits = model(input_ids=x, use_cache=False).logits.float()  # (B, T, vocab)
             nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view(y.shape)
             # target j of a window is token start + 1 + j: it counts from first_scored on
             skip = torch.tensor([first - start - 1 for _, start, first, _ in batch], device=device)

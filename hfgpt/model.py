@@ -122,5 +122,6 @@ def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x, y: (B, T) with y[:, t] = x[:, t + 1] already. Passing labels= would make the model shift
     them again and train on T - 1 of the T targets, so the loss is taken from the logits here.
     """
-    logits = model(input_ids=x).logits  # (B, T, vocab)
+    # use_cache=False: GPT-2 would otherwise build a KV cache in every training forward, for nothing
+    logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
     return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))

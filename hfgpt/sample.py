@@ -57,7 +57,7 @@ def sample_sliding(model, ids: torch.Tensor, steps: int, block_size: int, temper
     if eos is not None:
         done |= (ids == eos).any(dim=1)
     for _ in range(steps):
-        logits = model(input_ids=ids[:, -block_size:], logits_to_keep=1).logits[:, -1, :].float()
+        logits = model(input_ids=ids[:, -block_size:], logits_to_keep=1, use_cache=False).logits[:, -1, :].float()
         logits = logits / max(temperature, 1e-5)
         if top_k:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))

@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,11 +33,12 @@ from tqdm.auto import tqdm
 from hfgpt.card import write_card
 from hfgpt.checkpoint import check_resume, find_checkpoint, restore, save_checkpoint, save_model_folder
 from hfgpt.config import Recipe, parse_cli
-from hfgpt.data import Windows, check_split_size, load_tokens
+from hfgpt.data import TokenShards, Windows, check_split_size, load_tokens, to_device
 from hfgpt.device import device_type, resolve_mixed_precision
 from hfgpt.errors import UserError, cli
 from hfgpt.hub import resume_from_hub
 from hfgpt.metrics import MetricsLog
+from hfgpt.mfu import flops_per_token, mfu, peak_flops
 from hfgpt.model import build_model, lm_loss, load_model, set_generation_defaults, zero_biases
 from hfgpt.optim import get_lr, make_optimizer
 from hfgpt.plot import plot_losses
@@ -82,7 +84,7 @@ def estimate_loss(model, splits: dict, recipe: Recipe, accelerator: Accelerator)
         losses = torch.zeros(t.eval_iters, device=accelerator.device)
         for k in range(t.eval_iters):
             x, y = windows.next_batch()
-            losses[k] = lm_loss(model, x.to(accelerator.device), y.to(accelerator.device))
+            losses[k] = lm_loss(model, *to_device((x, y), accelerator.device))
         out[split] = accelerator.reduce(losses.mean(), reduction="mean").item()
     model.train()
     return out
@@ -115,25 +117,38 @@ class StopSignal:
         return int(accelerator.gather(torch.tensor([self.signum], device=accelerator.device)).max().item())
 
 
-def train(recipe: Recipe) -> dict:
-    """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
-    loss, the iterations done and the signal that stopped the run (0 if none)."""
-    r, t = recipe, recipe.train
-    dev = device_type(r.system.device)
-    accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(r.system.mixed_precision, dev),
-                              **tracker_options(r))
-    master = accelerator.is_main_process
-    device = accelerator.device
-    pusher = Pusher.for_recipe(r) if master and r.hub.push_to_hub else None  # a bad token stops the run here
-    resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
-    resume = find_checkpoint(r) if r.model.init_from == "resume" else None
-    if resume:
-        message = check_resume(r, *resume)  # every process refuses a changed shape; the main one says so
-        if master:
-            print(message)
+@dataclass
+class Run:
+    """What setup() builds: the loop below uses it, and so does python -m hfgpt.bench train."""
 
-    # data: the main process prepares it when missing while the others wait, then all read it
-    with accelerator.main_process_first():
+    accelerator: Accelerator
+    meta: dict
+    tokenizer: object
+    train_tokens: TokenShards
+    val_tokens: TokenShards
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Windows
+    accum: int  # micro-batches per iteration on each process
+    tokens_per_iter: int  # over all processes
+    compiled: bool
+    flops_per_token: float
+    peak_flops: float | None  # None where the device's peak is unknown (MFU is then n/a)
+
+
+def make_accelerator(recipe: Recipe, **options) -> Accelerator:
+    dev = device_type(recipe.system.device)
+    if dev == "cuda":  # TF32 matmuls: float32 range, tensor-core speed (as nanoGPT)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(recipe.system.mixed_precision, dev),
+                       **options)
+
+
+def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = None) -> Run:
+    """Data (prepared by the main process when needed), model, optimizer and batch sampler."""
+    r, t = recipe, recipe.train
+    with accelerator.main_process_first():  # the others wait while the main process prepares
         meta = ensure_prepared(r)
     folder = dataset_dir(r)
     tokenizer = load_tokenizer(str(folder / "tokenizer"))
@@ -146,19 +161,62 @@ def train(recipe: Recipe) -> dict:
     if t.gradient_accumulation_steps % world:
         raise UserError(f"gradient_accumulation_steps={t.gradient_accumulation_steps} is not divisible by the {world} "
                         f"processes: make it a multiple of {world}")
-    accum = t.gradient_accumulation_steps // world
-    tokens_per_iter = t.gradient_accumulation_steps * t.batch_size * r.model.block_size
 
     set_seed(t.seed)  # identical initial weights on every process
-    model = make_model(r, meta, tokenizer, checkpoint=resume[0] if resume else None)
+    model = make_model(r, meta, tokenizer, checkpoint)
     torch.manual_seed(t.seed + accelerator.process_index)  # different dropout masks per process
-    optimizer = make_optimizer(model, r.optim, device.type)
-    compile_model = r.system.compile if r.system.compile is not None else device.type == "cuda"
-    if compile_model:
+    per_token = flops_per_token(model, r.model.block_size)
+    optimizer = make_optimizer(model, r.optim, accelerator.device.type)
+    compiled = r.system.compile if r.system.compile is not None else accelerator.device.type == "cuda"
+    if compiled:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()  # from_pretrained returns models in eval mode: dropout would be off
     batches = Windows(train_tokens, r.model.block_size, t.batch_size, seed=t.seed + accelerator.process_index)
+    return Run(accelerator, meta, tokenizer, train_tokens, val_tokens, model, optimizer, batches,
+               accum=t.gradient_accumulation_steps // world,
+               tokens_per_iter=t.gradient_accumulation_steps * t.batch_size * r.model.block_size, compiled=compiled,
+               flops_per_token=per_token, peak_flops=peak_flops(accelerator.device.type, accelerator.mixed_precision))
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, grad_clip: float):
+    """One iteration: forward and backward over `accum` micro-batches (gradients sync across
+    processes on the last one only), clip, update. Returns the iteration's mean loss (on the
+    device, not synced) and the next batch, fetched while the device works."""
+    accelerator, model, device = run.accelerator, run.model, run.accelerator.device
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(run.accum):
+        last = micro_step == run.accum - 1
+        with nullcontext() if last else accelerator.no_sync(model):
+            loss = lm_loss(model, *to_device((x, y), device)) / run.accum
+            x, y = run.batches.next_batch()
+            accelerator.backward(loss)
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, x, y
+
+
+def train(recipe: Recipe) -> dict:
+    """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
+    loss, the iterations done and the signal that stopped the run (0 if none)."""
+    r, t = recipe, recipe.train
+    accelerator = make_accelerator(r, **tracker_options(r))
+    master = accelerator.is_main_process
+    device = accelerator.device
+    pusher = Pusher.for_recipe(r) if master and r.hub.push_to_hub else None  # a bad token stops the run here
+    resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
+    resume = find_checkpoint(r) if r.model.init_from == "resume" else None
+    if resume:
+        message = check_resume(r, *resume)  # every process refuses a changed shape; the main one says so
+        if master:
+            print(message)
+    run = setup(r, accelerator, checkpoint=resume[0] if resume else None)
+    model, optimizer, batches, tokenizer = run.model, run.optimizer, run.batches, run.tokenizer
+    train_tokens, val_tokens, tokens_per_iter = run.train_tokens, run.val_tokens, run.tokens_per_iter
+    world = accelerator.num_processes
 
     iter_num, best_val_loss, tokens_seen, last_eval = 0, float("inf"), 0, {}
     origin = r.model.init_from
@@ -177,8 +235,8 @@ def train(recipe: Recipe) -> dict:
     n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
     if master:
         print(f"training {n_params / 1e6:.2f}M parameters on {world} x {device.type} "
-              f"({accelerator.mixed_precision} precision{', compiled' if compile_model else ''}); "
-              f"{tokens_per_iter:,} tokens per iteration = {accum} micro-batches x {world} processes x "
+              f"({accelerator.mixed_precision} precision{', compiled' if run.compiled else ''}); "
+              f"{tokens_per_iter:,} tokens per iteration = {run.accum} micro-batches x {world} processes x "
               f"{t.batch_size} x {r.model.block_size}")
     bar = tqdm(total=t.max_iters, initial=iter_num, disable=not master or None, desc="training", unit="it",
                dynamic_ncols=True)
@@ -243,19 +301,7 @@ def train(recipe: Recipe) -> dict:
                 say(f"{signal.Signals(stopped).name}: saved {checkpoint(None)}; continue with --init_from=resume")
                 break
 
-            # forward, backward, update; gradients sync across processes on the last micro-batch only
-            loss_sum = torch.zeros((), device=device)
-            for micro_step in range(accum):
-                last = micro_step == accum - 1
-                with nullcontext() if last else accelerator.no_sync(model):
-                    loss = lm_loss(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True)) / accum
-                    x, y = batches.next_batch()  # fetch the next batch while the device works
-                    accelerator.backward(loss)
-                loss_sum += loss.detach()
-            if r.optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), r.optim.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss_sum, x, y = train_step(run, x, y, r.optim.grad_clip)
             # remember the first non-finite loss without a device sync; checked at log and save time
             first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, first_bad_iter)
             iter_num += 1
@@ -267,10 +313,13 @@ def train(recipe: Recipe) -> dict:
                 now = time.time()
                 lossf = loss_sum.item()
                 tokens_per_sec = iters_since_log * tokens_per_iter / max(now - t_log, 1e-9)
+                utilization = mfu(run.flops_per_token, tokens_per_sec, run.peak_flops and run.peak_flops * world)
                 metrics.write(iter=iter_num, loss=lossf, lr=lr, tokens_per_sec=round(tokens_per_sec, 1),
-                              elapsed_s=round(now - t_start, 3))
+                              elapsed_s=round(now - t_start, 3),
+                              **({"mfu": round(utilization, 4)} if utilization is not None else {}))
                 if bar.disable and master:
-                    print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s")
+                    shown = f"{utilization:.1%}" if utilization is not None else "n/a"
+                    print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {tokens_per_sec:,.0f} tokens/s, mfu {shown}")
                 bar.set_postfix(loss=f"{lossf:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
                 t_log, iters_since_log = now, 0
             bar.update(1)

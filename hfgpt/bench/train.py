@@ -1,0 +1,191 @@
+"""python -m hfgpt.bench train: the real training step of a recipe, timed after a warm-up.
+
+    python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml
+    python -m hfgpt.bench train recipes/shakespeare_char.yaml --steps=50 --warmup=10 --json=bench-train.json
+    python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml --nanogpt=../nanoGPT --pairs=10 --steps=20
+
+The run is built exactly as python -m hfgpt.train builds it (hfgpt.train.setup) and each step is
+hfgpt.train.train_step. Printed and written as JSON: ms_per_iter (median over the timed steps),
+tokens_per_sec, mfu (null where the device's peak FLOPS is unknown, e.g. CPUs), peak_memory_mb
+(CUDA: the most allocated; CPU: the process's peak RSS), device, mixed_precision, compiled,
+tokens_per_iter, params. Any recipe key can be overridden with --key=value.
+
+With --nanogpt=DIR (a clone of nanoGPT) the same process also builds nanoGPT's own GPT and
+AdamW (its model.py and configure_optimizers, same recipe numbers) and times blocks of --steps
+iterations of each in turn, --pairs times, swapping which goes first: this machine's speed drifts
+by 20% from minute to minute, and alternating blocks in one process is what makes the ratio
+stable. Both draw the same batches from the recipe's data; nanoGPT's step is its train.py's
+(forward with targets, backward per micro-batch, clip, step). The JSON lists every pair and the
+median ratio hfgpt / nanoGPT.
+"""
+
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hfgpt.bench import report
+from hfgpt.config import Recipe, load_recipe
+from hfgpt.errors import UserError, cli
+
+OWN = {"steps": 30, "warmup": 5, "json": None, "nanogpt": None, "pairs": 10}
+
+
+def split_args(argv: list[str]) -> tuple[str | None, dict, list[str]]:
+    """The recipe path, this bench's own flags, and the recipe overrides."""
+    path = argv[0] if argv and not argv[0].startswith("--") else None
+    own, rest = dict(OWN), []
+    for arg in argv[1:] if path else argv:
+        key, _, value = arg[2:].partition("=")
+        if arg.startswith("--") and key in OWN:
+            own[key] = type(OWN[key])(value) if OWN[key] is not None else value
+        else:
+            rest.append(arg)
+    return path, own, rest
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
+    """Median time of the recipe's training step, on this process's device."""
+    from hfgpt.mfu import mfu
+    from hfgpt.train import make_accelerator, setup, train_step
+
+    accelerator = make_accelerator(recipe)
+    run = setup(recipe, accelerator)
+    sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
+    x, y = run.batches.next_batch()
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        start = time.perf_counter()
+        loss, x, y = train_step(run, x, y, recipe.optim.grad_clip)
+        loss.item()  # the step is done when its loss is known
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    tokens_per_sec = run.tokens_per_iter / seconds
+    world = accelerator.num_processes
+    utilization = mfu(run.flops_per_token, tokens_per_sec, run.peak_flops and run.peak_flops * world)
+    return {
+        "ms_per_iter": round(seconds * 1000, 3),
+        "tokens_per_sec": round(tokens_per_sec, 1),
+        "mfu": round(utilization, 4) if utilization is not None else None,
+        "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
+        "device": torch.cuda.get_device_name() if accelerator.device.type == "cuda" else accelerator.device.type,
+        "processes": world,
+        "mixed_precision": accelerator.mixed_precision,
+        "compiled": run.compiled,
+        "tokens_per_iter": run.tokens_per_iter,
+        "params": sum(p.numel() for p in accelerator.unwrap_model(run.model).parameters()),
+        "steps": steps,
+        "warmup": warmup,
+    }
+
+
+# --- side by side with nanoGPT ------------------------------------------------------------------
+
+def nanogpt_step(recipe: Recipe, repo: Path, vocab_size: int, device: torch.device):
+    """nanoGPT's own GPT and configure_optimizers, imported from its clone, stepped as its train.py
+    steps them (forward with targets, backward per micro-batch, clip, AdamW); returns step(x, y)."""
+    sys.path.insert(0, str(repo))
+    try:
+        from model import GPT, GPTConfig  # nanoGPT's model.py
+    finally:
+        sys.path.remove(str(repo))
+    m, o = recipe.model, recipe.optim
+    model = GPT(GPTConfig(block_size=m.block_size, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head,
+                          n_embd=m.n_embd, dropout=m.dropout, bias=m.bias)).to(device)
+    optimizer = model.configure_optimizers(o.weight_decay, o.learning_rate, (o.beta1, o.beta2), device.type)
+    accum = recipe.train.gradient_accumulation_steps
+
+    def step(x, y):
+        for _ in range(accum):
+            _, loss = model(x.contiguous().to(device), y.contiguous().to(device))
+            (loss / accum).backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -> dict:
+    """Alternating blocks of `steps` iterations of hfgpt's train_step and of nanoGPT's step, in one
+    process, on the same batches' shapes: machine-speed drift hits both sides alike."""
+    from hfgpt.train import make_accelerator, setup, train_step
+
+    repo = Path(nanogpt)
+    if not (repo / "model.py").is_file():
+        raise UserError(f"--nanogpt={nanogpt} has no model.py: give the folder of a nanoGPT clone")
+    accelerator = make_accelerator(recipe)
+    if accelerator.num_processes > 1:
+        raise UserError("--nanogpt compares single processes: run it with python, not accelerate launch")
+    run = setup(recipe, accelerator)
+    nano = nanogpt_step(recipe, repo, run.meta["vocab_size"], accelerator.device)
+    sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
+    x, y = run.batches.next_batch()
+
+    def ours():
+        nonlocal x, y
+        loss, x, y = train_step(run, x, y, recipe.optim.grad_clip)
+        return loss
+
+    def theirs():
+        loss = None
+        for _ in range(run.accum):
+            xb, yb = run.batches.next_batch()
+            loss = nano(xb, yb)
+        return loss
+
+    def block(step) -> float:
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        loss.item()
+        return run.tokens_per_iter * steps / (time.perf_counter() - start)
+
+    for step in (ours, theirs):  # warm-up (and compilation) outside the timed blocks
+        for _ in range(warmup):
+            step().item()
+    results = []
+    for pair in range(pairs):
+        first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)  # alternate which goes first
+        rates = {first: block(first), second: block(second)}
+        h, n = rates[ours], rates[theirs]
+        results.append({"hfgpt_tokens_per_sec": round(h, 1), "nanogpt_tokens_per_sec": round(n, 1), "ratio": round(h / n, 3)})
+        print(f"pair {pair + 1}: hfgpt {h:,.0f} tokens/s, nanoGPT {n:,.0f} tokens/s, ratio {h / n:.3f}")
+    return {"pairs": results, "median_ratio": statistics.median(r["ratio"] for r in results),
+            "hfgpt_median_tokens_per_sec": statistics.median(r["hfgpt_tokens_per_sec"] for r in results),
+            "nanogpt_median_tokens_per_sec": statistics.median(r["nanogpt_tokens_per_sec"] for r in results),
+            "steps_per_block": steps, "compiled": run.compiled, "device": accelerator.device.type}
+
+
+@cli
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0
+    path, own, overrides = split_args(argv)
+    if own["nanogpt"]:
+        result = compare(load_recipe(path, overrides), own["nanogpt"], own["pairs"], own["steps"], own["warmup"])
+    else:
+        result = bench_step(load_recipe(path, overrides), own["steps"], own["warmup"])
+    report(result, own["json"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""bench train and MFU: the figures come from the real training step, MFU from nanoGPT's formula
+and a device table."""
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from hfgpt.bench import __main__ as bench
+from hfgpt.mfu import flops_per_token, mfu, peak_flops
+
+
+def test_bench_train_reports_the_real_step(tiny_recipe, workdir, capsys):
+    path = workdir / "bench.json"
+    assert bench.main(["train", str(tiny_recipe()), "--steps=5", "--warmup=2", f"--json={path}", "--batch_size=4"]) == 0
+    result = json.loads(path.read_text())
+    assert result["tokens_per_iter"] == 4 * 32 and result["steps"] == 5
+    assert result["ms_per_iter"] > 0
+    assert result["tokens_per_sec"] == pytest.approx(result["tokens_per_iter"] / result["ms_per_iter"] * 1000, rel=1e-3)
+    assert result["mfu"] is None and result["device"] == "cpu"  # a CPU has no entry in the peak table
+    assert result["peak_memory_mb"] > 0 and result["params"] > 0
+    assert "tokens_per_sec:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, precision, tflops", [
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312), ("NVIDIA A100-SXM4-80GB", "no", 156), ("NVIDIA H100 PCIe", "bf16", 756),
+    ("NVIDIA H100 80GB HBM3", "fp16", 989), ("NVIDIA A10", "bf16", 125), ("NVIDIA L4", "bf16", 121),
+    ("NVIDIA L40S", "bf16", 362), ("Tesla T4", "no", 8.1), ("Tesla T4", "bf16", None), ("Some Future GPU", "bf16", None),
+])
+def test_peak_flops_table(name, precision, tflops):
+    peak = peak_flops("cuda", precision, name)
+    assert (peak is None and tflops is None) or peak == pytest.approx(tflops * 1e12)
+
+
+def test_no_peak_on_cpu_means_no_mfu():
+    assert peak_flops("cpu", "no") is None and mfu(1e9, 1e4, None) is None
+
+
+def test_flops_per_token_is_nanogpts_formula():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=65, n_positions=64, n_embd=128, n_layer=4, n_head=4))
+    n = sum(p.numel() for p in model.parameters()) - 64 * 128  # without the position table, as nanoGPT
+    assert flops_per_token(model, 64) == 6 * n + 12 * 4 * 4 * 32 * 64
+    assert mfu(1e9, 156e3, peak_flops("cuda", "bf16", "NVIDIA A100 80GB PCIe")) == pytest.approx(0.5)
+
+
+def test_unknown_bench_mode(capsys):
+    assert bench.main(["fly"]) == 2
+    assert "unknown bench mode 'fly'" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     device_type("auto")                    # 'cuda', 'mps' or 'cpu', as Accelerate will pick
     resolve_mixed_precision("auto", "cuda")  # 'bf16' on GPUs that support it, else 'fp16'
+    should_compile(None, "mps")              # False: torch.compile by default on CUDA only
 """
 
 import os
@@ -35,7 +36,9 @@ def resolve_mixed_precision(requested: str, dev: str) -> str:
 
     auto: what `accelerate launch` was told (its config or --mixed_precision) when that is fp16 or
     bf16; otherwise bf16 on CUDA GPUs that support it, fp16 on older ones, and no precision
-    change on CPU and MPS. Write mixed_precision: no in the recipe to force float32 on a GPU.
+    change on CPU and MPS (where fp16 or bf16 must be asked for: Accelerate then uses MPS's own
+    loss scaler for fp16, not CUDA's, nanoGPT's issue #654). Write mixed_precision: no in the
+    recipe to force float32 on a GPU.
     """
     if requested == "auto":
         launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
@@ -48,3 +51,9 @@ def resolve_mixed_precision(requested: str, dev: str) -> str:
     if requested == "fp16" and dev == "cpu":
         raise UserError("mixed_precision='fp16' needs a GPU: on the CPU use bf16 or no")
     return requested
+
+
+def should_compile(requested: bool | None, dev: str) -> bool:
+    """torch.compile when asked; by default on CUDA only (on the CPU it gains a few percent after a
+    long compile, and MPS support is partial)."""
+    return requested if requested is not None else dev == "cuda"

@@ -8,7 +8,7 @@ write_tokens, which runs one over a whole source with threads and writes the ids
 Text is encoded as ordinary text: a literal "<|endoftext|>" in a document is not the separator
 (as tiktoken's encode_ordinary in nanoGPT's prepare scripts). Every encoder releases the GIL
 while it works, so prepare runs several in threads. Which one runs, by tokenizer:
-  - GPT-2's vocabulary and merges: tiktoken, when it is installed. The tokenizers library's
+  - GPT-2's vocabulary and merges: tiktoken (an install requirement). The tokenizers library's
     ByteLevel BPE gives the same ids about 5x slower per core here (0.4-0.55M vs 2.0-2.7M
     tokens/s on tiny Shakespeare, tokenizers 0.23 / tiktoken 0.14): perf shows malloc/free and
     memmove of the per-word NormalizedString and Token objects (~35%) and Oniguruma's regex

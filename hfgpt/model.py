@@ -19,6 +19,16 @@ from hfgpt.tokenizer import ALIASES
 
 # Sampling defaults written into every saved model, so a plain pipeline samples as nanoGPT's sample.py.
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 200}
+# A new model's vocabulary (not the tokenizer's) is rounded up to a multiple of 64 once it is large
+# (GPT-2's 50257 -> 50304, as nanoGPT): GPU matmuls run faster on such shapes. Small vocabularies
+# (char, byte) stay exact, where padding would only add work.
+VOCAB_MULTIPLE, PAD_VOCAB_ABOVE = 64, 1024
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    if vocab_size <= PAD_VOCAB_ABOVE:
+        return vocab_size
+    return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
 def gpt2_config(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GPT2Config:
@@ -41,11 +51,15 @@ def gpt2_config(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GP
 
 
 def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GPT2LMHeadModel:
-    """A new GPT2LMHeadModel with GPT-2's initialisation (the same as nanoGPT's)."""
-    model = GPT2LMHeadModel(gpt2_config(m, vocab_size, eot_token_id))
+    """A new GPT2LMHeadModel with GPT-2's initialisation (the same as nanoGPT's). Padded ids (see
+    VOCAB_MULTIPLE) never occur in the data and are suppressed in generation, so none is sampled."""
+    padded = padded_vocab_size(vocab_size)
+    model = GPT2LMHeadModel(gpt2_config(m, padded, eot_token_id))
     if not m.bias:
         zero_biases(model)
     set_generation_defaults(model, m.block_size, eot_token_id)
+    if padded > vocab_size:
+        model.generation_config.suppress_tokens = list(range(vocab_size, padded))
     return model
 
 

@@ -4,7 +4,7 @@
     python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --max_iters=3000
     accelerate launch -m hfgpt.train recipes/shakespeare_char.yaml
     accelerate launch --config_file accelerate_config.yaml -m hfgpt.train recipes/my_dataset.yaml --max_iters=100
-    accelerate launch --cpu --num_processes 2 -m hfgpt.train recipes/shakespeare_char_cpu.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m hfgpt.train recipes/shakespeare_char_cpu.yaml  # 2 CPU processes
 
 Prepares the data when needed, builds or loads the model, and trains: random block_size windows,
 gradient accumulation, AdamW with warmup + cosine decay, gradient clipping, mixed precision.
@@ -18,6 +18,7 @@ push_to_hub the saves go to the Hub in the background (see hfgpt.push).
 """
 
 import math
+import os
 import signal
 import sys
 import time
@@ -27,14 +28,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from hfgpt.card import write_card
 from hfgpt.checkpoint import check_resume, find_checkpoint, restore, save_checkpoint, save_model_folder
 from hfgpt.config import Recipe, parse_cli
 from hfgpt.data import TokenShards, Windows, check_split_size, load_tokens, to_device
-from hfgpt.device import device_type, resolve_mixed_precision
+from hfgpt.device import device_type, resolve_mixed_precision, should_compile
 from hfgpt.errors import UserError, cli
 from hfgpt.hub import resume_from_hub
 from hfgpt.metrics import MetricsLog
@@ -141,8 +142,13 @@ def make_accelerator(recipe: Recipe, **options) -> Accelerator:
     if dev == "cuda":  # TF32 matmuls: float32 range, tensor-core speed (as nanoGPT)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(recipe.system.mixed_precision, dev),
-                       **options)
+    accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(recipe.system.mixed_precision, dev),
+                              **options)
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
+        print(f"note: accelerate runs FSDP on GPUs only; on {dev} this run is plain data parallel "
+              f"({accelerator.distributed_type.value})")
+    return accelerator
 
 
 def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = None) -> Run:
@@ -167,7 +173,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
     torch.manual_seed(t.seed + accelerator.process_index)  # different dropout masks per process
     per_token = flops_per_token(model, r.model.block_size)
     optimizer = make_optimizer(model, r.optim, accelerator.device.type)
-    compiled = r.system.compile if r.system.compile is not None else accelerator.device.type == "cuda"
+    compiled = should_compile(r.system.compile, accelerator.device.type)
     if compiled:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)

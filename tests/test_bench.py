@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from hfgpt import train
 from hfgpt.bench import __main__ as bench
 from hfgpt.mfu import flops_per_token, mfu, peak_flops
 
@@ -21,6 +22,19 @@ def test_bench_train_reports_the_real_step(tiny_recipe, workdir, capsys):
     assert result["mfu"] is None and result["device"] == "cpu"  # a CPU has no entry in the peak table
     assert result["peak_memory_mb"] > 0 and result["params"] > 0
     assert "tokens_per_sec:" in capsys.readouterr().out
+
+
+def test_bench_sample_times_exact_lengths(tiny_recipe, workdir, capsys):
+    assert train.main([str(tiny_recipe()), "--max_iters=10", "--eval_interval=10", "--lr_decay_iters=10"]) == 0
+    path = workdir / "sample.json"
+    # 40 new tokens from a block_size-32 model: the cached phase and the sliding window both run
+    assert bench.main(["sample", str(workdir / "out"), "--max_new_tokens=40", "--repeats=2", "--device=cpu",
+                       f"--json={path}"]) == 0
+    result = json.loads(path.read_text())
+    assert result["hfgpt_tokens_per_sec"] > 0 and result["block_size"] == 32 and result["max_new_tokens"] == 40
+    assert "ratio" not in result  # no --nanogpt, no comparison
+    assert bench.main(["sample", str(workdir / "out"), f"--nanogpt={workdir}"]) == 2
+    assert f"--nanogpt={workdir} has no model.py" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name, precision, tflops", [

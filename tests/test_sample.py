@@ -94,3 +94,29 @@ def test_bad_arguments(trained, capsys, args, message):
 def test_missing_model(capsys, tmp_path):
     assert sample.main([str(tmp_path / "no-such-run")]) == 2
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_padded_vocabulary_is_never_sampled(tmp_path, gpt2_dir):
+    """A GPT-2-sized vocabulary is padded to a multiple of 64 in the model only; even with the
+    padded ids made the likeliest, neither the pipeline nor the sliding window samples one."""
+    from hfgpt.config import ModelConfig
+    from hfgpt.model import build_model
+    from hfgpt.tokenizer import load_tokenizer
+
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8), vocab_size=50257, eot_token_id=50256)
+    assert model.config.vocab_size == 50304 and model.generation_config.suppress_tokens == list(range(50257, 50304))
+    with torch.no_grad():  # make the padded ids by far the likeliest (lm_head is tied to wte)
+        model.transformer.ln_f.bias.fill_(5.0)
+        model.transformer.wte.weight[50257:] = 10.0
+        assert model(input_ids=torch.tensor([[15496]])).logits[0, -1].argmax() >= 50257
+    model.generation_config.eos_token_id = None
+    model.save_pretrained(tmp_path / "m")
+    tok = load_tokenizer(str(gpt2_dir))
+    tok.save_pretrained(tmp_path / "m")
+    assert len(tok) == 50257  # the tokenizer is not padded
+    pipe = load_pipeline(str(tmp_path / "m"), "cpu")
+    texts = generate(pipe, "Hello", num_samples=2, max_new_tokens=20, temperature=1.0, top_k=None)
+    ids = [tok(t)["input_ids"] for t in texts]
+    assert all(len(i) >= 10 for i in ids) and max(max(i) for i in ids) < 50257
+    raw = sample_sliding(pipe.model, torch.tensor([[15496] * 8]), 10, block_size=8, temperature=1.0, top_k=None, eos=None)
+    assert raw.max() < 50257

@@ -90,7 +90,9 @@ def test_uint32_files_train(workdir):
     assert x.max() > 65_535 and torch.equal(x[:, 1:], y[:, :-1])
     rows = [json.loads(line) for line in (workdir / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # it learns the cycle (uniform would stay at ~11.16)
-    assert json.loads((workdir / "out" / "config.json").read_text())["vocab_size"] == 70_001
+    assert json.loads((workdir / "out" / "config.json").read_text())["vocab_size"] == 70_016  # 70,001 padded to 64s
+    suppressed = json.loads((workdir / "out" / "generation_config.json").read_text())["suppress_tokens"]
+    assert suppressed == list(range(70_001, 70_016))
 
 
 def test_shards_hold_the_same_tokens_and_train(workdir, shakespeare):

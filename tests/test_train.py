@@ -133,12 +133,26 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_accelerate_launch_two_cpu_processes(tiny_recipe, workdir):
-    recipe = tiny_recipe(gradient_accumulation_steps=2, max_iters=20, eval_interval=10, lr_decay_iters=20)
-    cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--cpu",
-           "--num_processes", "2", "-m", "hfgpt.train", str(recipe)]
+    """2 processes x 1 micro-batch and 1 process x 2 micro-batches are the same global batch:
+    same tokens per iteration, similar losses; the 2 processes draw different windows, one writes."""
+    recipe = tiny_recipe(gradient_accumulation_steps=2, max_iters=60, eval_interval=30, lr_decay_iters=60)
+    # accelerate's --cpu launcher starts one process without MPI; --multi_gpu is its torchrun
+    # launcher, and the recipe's device: cpu makes the processes a gloo group (MULTI_CPU).
+    cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
+           "--num_processes", "2", "-m", "hfgpt.train", str(recipe), f"--out_dir={workdir / 'two'}"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=workdir, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rows = read_metrics(workdir / "out")
-    assert [r["iter"] for r in rows if "val_loss" in r] == [0, 10, 20]  # one writer: no duplicated lines
-    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
-    assert (workdir / "out" / "model.safetensors").exists()
+    assert train.main([str(recipe), f"--out_dir={workdir / 'one'}"]) == 0
+
+    two, one = read_metrics(workdir / "two"), read_metrics(workdir / "one")
+    assert [r["iter"] for r in two if "val_loss" in r] == [0, 30, 60]  # one writer: no duplicated lines
+    assert [r["iter"] for r in two if "loss" in r] == [25, 50, 60]
+    final = {name: json.loads((workdir / name / "checkpoints" / "iter-000060" / "state.json").read_text())
+             for name in ("one", "two")}
+    assert final["one"]["tokens_seen"] == final["two"]["tokens_seen"] == 60 * 2 * 8 * 32
+    assert final["two"]["world_size"] == 2 and final["one"]["world_size"] == 1
+    assert two[-1]["val_loss"] < two[0]["val_loss"] - 0.5
+    assert abs(two[-1]["val_loss"] - one[-1]["val_loss"]) < 0.1
+    rng = [load_file(workdir / "two" / "checkpoints" / "iter-000060" / f"rng-{rank}.safetensors") for rank in (0, 1)]
+    assert not torch.equal(rng[0]["sampler"], rng[1]["sampler"])  # each process has its own window stream
+    assert (workdir / "two" / "model.safetensors").exists()

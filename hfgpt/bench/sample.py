@@ -1,0 +1,102 @@
+"""python -m hfgpt.bench sample: generation speed of hfgpt.sample, optionally beside nanoGPT's.
+
+    python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
+    python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=500 --nanogpt=../nanoGPT --repeats=5
+
+Times hfgpt.sample.generate (the text-generation pipeline with its KV cache inside block_size,
+nanoGPT's sliding window past it) for --num_samples samples of exactly --max_new_tokens tokens
+(end-of-text does not stop them here), --repeats times, and reports the median tokens/s. With
+--nanogpt=DIR the same weights, converted in memory to nanoGPT's layout (hfgpt.nanogpt), are
+loaded into nanoGPT's own GPT from DIR/model.py, and its generate (what sample.py calls) is timed
+in turn, alternating with hfgpt's; the JSON then has both figures and their ratio.
+"""
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from hfgpt.bench import report
+from hfgpt.errors import UserError, cli
+from hfgpt.nanogpt import nanogpt_checkpoint_from_hf
+from hfgpt.sample import encode_prompt, generate, load_pipeline
+
+
+def nanogpt_generate(pipe, repo: Path):
+    """nanoGPT's GPT from its clone, holding the pipeline model's weights; returns its generate."""
+    sys.path.insert(0, str(repo))
+    try:
+        from model import GPT, GPTConfig  # nanoGPT's model.py
+    finally:
+        sys.path.remove(str(repo))
+    ckpt = nanogpt_checkpoint_from_hf(pipe.model)
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval().to(pipe.model.device)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m hfgpt.bench sample", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="a model folder (an hfgpt out_dir) or Hub id")
+    p.add_argument("--start", default="\n", help="prompt (default: a newline)")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=200)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--nanogpt", help="a nanoGPT clone, to time its generate beside hfgpt's")
+    p.add_argument("--json", help="write the result here as JSON")
+    return p.parse_args(argv)
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    pipe = load_pipeline(args.model, args.device)
+    pipe.model.generation_config = copy.deepcopy(pipe.model.generation_config)
+    pipe.model.generation_config.eos_token_id = None  # exactly max_new_tokens per sample, as nanoGPT
+    tokens = args.num_samples * args.max_new_tokens
+    nano = None
+    if args.nanogpt:
+        if not (Path(args.nanogpt) / "model.py").is_file():
+            raise UserError(f"--nanogpt={args.nanogpt} has no model.py: give the folder of a nanoGPT clone")
+        nano = nanogpt_generate(pipe, Path(args.nanogpt))
+        prompt = torch.tensor([encode_prompt(pipe.tokenizer, args.start)], device=pipe.model.device)
+
+    def ours() -> float:
+        start = time.perf_counter()
+        generate(pipe, args.start, args.num_samples, args.max_new_tokens, args.temperature, args.top_k)
+        return tokens / (time.perf_counter() - start)
+
+    def theirs() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(args.num_samples):  # sample.py draws its samples one by one
+                nano.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
+        return tokens / (time.perf_counter() - start)
+
+    set_seed(0)
+    ours()  # warm-up
+    rates = {"hfgpt": [], "nanogpt": []}
+    for _ in range(args.repeats):
+        rates["hfgpt"].append(ours())
+        if nano is not None:
+            rates["nanogpt"].append(theirs())
+    result = {"hfgpt_tokens_per_sec": round(statistics.median(rates["hfgpt"]), 1),
+              "max_new_tokens": args.max_new_tokens, "num_samples": args.num_samples,
+              "block_size": getattr(pipe.model.config, "n_positions", None), "device": pipe.model.device.type}
+    if nano is not None:
+        result["nanogpt_tokens_per_sec"] = round(statistics.median(rates["nanogpt"]), 1)
+        result["ratio"] = round(result["hfgpt_tokens_per_sec"] / result["nanogpt_tokens_per_sec"], 2)
+    report(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

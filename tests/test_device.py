@@ -1,0 +1,92 @@
+"""Device and precision decisions, with CUDA and MPS availability faked (no GPU or Mac here)."""
+
+import pytest
+import torch
+
+from hfgpt.device import device_type, resolve_mixed_precision, should_compile
+from hfgpt.errors import UserError
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """machine(cuda=..., mps=..., bf16=...) fakes what torch sees."""
+
+    def fake(cuda=False, mps=False, bf16=True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+
+    return fake
+
+
+@pytest.mark.parametrize("cuda, mps, requested, expected", [
+    (True, False, "auto", "cuda"), (False, True, "auto", "mps"), (False, False, "auto", "cpu"),
+    (True, False, "cpu", "cpu"), (False, True, "cpu", "cpu"), (False, True, "mps", "mps"), (True, False, "cuda", "cuda"),
+])
+def test_device_type(machine, cuda, mps, requested, expected):
+    machine(cuda=cuda, mps=mps)
+    assert device_type(requested) == expected
+
+
+@pytest.mark.parametrize("requested, message", [("cuda", "no CUDA GPU"), ("mps", "no Apple MPS device")])
+def test_missing_device_is_a_user_error(machine, requested, message):
+    machine()
+    with pytest.raises(UserError, match=message):
+        device_type(requested)
+
+
+def test_accelerate_launch_cpu_flag_wins(machine, monkeypatch):
+    machine(cuda=True)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    assert device_type("auto") == "cpu"
+
+
+@pytest.mark.parametrize("dev, bf16, requested, expected", [
+    ("cuda", True, "auto", "bf16"), ("cuda", False, "auto", "fp16"), ("cpu", True, "auto", "no"),
+    ("mps", True, "auto", "no"), ("mps", True, "fp16", "fp16"), ("mps", True, "bf16", "bf16"),
+    ("cuda", True, "no", "no"), ("cpu", True, "bf16", "bf16"),
+])
+def test_mixed_precision(machine, dev, bf16, requested, expected):
+    machine(cuda=dev == "cuda", mps=dev == "mps", bf16=bf16)
+    assert resolve_mixed_precision(requested, dev) == expected
+
+
+def test_accelerate_config_precision_is_taken_by_auto(machine, monkeypatch):
+    machine(cuda=True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    assert resolve_mixed_precision("auto", "cuda") == "fp16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate's default: auto still picks bf16
+    assert resolve_mixed_precision("auto", "cuda") == "bf16"
+
+
+def test_fp16_on_cpu_is_refused(machine):
+    machine()
+    with pytest.raises(UserError, match="fp16"):
+        resolve_mixed_precision("fp16", "cpu")
+
+
+@pytest.mark.parametrize("requested, dev, expected", [
+    (None, "cuda", True), (None, "cpu", False), (None, "mps", False), (True, "cpu", True), (False, "cuda", False),
+])
+def test_compile_default(requested, dev, expected):
+    assert should_compile(requested, dev) is expected
+
+
+@pytest.mark.parametrize("path", ["accelerate_config.yaml", "accelerate_configs/multi_gpu.yaml",
+                                  "accelerate_configs/fsdp.yaml", "accelerate_configs/deepspeed.yaml"])
+def test_shipped_accelerate_configs_load(path):
+    """accelerate's own loader accepts each config and reads the keys hfgpt documents."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parent.parent / path))
+    expected = {"accelerate_config.yaml": "NO", "accelerate_configs/multi_gpu.yaml": "MULTI_GPU",
+                "accelerate_configs/fsdp.yaml": "FSDP", "accelerate_configs/deepspeed.yaml": "DEEPSPEED"}[path]
+    assert config.distributed_type.value == expected
+    if expected == "FSDP":
+        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "GPT2Block"
+    if expected == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == 2

@@ -2,6 +2,7 @@
 
     device_type("auto")                    # 'cuda', 'mps' or 'cpu', as Accelerate will pick
     resolve_mixed_precision("auto", "cuda")  # 'bf16' on GPUs that support it, else 'fp16'
+    resolve_mixed_precision("auto", "cpu")   # 'bf16' on CPUs with AMX, else 'no'
     should_compile(None, "mps")              # False: torch.compile by default on CUDA only
 """
 
@@ -35,10 +36,11 @@ def resolve_mixed_precision(requested: str, dev: str) -> str:
     """'no', 'fp16' or 'bf16' for this device.
 
     auto: what `accelerate launch` was told (its config or --mixed_precision) when that is fp16 or
-    bf16; otherwise bf16 on CUDA GPUs that support it, fp16 on older ones, and no precision
-    change on CPU and MPS (where fp16 or bf16 must be asked for: Accelerate then uses MPS's own
-    loss scaler for fp16, not CUDA's, nanoGPT's issue #654). Write mixed_precision: no in the
-    recipe to force float32 on a GPU.
+    bf16; otherwise bf16 on CUDA GPUs that support it, fp16 on older ones, bf16 on CPUs with AMX
+    (Intel Xeon 4th generation and later: bf16 matmuls 3-4x faster than float32, training 1.4x
+    faster at the same loss, see the README), and no precision change on other CPUs and on MPS
+    (where fp16 or bf16 must be asked for: Accelerate then uses MPS's own loss scaler for fp16,
+    not CUDA's, nanoGPT's issue #654). Write mixed_precision: no to force float32.
     """
     if requested == "auto":
         launched = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
@@ -47,10 +49,16 @@ def resolve_mixed_precision(requested: str, dev: str) -> str:
         elif dev == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            return "no"
+            return "bf16" if dev == "cpu" and cpu_has_amx() else "no"
     if requested == "fp16" and dev == "cpu":
         raise UserError("mixed_precision='fp16' needs a GPU: on the CPU use bf16 or no")
     return requested
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix units); without them bf16 is no faster than float32."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check and check())
 
 
 def should_compile(requested: bool | None, dev: str) -> bool:

@@ -40,7 +40,7 @@ from hfgpt.errors import UserError, cli
 from hfgpt.hub import resume_from_hub
 from hfgpt.metrics import MetricsLog
 from hfgpt.mfu import flops_per_token, mfu, peak_flops
-from hfgpt.model import build_model, lm_loss, load_model, set_generation_defaults, zero_biases
+from hfgpt.model import build_model, lm_loss, load_model, set_generation_defaults, use_float32_attention, zero_biases
 from hfgpt.optim import get_lr, make_optimizer
 from hfgpt.plot import plot_losses
 from hfgpt.prepare import dataset_dir, ensure_prepared
@@ -171,6 +171,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
     set_seed(t.seed)  # identical initial weights on every process
     model = make_model(r, meta, tokenizer, checkpoint)
     torch.manual_seed(t.seed + accelerator.process_index)  # different dropout masks per process
+    use_float32_attention(model, accelerator.device.type, accelerator.mixed_precision)
     per_token = flops_per_token(model, r.model.block_size)
     optimizer = make_optimizer(model, r.optim, accelerator.device.type)
     compiled = should_compile(r.system.compile, accelerator.device.type)

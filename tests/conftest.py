@@ -69,6 +69,16 @@ def gpt2_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts without accelerate's process-wide state, as each training process does: a
+    run in bf16 after one in float32 is then allowed, as in separate processes."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A fresh working directory: data/ and out*/ of the run go here."""
@@ -95,6 +105,7 @@ TINY = {
     "min_lr": 3e-4,
     "dropout": 0.0,
     "device": "cpu",
+    "mixed_precision": "no",  # float32 whatever the CPU (auto is bf16 on AMX CPUs): exact comparisons hold anywhere
     "compile": False,
     "always_save_checkpoint": True,
 }

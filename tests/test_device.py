@@ -9,12 +9,13 @@ from hfgpt.errors import UserError
 
 @pytest.fixture
 def machine(monkeypatch):
-    """machine(cuda=..., mps=..., bf16=...) fakes what torch sees."""
+    """machine(cuda=..., mps=..., bf16=..., amx=...) fakes what torch sees."""
 
-    def fake(cuda=False, mps=False, bf16=True):
+    def fake(cuda=False, mps=False, bf16=True, amx=False):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
 
@@ -44,12 +45,14 @@ def test_accelerate_launch_cpu_flag_wins(machine, monkeypatch):
 
 
 @pytest.mark.parametrize("dev, bf16, requested, expected", [
-    ("cuda", True, "auto", "bf16"), ("cuda", False, "auto", "fp16"), ("cpu", True, "auto", "no"),
+    ("cuda", True, "auto", "bf16"), ("cuda", False, "auto", "fp16"), ("cpu", False, "auto", "no"),
+    ("cpu", True, "auto", "bf16"), ("cpu", True, "no", "no"),
     ("mps", True, "auto", "no"), ("mps", True, "fp16", "fp16"), ("mps", True, "bf16", "bf16"),
-    ("cuda", True, "no", "no"), ("cpu", True, "bf16", "bf16"),
+    ("cuda", True, "no", "no"), ("cpu", False, "bf16", "bf16"),
 ])
 def test_mixed_precision(machine, dev, bf16, requested, expected):
-    machine(cuda=dev == "cuda", mps=dev == "mps", bf16=bf16)
+    """bf16: CUDA's bf16 support, or AMX on the CPU."""
+    machine(cuda=dev == "cuda", mps=dev == "mps", bf16=bf16, amx=dev == "cpu" and bf16)
     assert resolve_mixed_precision(requested, dev) == expected
 
 

@@ -30,13 +30,17 @@ from safetensors.torch import load_file, save_file
 from hfgpt import __version__
 from hfgpt.config import Recipe
 from hfgpt.errors import UserError
+from hfgpt.nanogpt import COMPILED_PREFIX
 
 STATE = "state.json"
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def write_model_files(model, state_dict: dict, tokenizer, folder: Path, recipe: Recipe | None) -> None:
-    """config, safetensors weights, generation config, tokenizer and recipe.yaml into `folder`."""
+    """config, safetensors weights, generation config, tokenizer and recipe.yaml into `folder`.
+    A torch.compile'd model's weights are saved under the model's own names, without _orig_mod."""
+    state_dict = {k.removeprefix(COMPILED_PREFIX): v for k, v in state_dict.items()}
+    model = getattr(model, "_orig_mod", model)
     model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     if recipe is not None:

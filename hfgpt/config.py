@@ -142,7 +142,7 @@ class SystemConfig:
     device: str = "auto"
     """'auto' lets Accelerate pick (CUDA, then MPS, then CPU); 'cpu', 'cuda' or 'mps' insist on one."""
     mixed_precision: str = "auto"
-    """'no', 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it, else fp16 on CUDA, else no."""
+    """'no', 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with AMX, else fp16 on CUDA, else no."""
     compile: bool | None = None
     """torch.compile the model; None turns it on for CUDA and off on CPU and MPS."""
 

@@ -144,6 +144,19 @@ def test_bf16_training_on_cpu_uses_float32_attention_and_saves_plain_sdpa(tiny_r
     assert fp32.accelerator.unwrap_model(fp32.model).config._attn_implementation == "sdpa"
 
 
+def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):
+    """torch.compile wraps the model; the saved folder and checkpoint hold GPT-2's own names."""
+    recipe = tiny_recipe(compile=True, max_iters=10, eval_interval=10, lr_decay_iters=10)
+    assert train.main([str(recipe)]) == 0
+    for path in (workdir / "out" / "model.safetensors",
+                 workdir / "out" / "checkpoints" / "iter-000010" / "model.safetensors"):
+        keys = load_file(path).keys()
+        assert "transformer.wte.weight" in keys and not any("_orig_mod" in k for k in keys), path
+    model, info = GPT2LMHeadModel.from_pretrained(workdir / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert train.main([str(recipe), "--init_from=resume", "--max_iters=12", "--compile=False"]) == 0
+
+
 def test_lr_schedule_is_nanogpts():
     o = OptimConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
     assert get_lr(0, o) == pytest.approx(1e-3 * 1 / 101)

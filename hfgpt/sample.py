@@ -59,7 +59,8 @@ def sample_sliding(model, ids: torch.Tensor, steps: int, block_size: int, temper
     suppress = list(model.generation_config.suppress_tokens or [])  # padded vocabulary ids
     for _ in range(steps):
         logits = model(input_ids=ids[:, -block_size:], logits_to_keep=1, use_cache=False).logits[:, -1, :].float()
-        logits[:, suppress] = -float("inf")
+        if suppress:
+            logits[:, suppress] = -float("inf")
         logits = logits / max(temperature, 1e-5)
         if top_k:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))

@@ -10,8 +10,11 @@ writes them as JSON with `report`.
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+from hfgpt.errors import UserError
 
 
 def report(result: dict, json_path: str | None) -> None:
@@ -27,3 +30,16 @@ def report(result: dict, json_path: str | None) -> None:
             json.dump(result, f, indent=2)
             f.write("\n")
         os.replace(tmp, path)
+
+
+def nanogpt_classes(repo: str | Path):
+    """GPT and GPTConfig from the model.py of a nanoGPT clone (for the --nanogpt comparisons)."""
+    repo = Path(repo)
+    if not (repo / "model.py").is_file():
+        raise UserError(f"--nanogpt={repo} has no model.py: give the folder of a nanoGPT clone")
+    sys.path.insert(0, str(repo))
+    try:
+        from model import GPT, GPTConfig  # nanoGPT's model.py
+    finally:
+        sys.path.remove(str(repo))
+    return GPT, GPTConfig

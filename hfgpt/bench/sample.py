@@ -21,19 +21,15 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
-from hfgpt.bench import report
-from hfgpt.errors import UserError, cli
+from hfgpt.bench import nanogpt_classes, report
+from hfgpt.errors import cli
 from hfgpt.nanogpt import nanogpt_checkpoint_from_hf
 from hfgpt.sample import encode_prompt, generate, load_pipeline
 
 
 def nanogpt_generate(pipe, repo: Path):
     """nanoGPT's GPT from its clone, holding the pipeline model's weights; returns its generate."""
-    sys.path.insert(0, str(repo))
-    try:
-        from model import GPT, GPTConfig  # nanoGPT's model.py
-    finally:
-        sys.path.remove(str(repo))
+    GPT, GPTConfig = nanogpt_classes(repo)
     ckpt = nanogpt_checkpoint_from_hf(pipe.model)
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(ckpt["model"])
@@ -64,8 +60,6 @@ def main(argv=None) -> int:
     tokens = args.num_samples * args.max_new_tokens
     nano = None
     if args.nanogpt:
-        if not (Path(args.nanogpt) / "model.py").is_file():
-            raise UserError(f"--nanogpt={args.nanogpt} has no model.py: give the folder of a nanoGPT clone")
         nano = nanogpt_generate(pipe, Path(args.nanogpt))
         prompt = torch.tensor([encode_prompt(pipe.tokenizer, args.start)], device=pipe.model.device)
 

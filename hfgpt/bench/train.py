@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from hfgpt.bench import report
+from hfgpt.bench import nanogpt_classes, report
 from hfgpt.config import Recipe, load_recipe
 from hfgpt.errors import UserError, cli
 
@@ -96,11 +96,7 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
 def nanogpt_step(recipe: Recipe, repo: Path, vocab_size: int, device: torch.device):
     """nanoGPT's own GPT and configure_optimizers, imported from its clone, stepped as its train.py
     steps them (forward with targets, backward per micro-batch, clip, AdamW); returns step(x, y)."""
-    sys.path.insert(0, str(repo))
-    try:
-        from model import GPT, GPTConfig  # nanoGPT's model.py
-    finally:
-        sys.path.remove(str(repo))
+    GPT, GPTConfig = nanogpt_classes(repo)
     m, o = recipe.model, recipe.optim
     model = GPT(GPTConfig(block_size=m.block_size, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head,
                           n_embd=m.n_embd, dropout=m.dropout, bias=m.bias)).to(device)
@@ -126,8 +122,7 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
     from hfgpt.train import make_accelerator, setup, train_step
 
     repo = Path(nanogpt)
-    if not (repo / "model.py").is_file():
-        raise UserError(f"--nanogpt={nanogpt} has no model.py: give the folder of a nanoGPT clone")
+    nanogpt_classes(repo)  # a wrong folder fails before the run is built
     accelerator = make_accelerator(recipe)
     if accelerator.num_processes > 1:
         raise UserError("--nanogpt compares single processes: run it with python, not accelerate launch")

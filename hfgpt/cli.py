@@ -2,15 +2,19 @@
 
     hfgpt prepare recipes/shakespeare_char.yaml
     hfgpt train recipes/shakespeare_char_cpu.yaml --max_iters=500
+    hfgpt train --config recipes/shakespeare_char_cpu.yaml
     hfgpt sample out-shakespeare-char-cpu --start="ROMEO:"
     hfgpt eval out-shakespeare-char-cpu
     hfgpt push out-shakespeare-char-cpu --hub_model_id=user/shakespeare-char
+    hfgpt --version
 
 `hfgpt STEP ...` is the same as `python -m hfgpt.STEP ...`.
 """
 
 import importlib
 import sys
+
+from hfgpt import __version__
 
 COMMANDS = {
     "prepare": "tokenize a recipe's text into token files",
@@ -24,13 +28,17 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: hfgpt STEP [ARGS ...]   (hfgpt STEP --help for a step's options)", "", "steps:"]
+    lines = ["usage: hfgpt STEP [ARGS ...]   (hfgpt STEP --help for a step's options)", "       hfgpt --version",
+             "", "steps:"]
     lines += [f"  {name:<10} {doc}" for name, doc in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-V", "--version"):
+        print(f"hfgpt {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

@@ -1,6 +1,6 @@
 """Convert nanoGPT checkpoints to Hugging Face model folders and back.
 
-    python -m hfgpt.convert to-hf out-shakespeare-char/ckpt.pt hf-shakespeare-char --meta=data/shakespeare_char/meta.pkl
+    hfgpt convert to-hf out-shakespeare-char/ckpt.pt hf-shakespeare-char --meta=data/shakespeare_char/meta.pkl
     python -m hfgpt.convert to-hf out-finetune/ckpt.pt hf-finetune --tokenizer=gpt2
     python -m hfgpt.convert to-nanogpt out-shakespeare-char-cpu nanogpt-shakespeare --dataset=shakespeare_char
 
@@ -12,23 +12,49 @@ model, DEST/meta.pkl to copy into nanoGPT's data/<dataset>/) for nanoGPT's sampl
 files are nanoGPT's pickle formats, written only because nanoGPT reads nothing else.
 """
 
-import argparse
-import os
 import pickle
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM
-
-from hfgpt.errors import UserError, cli
-from hfgpt.model import set_generation_defaults
-from hfgpt.nanogpt import hf_model_from_nanogpt, nanogpt_checkpoint_from_hf, read_meta_pkl
-from hfgpt.tokenizer import EOT, char_tokenizer_from_stoi, load_tokenizer
+from hfgpt.config import Command, option, parse_command
+from hfgpt.core.errors import UserError, cli, first_line
 
 
-def _tokenizer_for(ckpt: dict, ckpt_path: Path, meta: str | None, tokenizer: str | None):
+@dataclass
+class ToHfOptions:
+    ckpt: str = option(positional=True)
+    """nanoGPT's ckpt.pt."""
+    dest: str = option(positional=True)
+    """The model folder to write."""
+    meta: str | None = option(None)
+    """nanoGPT's meta.pkl of a char-level model."""
+    tokenizer: str | None = option(None)
+    """A Hub tokenizer id or folder; None: data/<dataset>/meta.pkl when it exists, else gpt2."""
+
+
+@dataclass
+class ToNanogptOptions:
+    model: str = option(positional=True)
+    """An hfgpt out_dir or any GPT-2 model folder."""
+    dest: str = option(positional=True)
+    """Folder for ckpt.pt (nanoGPT's --out_dir)."""
+    dataset: str | None = option(None)
+    """nanoGPT dataset name recorded in ckpt.pt, where sample.py looks for meta.pkl."""
+
+
+SUMMARY = __doc__.split("\n\n")[0]
+COMMANDS = {
+    "to-hf": Command("convert to-hf", "nanoGPT ckpt.pt -> Hugging Face model folder.", options=ToHfOptions),
+    "to-nanogpt": Command("convert to-nanogpt", "Hugging Face GPT-2 model folder -> nanoGPT ckpt.pt.",
+                          options=ToNanogptOptions),
+}
+
+
+def _tokenizer_for(ckpt: dict, meta: str | None, tokenizer: str | None):
+    from hfgpt.data.nanogpt_data import read_meta_pkl
+    from hfgpt.data.tokenizer import char_tokenizer_from_stoi, load_tokenizer
+
     if meta is None and tokenizer is None:
         dataset = (ckpt.get("config") or {}).get("dataset")
         guess = Path("data") / str(dataset) / "meta.pkl"
@@ -39,41 +65,57 @@ def _tokenizer_for(ckpt: dict, ckpt_path: Path, meta: str | None, tokenizer: str
 
 
 def to_hf(src: str, dest: str, meta: str | None, tokenizer: str | None) -> None:
+    import torch
+
+    from hfgpt.data.tokenizer import eot_id
+    from hfgpt.model.folder import write_model_files
+    from hfgpt.model.gpt import set_generation_defaults
+    from hfgpt.model.nanogpt import hf_model_from_nanogpt
+
     path = Path(src)
     if not path.is_file():
         raise UserError(f"{src} not found: give the ckpt.pt that nanoGPT's train.py wrote in its out_dir")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise UserError(f"{src} could not be read as a nanoGPT checkpoint with weights_only=True ({e})") from None
+        raise UserError(f"{src} could not be read as a nanoGPT checkpoint with weights_only=True "
+                        f"({first_line(e)})") from None
     model = hf_model_from_nanogpt(ckpt)
-    tok = _tokenizer_for(ckpt, path, meta, tokenizer)
-    eot = tok.convert_tokens_to_ids(EOT) if EOT in tok.get_vocab() else tok.eos_token_id
+    tok = _tokenizer_for(ckpt, meta, tokenizer)
+    eot = eot_id(tok)
     eot = eot if eot is not None and eot < model.config.vocab_size else None  # a char model's eot is past its vocab
     model.config.bos_token_id = model.config.eos_token_id = eot
     set_generation_defaults(model, model.config.n_positions, eot)
-    model.save_pretrained(dest, safe_serialization=True)
-    tok.save_pretrained(dest)
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    write_model_files(model, None, tok, Path(dest))
     print(f"wrote {dest}: {model.config.n_layer} layers x {model.config.n_embd}, vocab {model.config.vocab_size:,}, "
           f"block_size {model.config.n_positions}, trained {ckpt.get('iter_num', '?')} iterations; "
           f"sample with: python -m hfgpt.sample {dest}")
 
 
 def to_nanogpt(src: str, dest: str, dataset: str | None) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hfgpt.core.files import atomic_file
+    from hfgpt.model.nanogpt import nanogpt_checkpoint_from_hf
+
     try:
         model = AutoModelForCausalLM.from_pretrained(src)
     except OSError as e:
-        raise UserError(f"{src} is not a model folder ({str(e).splitlines()[0]}): give an hfgpt out_dir") from None
+        raise UserError(f"{src} is not a model folder ({first_line(e)}): give an hfgpt out_dir") from None
     if model.config.activation_function != "gelu":
         print(f"note: {src} uses activation {model.config.activation_function}; nanoGPT's GPT uses the exact GELU, "
               "so its outputs will differ slightly (as with nanoGPT's own GPT-2 import)")
     ckpt = nanogpt_checkpoint_from_hf(model, dataset)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "ckpt.pt", lambda f: torch.save(ckpt, f))
+    with atomic_file(out / "ckpt.pt") as f:
+        torch.save(ckpt, f)
     meta = _char_meta(src, model.config.vocab_size)
     if meta:
-        _atomic(out / "meta.pkl", lambda f: pickle.dump(meta, f))
+        with atomic_file(out / "meta.pkl") as f:
+            pickle.dump(meta, f)
     where = f"data/{dataset}/meta.pkl" if dataset else "data/<dataset>/meta.pkl (and pass --dataset)"
     print(f"wrote {out / 'ckpt.pt'}" + (f" and {out / 'meta.pkl'} (copy it to nanoGPT's {where})" if meta else "")
           + f"; in nanoGPT: python sample.py --out_dir={out}")
@@ -81,6 +123,8 @@ def to_nanogpt(src: str, dest: str, dataset: str | None) -> None:
 
 def _char_meta(src: str, vocab_size: int) -> dict | None:
     """nanoGPT's meta.pkl contents for a char-level tokenizer (special tokens decode to ''), or None."""
+    from hfgpt.data.tokenizer import load_tokenizer
+
     try:
         tok = load_tokenizer(src)
     except UserError:
@@ -94,39 +138,25 @@ def _char_meta(src: str, vocab_size: int) -> dict | None:
     return {"vocab_size": vocab_size, "stoi": stoi, "itos": itos}
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m hfgpt.convert", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="direction", required=True)
-    a = sub.add_parser("to-hf", help="nanoGPT ckpt.pt -> Hugging Face model folder")
-    a.add_argument("ckpt", help="nanoGPT's ckpt.pt")
-    a.add_argument("dest", help="the model folder to write")
-    a.add_argument("--meta", help="nanoGPT's meta.pkl of a char-level model")
-    a.add_argument("--tokenizer", help="a Hub tokenizer id or folder (default: gpt2)")
-    b = sub.add_parser("to-nanogpt", help="Hugging Face GPT-2 model folder -> nanoGPT ckpt.pt")
-    b.add_argument("model", help="an hfgpt out_dir or any GPT-2 model folder")
-    b.add_argument("dest", help="folder for ckpt.pt (nanoGPT's --out_dir)")
-    b.add_argument("--dataset", help="nanoGPT dataset name recorded in ckpt.pt, where sample.py looks for meta.pkl")
-    return p.parse_args(argv)
-
-
 @cli
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.direction == "to-hf":
-        to_hf(args.ckpt, args.dest, args.meta, args.tokenizer)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            raise UserError(f"unknown direction '{argv[0]}': use to-hf or to-nanogpt, e.g. "
+                            "python -m hfgpt.convert to-hf ckpt.pt out-folder")
+        print(f"usage: hfgpt convert to-hf|to-nanogpt ...   (hfgpt convert to-hf --help)\n\n{SUMMARY}\n")
+        for name, command in COMMANDS.items():
+            print(f"  {name:<11} {command.summary}")
+        return 0 if argv else 2
+    parsed = parse_command(argv[1:], COMMANDS[argv[0]])
+    if parsed is None:
+        return 0
+    o = parsed.options
+    if argv[0] == "to-hf":
+        to_hf(o.ckpt, o.dest, o.meta, o.tokenizer)
     else:
-        to_nanogpt(args.model, args.dest, args.dataset)
+        to_nanogpt(o.model, o.dest, o.dataset)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Evaluate a model on the whole of a split: loss, perplexity and bits per character (or byte).
 
-    python -m hfgpt.eval out-shakespeare-char-cpu
+    hfgpt eval out-shakespeare-char-cpu
     python -m hfgpt.eval out-shakespeare-char-cpu --split=train --stride=32 --batch_size=64
     python -m hfgpt.eval user/shakespeare-char@main --data_dir=data --dataset=shakespeare_char
     python -m hfgpt.eval out-my-model --text=held_out.txt
@@ -9,202 +9,74 @@ Every token of the split is scored exactly once, deterministically: windows of b
 (the model's context) cut the split in order; with --stride=S < block_size the windows overlap
 and each scores only its last S tokens, so every token sees at least block_size - S tokens of
 context. The summed losses go through an `evaluate` metric module that ships with hfgpt
-(hfgpt/token_loss), which gives loss (nats per token), perplexity, bits per token and bits per
-character (char tokenizer) or per UTF-8 byte (any other). The split's tokens are found through
-the run's recipe.yaml (data_dir/dataset) or --data_dir/--dataset; --text scores a text file
-tokenized with the model's own tokenizer instead. Results go to eval_results.json in the model
-folder (for a Hub id: in the current folder, or --out) and into the folder's model card.
+(hfgpt/evaluation/token_loss), which gives loss (nats per token), perplexity, bits per token and
+bits per character (char tokenizer) or per UTF-8 byte (any other). The split's tokens are found
+through the run's recipe.yaml (data_dir/dataset) or --data_dir/--dataset; --text scores a text
+file tokenized with the model's own tokenizer instead. Results go to eval_results.json in the
+model folder (for a Hub id: in the current folder, or --out) and into the folder's model card.
 """
 
-import argparse
 import json
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-import yaml
-from tqdm.auto import tqdm
-
-from hfgpt import __version__
-from hfgpt.card import EVAL_RESULTS, FACTS, read_json, write_card, write_text
-from hfgpt.data import load_tokens
-from hfgpt.device import device_type
-from hfgpt.errors import UserError, cli
-from hfgpt.hub import is_hub_id, reason
-from hfgpt.model import n_positions, split_revision
-from hfgpt.prepare import read_meta
-from hfgpt.tokenizer import load_tokenizer
-
-METRIC = Path(__file__).parent / "token_loss"
-LOGITS_BYTES = 1 << 29  # the default batch keeps its float32 logits near 512 MB
+from hfgpt.config import Command, option, parse_command
+from hfgpt.core.errors import UserError, cli
 
 
-def windows(n: int, block_size: int, stride: int):
-    """(start, first_scored) of each window over n tokens: the input is tokens[start:start + block_size]
-    (shorter only when n <= block_size), its targets are the next tokens, and only targets at index
-    >= first_scored count. Together the windows score the targets 1 .. n-1 once each."""
-    first = 1
-    while first < n:
-        end = min(first + (block_size if first == 1 else stride), n)  # targets [first, end)
-        yield max(0, end - 1 - block_size), first
-        first = end
+@dataclass
+class EvalOptions:
+    model: str = option(positional=True)
+    """out_dir of a training run, any model folder, or a Hub id (user/name[@revision])."""
+    split: str = option("val")
+    """The split of the prepared dataset to score."""
+    dataset: str | None = option(None)
+    """Dataset name under data_dir; None: the run's recipe.yaml."""
+    data_dir: str | None = option(None)
+    """Folder of prepared datasets; None: the run's recipe.yaml, else data."""
+    text: str | None = option(None)
+    """Score this text file (tokenized with the model's tokenizer) instead of a split."""
+    block_size: int | None = option(None, min=1)
+    """Tokens per window; None: the model's context."""
+    stride: int | None = option(None, min=1)
+    """Tokens between window starts; less than block_size overlaps the windows, each scoring its last stride tokens; None: block_size."""
+    batch_size: int | None = option(None, min=1)
+    """Windows per forward pass; None: as many as keep the logits near 512 MB, at most 256."""
+    device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))
+    """Where to run."""
+    out: str | None = option(None)
+    """Where to write the results; None: eval_results.json in the model folder, or in the current folder for a Hub id."""
 
 
-def unit_lengths(tokenizer, unit: str) -> np.ndarray:
-    """Characters (unit='char') or UTF-8 bytes each token id stands for; 0 for special tokens."""
-    n = len(tokenizer)
-    special = set(tokenizer.all_special_ids)
-    byte_level = type(tokenizer.backend_tokenizer.decoder).__name__ == "ByteLevel"
-    if unit == "byte" and byte_level:  # each character of a byte-level token is one byte
-        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
-        lengths = [len(p) for p in pieces]
-    else:
-        texts = [tokenizer.decode([i]) for i in range(n)]
-        lengths = [len(t) if unit == "char" else len(t.encode("utf-8")) for t in texts]
-    return np.array([0 if i in special else lengths[i] for i in range(n)], dtype=np.int64)
+COMMAND = Command("eval", __doc__.split("\n\n")[0], options=EvalOptions)
 
 
-def batches(shards: list[np.ndarray], block_size: int, stride: int, batch_size: int):
-    """Lists of up to batch_size (shard, start, first_scored, length) windows of one length each
-    (all are block_size long, except in a shard of block_size tokens or fewer)."""
-    batch = []
-    for shard in shards:
-        for start, first in windows(len(shard), block_size, stride):
-            item = (shard, start, first, min(block_size, len(shard) - 1 - start))
-            if batch and (len(batch) == batch_size or item[3] != batch[0][3]):
-                yield batch
-                batch = []
-            batch.append(item)
-    if batch:
-        yield batch
-
-
-@torch.no_grad()
-def score(model, shards: list[np.ndarray], block_size: int, stride: int, batch_size: int, units: np.ndarray,
-          device: torch.device):
-    """Yield (nll, tokens, units) lists per batch of windows: summed nats, tokens scored, characters or bytes."""
-    table = torch.from_numpy(units).to(device)
-    total = sum(1 for shard in shards for _ in windows(len(shard), block_size, stride))
-    with tqdm(total=total, desc="evaluating", unit="window", dynamic_ncols=True) as bar:
-        for batch in batches(shards, block_size, stride, batch_size):
-            length = batch[0][3]
-            rows = np.stack([shard[start:start + length + 1].astype(np.int64) for shard, start, _, _ in batch])
-            window = torch.from_numpy(rows).to(device)
-            x, y = window[:, :-1], window[:, 1:]  # (B, T) inputs and the tokens that follow each
-            logits = model(input_ids=x, use_cache=False).logits.float()  # (B, T, vocab)
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view(y.shape)
-            # target j of a window is token start + 1 + j: it counts from first_scored on
-            skip = torch.tensor([first - start - 1 for _, start, first, _ in batch], device=device)
-            mask = torch.arange(length, device=device)[None, :] >= skip[:, None]
-            yield (nll.double() * mask).sum(1).tolist(), mask.sum(1).tolist(), (table[y] * mask).sum(1).tolist()
-            bar.update(len(batch))
-
-
-def model_folder(model: str) -> tuple[Path, bool]:
-    """The local folder of `model` and whether it is the user's own (False: a Hub download in the cache)."""
-    if Path(model).is_dir():
-        return Path(model), True
-    if not is_hub_id(model):
-        raise UserError(f"model '{model}' is neither a folder nor a Hub id (user/name): give the out_dir of a run")
-    from huggingface_hub import snapshot_download
-
-    repo_id, revision = split_revision(model)
-    try:  # the model folder only: not a pushed run's last-checkpoint/ or tensorboard logs
-        return Path(snapshot_download(repo_id, revision=revision, ignore_patterns=["last-checkpoint/*", "runs/*"])), False
-    except Exception as e:
-        raise UserError(f"model '{model}' could not be downloaded from the Hub or found in its cache ({reason(e)}): "
-                        "with network access run `hf download " + repo_id + "`, or give a local folder") from None
-
-
-def split_tokens(args, recipe: dict, tokenizer) -> tuple[list[np.ndarray], str, str]:
-    """The token shards to score, what they are (for the results) and the unit ('char' or 'byte')."""
-    unit = "char" if recipe.get("tokenizer") == "char" else "byte"
-    if args.text:
-        path = Path(args.text)
-        if not path.is_file():
-            raise UserError(f"--text={args.text} not found: give a text file")
-        ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
-        return [np.array(ids, dtype=np.int64)], str(path), unit
-    dataset, data_dir = args.dataset or recipe.get("dataset"), args.data_dir or recipe.get("data_dir", "data")
-    if not dataset:
-        raise UserError(f"{args.model} has no recipe.yaml naming its dataset: give --dataset=NAME (and --data_dir) "
-                        "or --text=FILE")
-    folder = Path(data_dir) / dataset
-    meta = read_meta(folder)
-    if meta is None:
-        raise UserError(f"{folder}/meta.json not found: prepare the data with python -m hfgpt.prepare RECIPE, or give "
-                        "--data_dir/--dataset of prepared data, or --text=FILE")
-    splits = meta["shards"] if "shards" in meta else meta["files"]
-    if args.split not in splits:
-        raise UserError(f"--split={args.split}: {folder} has the splits {', '.join(splits)}")
-    if meta["vocab_size"] != len(tokenizer):
-        raise UserError(f"{folder} was tokenized with {meta['tokenizer']} ({meta['vocab_size']:,} ids) but the model's "
-                        f"tokenizer has {len(tokenizer):,}: give the model's own data with --data_dir/--dataset")
-    shards = load_tokens(folder, meta, args.split).arrays  # windows never cross a shard boundary
-    return shards, f"{folder} ({args.split})", "char" if meta["tokenizer"] == "char" else "byte"
-
-
-def evaluate_model(args, folder: Path) -> dict:
-    """Score the model in `folder` as the command line says; the results as eval_results.json holds them."""
-    import evaluate
-    from transformers import AutoModelForCausalLM
-
-    recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
-    tokenizer = load_tokenizer(str(folder))
-    device = torch.device(device_type(args.device))
-    model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
-    context = n_positions(model) or args.block_size
-    block_size = args.block_size or context
-    if not block_size or (context and block_size > context):
-        raise UserError(f"--block_size={args.block_size} must be at most the model's {context} positions")
-    stride = args.stride or block_size
-    if not 1 <= stride <= block_size:
-        raise UserError(f"--stride={args.stride} must be between 1 and block_size={block_size}")
-    shards, data, unit = split_tokens(args, recipe, tokenizer)
-
-    metric = evaluate.load(str(METRIC), keep_in_memory=True)
-    started = time.time()
-    vocab = model.get_output_embeddings().out_features
-    batch_size = args.batch_size or max(1, min(256, LOGITS_BYTES // (4 * block_size * vocab)))
-    for nll, tokens, units in score(model, shards, block_size, stride, batch_size, unit_lengths(tokenizer, unit), device):
-        metric.add_batch(nll=nll, tokens=tokens, units=units)
-    results = metric.compute(unit=unit)
-    return {"model": args.model, "iter": read_json(folder / FACTS).get("iter"), "data": data, "split": args.split,
-            "unit": unit, **results, "block_size": block_size, "stride": stride, "batch_size": batch_size, "device": device.type,
-            "seconds": round(time.time() - started, 2), "hfgpt_version": __version__}
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m hfgpt.eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="out_dir of a training run, any model folder, or a Hub id (user/name[@revision])")
-    p.add_argument("--split", default="val", help="the split of the prepared dataset to score (default val)")
-    p.add_argument("--dataset", help="dataset name under data_dir (default: the run's recipe.yaml)")
-    p.add_argument("--data_dir", help="folder of prepared datasets (default: the run's recipe.yaml, else data)")
-    p.add_argument("--text", help="score this text file (tokenized with the model's tokenizer) instead of a split")
-    p.add_argument("--block_size", type=int, help="tokens per window (default: the model's context)")
-    p.add_argument("--stride", type=int, help="tokens between window starts; less than block_size overlaps the "
-                                              "windows, each scoring its last stride tokens (default block_size)")
-    p.add_argument("--batch_size", type=int, help="windows per forward pass (default: as many as keep the logits "
-                                                  "near 512 MB, at most 256)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run (default auto)")
-    p.add_argument("--out", help="where to write the results (default: eval_results.json in the model folder, "
-                                 "or in the current folder for a Hub id)")
-    return p.parse_args(argv)
+def writable_target(path: Path) -> Path:
+    """Check before the evaluation that its results can be written at `path`."""
+    if path.is_dir():
+        raise UserError(f"--out={path} is a folder: give a file name, e.g. {path / 'eval_results.json'}")
+    if not path.parent.is_dir():
+        raise UserError(f"--out={path}: the folder {path.parent} does not exist: create it or choose another path")
+    return path
 
 
 @cli
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch_size={args.batch_size} must be at least 1")
-    folder, own = model_folder(args.model)
-    results = evaluate_model(args, folder)
-    out = Path(args.out) if args.out else (folder if own else Path(".")) / EVAL_RESULTS
-    write_text(out, json.dumps(results, indent=2))
+    parsed = parse_command(argv, COMMAND)
+    if parsed is None:
+        return 0
+    options = parsed.options
+    from hfgpt.core.files import atomic_write
+    from hfgpt.evaluation.score import evaluate_model, model_folder
+    from hfgpt.hub.card import EVAL_RESULTS, write_card
+
+    if options.out:
+        writable_target(Path(options.out))
+    folder, own = model_folder(options.model)
+    out = Path(options.out) if options.out else (folder if own else Path(".")) / EVAL_RESULTS
+    results = evaluate_model(options, folder)
+    atomic_write(out, json.dumps(results, indent=2))
     unit = results["unit"]
     print(f"{results['data']}: loss {results['loss']:.4f}, perplexity {results['perplexity']:.3f}, "
           f"{results[f'bits_per_{unit}']:.4f} bits per {'character' if unit == 'char' else 'byte'} over "

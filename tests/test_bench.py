@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.bench import __main__ as bench
-from hfgpt.mfu import flops_per_token, mfu, peak_flops
+from hfgpt.training.mfu import flops_per_token, mfu, peak_flops
 
 
 def test_bench_train_reports_the_real_step(tiny_recipe, workdir, capsys):

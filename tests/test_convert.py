@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, pipeline
 
 from hfgpt import convert
-from hfgpt.errors import UserError
-from hfgpt.nanogpt import read_meta_pkl
+from hfgpt.core.errors import UserError
+from hfgpt.data.nanogpt_data import read_meta_pkl
 
 ARGS = {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 12, "vocab_size": 20, "dropout": 0.0}
 CHARS = "\n !,.:;?ABCDEFGHIJKL"  # 20 characters, sorted

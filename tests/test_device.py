@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from hfgpt.device import device_type, resolve_mixed_precision, should_compile
-from hfgpt.errors import UserError
+from hfgpt.core.device import device_type, resolve_mixed_precision, should_compile
+from hfgpt.core.errors import UserError
 
 
 @pytest.fixture

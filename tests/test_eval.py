@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 
 from hfgpt import eval as hfgpt_eval
 from hfgpt import train
-from hfgpt.eval import unit_lengths, windows
-from hfgpt.tokenizer import bpe_from_vocab_merges, char_tokenizer
+from hfgpt.evaluation.score import unit_lengths, windows
+from hfgpt.data.tokenizer import bpe_from_vocab_merges, char_tokenizer
 
 
 @pytest.mark.parametrize("n, block_size, stride", [(100, 8, 8), (100, 8, 3), (9, 8, 8), (5, 8, 8), (1001, 64, 64),

@@ -78,7 +78,7 @@ def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny
                          eval_iters=2, lr_decay_iters=10, push_to_hub=True, hub_model_id=repo,
                          hub_strategy="checkpoint")
     env = hub_env(hub, workdir / "hf-home", path)
-    hub.commit_delay = 2.0  # slow commits: training must not wait for them
+    hub.commit_delay = 5.0  # slow commits: training must not wait for them
     try:
         result = run([PYTHON, "-m", "hfgpt.train", str(recipe)], env, workdir)
     finally:
@@ -143,8 +143,9 @@ def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, work
         import torch
         from safetensors.torch import load_file
         from hfgpt import eval, push, train
-        from hfgpt.model import load_model
-        first = push.Pusher("first", "{repo}").finish("first run").rsplit("/", 1)[1]  # its commit URL
+        from hfgpt.model.gpt import load_model
+        from hfgpt.hub.push import Pusher
+        first = Pusher("first", "{repo}").finish("first run").rsplit("/", 1)[1]  # its commit URL
         codes = [push.main(["out", "--hub_model_id={repo}"])]
         model = load_model("{repo}@" + first, block_size=32)  # as init_from: user/name@revision
         weights = load_file("first/model.safetensors")
@@ -169,9 +170,9 @@ def test_failed_pushes_are_retried_reported_and_never_stop_training(tiny_recipe,
     env = hub_env(hub, workdir / "hf-home")
     script = f"""
         import json, sys
-        import hfgpt.push
-        from hfgpt import push, train
-        hfgpt.push.RETRY_WAIT = 0.01
+        import hfgpt.hub.push
+        from hfgpt import train
+        hfgpt.hub.push.RETRY_WAIT = 0.01
         print(json.dumps(train.main([{str(recipe)!r}] + sys.argv[1:])))
     """
     hub.fail_commits = 4  # iteration 5: 3 tries fail; iteration 10: 1 fails, the 2nd try lands
@@ -186,7 +187,9 @@ def test_failed_pushes_are_retried_reported_and_never_stop_training(tiny_recipe,
 
     assert partly.stdout.strip().splitlines()[-1] == "0", partly.stdout[-3000:] + partly.stderr[-3000:]
     titles = [c["title"] for c in hub.history("model", f"{USER}/flaky")]
-    assert not any(t.startswith("iter 5:") for t in titles) and titles[-1] == "end of training: iter 10"
+    assert not any(t.startswith("iter 5:") for t in titles)
+    # the final push lands, unless the iteration-10 push already holds the same files (no empty commit)
+    assert titles[-1] == "end of training: iter 10" or titles[-1].startswith("iter 10:"), titles
     reports = [line for line in (partly.stdout + partly.stderr).splitlines() if line.startswith("warning: push")]
     assert len(reports) == 1 and "iter 5:" in reports[0]  # the push that failed 3 times was reported
 

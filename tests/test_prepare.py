@@ -10,10 +10,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
 
 from hfgpt import prepare
+from hfgpt.data.prepare import prepare as prepare_data
 from hfgpt.config import load_recipe
-from hfgpt.shards import ShardWriter
-from hfgpt.sources import read_pieces
-from hfgpt.tokenizer import load_tokenizer
+from hfgpt.data.shards import ShardWriter
+from hfgpt.data.sources import read_pieces
+from hfgpt.data.tokenizer import load_tokenizer
 from tests.conftest import LocalServer
 
 
@@ -163,7 +164,7 @@ def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch, error
     monkeypatch.setattr(ShardWriter, "write", write)
     recipe = load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--shard_size=100000", "--block_size=64"])
     with pytest.raises(type(error)):
-        prepare.prepare(recipe)
+        prepare_data(recipe)
     assert len(calls) == 3 and not (workdir / "data" / "half").exists()
 
     monkeypatch.setattr(ShardWriter, "write", real_write)
@@ -172,7 +173,7 @@ def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch, error
     monkeypatch.setattr(ShardWriter, "write", write)
     calls.clear()
     with pytest.raises(type(error)):
-        prepare.prepare(load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--val_fraction=0.2"]))
+        prepare_data(load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--val_fraction=0.2"]))
     assert {p.name: p.read_bytes() for p in folder.glob("*.bin")} == before
     assert json.loads((folder / "meta.json").read_text()) == meta
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]

@@ -5,8 +5,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import sample, train
+from hfgpt.training.loop import train as train_loop
 from hfgpt.config import load_recipe
-from hfgpt.sample import generate, load_pipeline, sample_sliding
+from hfgpt.model.generate import generate, load_pipeline, sample_sliding
 from tests.conftest import TINY
 
 
@@ -17,7 +18,7 @@ def trained(tmp_path_factory, shakespeare_text):
     (d / "t.txt").write_text(shakespeare_text[:100_000], encoding="utf-8")
     values = {**TINY, "source": str(d / "t.txt"), "data_dir": str(d / "data"), "out_dir": str(d / "out"),
               "max_iters": 200, "lr_decay_iters": 200, "eval_interval": 200}
-    train.train(load_recipe(None, values))
+    train_loop(load_recipe(None, values))
     return d / "out"
 
 
@@ -100,8 +101,8 @@ def test_padded_vocabulary_is_never_sampled(tmp_path, gpt2_dir):
     """A GPT-2-sized vocabulary is padded to a multiple of 64 in the model only; even with the
     padded ids made the likeliest, neither the pipeline nor the sliding window samples one."""
     from hfgpt.config import ModelConfig
-    from hfgpt.model import build_model
-    from hfgpt.tokenizer import load_tokenizer
+    from hfgpt.model.gpt import build_model
+    from hfgpt.data.tokenizer import load_tokenizer
 
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=8), vocab_size=50257, eot_token_id=50256)
     assert model.config.vocab_size == 50304 and model.generation_config.suppress_tokens == list(range(50257, 50304))

@@ -13,8 +13,8 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from hfgpt import prepare, train
-from hfgpt.errors import UserError
-from hfgpt.sources import read_pieces
+from hfgpt.core.errors import UserError
+from hfgpt.data.sources import read_pieces
 from tests.conftest import PYTHON, TINY, LocalServer, run_env
 from tests.fake_hub import FakeHub
 

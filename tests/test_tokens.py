@@ -10,13 +10,14 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, pipeline
 
-from hfgpt import prepare, shards, train
+from hfgpt import prepare, train
+from hfgpt.data import shards
 from hfgpt.config import load_recipe
-from hfgpt.data import TokenShards, Windows, load_tokens
-from hfgpt.encode import encoder_for, tokenizers_encoder
-from hfgpt.errors import UserError
-from hfgpt.nanogpt import read_meta_pkl
-from hfgpt.tokenizer import byte_tokenizer, char_tokenizer, load_tokenizer, train_bpe
+from hfgpt.data.batches import Batches, TokenShards, load_tokens
+from hfgpt.data.encode import encoder_for, tokenizers_encoder
+from hfgpt.core.errors import UserError
+from hfgpt.data.nanogpt_data import read_meta_pkl
+from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, load_tokenizer, train_bpe
 from tests.conftest import TINY
 
 QUICK = {**TINY, "max_iters": 6, "eval_interval": 6, "eval_iters": 2, "warmup_iters": 1, "lr_decay_iters": 6}
@@ -86,7 +87,7 @@ def test_uint32_files_train(workdir):
     folder = workdir / "data" / "tiny"
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["dtype"] == "uint32" and (folder / "train.bin").stat().st_size == 4 * meta["train_tokens"]
-    x, y = Windows(load_tokens(folder, meta, "train"), 32, 64, seed=0).next_batch()
+    x, y = Batches(load_tokens(folder, meta, "train"), 32, 64, seed=0).next_batch()
     assert x.max() > 65_535 and torch.equal(x[:, 1:], y[:, :-1])
     rows = [json.loads(line) for line in (workdir / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # it learns the cycle (uniform would stay at ~11.16)
@@ -111,7 +112,7 @@ def test_shards_hold_the_same_tokens_and_train(workdir, shakespeare):
 
 def test_windows_sample_shards_by_size_and_never_cross_them():
     shards = [np.arange(0, 100, dtype=np.uint16), np.arange(1000, 1300, dtype=np.uint16), np.arange(5000, 5005, dtype=np.uint16)]
-    x, y = Windows(TokenShards(shards), block_size=8, batch_size=20_000, seed=0).next_batch()
+    x, y = Batches(TokenShards(shards), block_size=8, batch_size=20_000, seed=0).next_batch()
     window = torch.cat([x, y[:, -1:]], dim=1)
     assert torch.all(window[:, 1:] - window[:, :-1] == 1)  # consecutive ids: inside one shard
     share = (window[:, 0] < 1000).float().mean().item()
@@ -119,7 +120,7 @@ def test_windows_sample_shards_by_size_and_never_cross_them():
     # one file: the same draws as nanoGPT's get_batch with torch.randint
     g = torch.Generator().manual_seed(3)
     starts = torch.randint(100 - 8, (5,), generator=g).numpy()
-    assert Windows(shards[0], 8, 5, seed=3).next_batch()[0][:, 0].tolist() == shards[0][starts].tolist()
+    assert Batches(shards[0], 8, 5, seed=3).next_batch()[0][:, 0].tolist() == shards[0][starts].tolist()
 
 
 def write_nanogpt_folder(folder, text):

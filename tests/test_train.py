@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 from hfgpt import train
+from hfgpt.training import run as training_run
 from hfgpt.config import OptimConfig, load_recipe
-from hfgpt.model import float32_sdpa
-from hfgpt.optim import get_lr, make_optimizer
+from hfgpt.model.attention import float32_sdpa
+from hfgpt.training.optim import get_lr, make_optimizer
 from tests.conftest import PYTHON, ROOT, run_env
 
 
@@ -128,7 +129,7 @@ def test_float32_attention_under_cpu_autocast():
 def test_bf16_training_on_cpu_uses_float32_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
     recipe = tiny_recipe(mixed_precision="bf16")
     bf16_recipe = load_recipe(str(recipe))
-    run = train.setup(bf16_recipe, train.make_accelerator(bf16_recipe))
+    run = training_run.setup(bf16_recipe, training_run.make_accelerator(bf16_recipe))
     assert run.accelerator.mixed_precision == "bf16"
     assert run.accelerator.unwrap_model(run.model).config._attn_implementation == "hfgpt_float32_sdpa"
     assert train.main([str(recipe)]) == 0
@@ -140,7 +141,7 @@ def test_bf16_training_on_cpu_uses_float32_attention_and_saves_plain_sdpa(tiny_r
     assert model.config._attn_implementation == "sdpa"
     AcceleratorState._reset_state(reset_partial_state=True)  # as a new process would
     fp32_recipe = load_recipe(str(recipe), {"mixed_precision": "no"})
-    fp32 = train.setup(fp32_recipe, train.make_accelerator(fp32_recipe))
+    fp32 = training_run.setup(fp32_recipe, training_run.make_accelerator(fp32_recipe))
     assert fp32.accelerator.unwrap_model(fp32.model).config._attn_implementation == "sdpa"
 
 
@@ -200,5 +201,5 @@ def test_accelerate_launch_two_cpu_processes(tiny_recipe, workdir):
     assert two[-1]["val_loss"] < two[0]["val_loss"] - 0.5
     assert abs(two[-1]["val_loss"] - one[-1]["val_loss"]) < 0.1
     rng = [load_file(workdir / "two" / "checkpoints" / "iter-000060" / f"rng-{rank}.safetensors") for rank in (0, 1)]
-    assert not torch.equal(rng[0]["sampler"], rng[1]["sampler"])  # each process has its own window stream
+    assert not torch.equal(rng[0]["batches"], rng[1]["batches"])  # each process has its own window stream
     assert (workdir / "two" / "model.safetensors").exists()

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from markdown_it import MarkdownIt
 
 from hfgpt import train
-from hfgpt.card import write_card
+from hfgpt.hub.card import write_card
 
 SECRET = "hf_" + "WatchTestSecret" * 3
 

@@ -9,12 +9,11 @@ writes them as JSON with `report`.
 """
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError
+from hfgpt.core.files import atomic_write
 
 
 def report(result: dict, json_path: str | None) -> None:
@@ -25,11 +24,7 @@ def report(result: dict, json_path: str | None) -> None:
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(result, indent=2) + "\n")
 
 
 def nanogpt_classes(repo: str | Path):

@@ -25,33 +25,37 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hfgpt.bench import report
-from hfgpt.config import load_recipe
-from hfgpt.encode import usable_cpus
-from hfgpt.errors import UserError, cli
+from hfgpt.config import Command, option, parse_command
+from hfgpt.core.errors import UserError, cli
+from hfgpt.data.encode import usable_cpus
 
-BENCH_FLAGS = {"corpus_mb": int, "corpus_format": str, "corpus_from": str, "corpus_dir": str, "compare_tiktoken": bool,
-               "pairs": int, "json": str, "gpt2_dir": str}
-DEFAULTS = {"corpus_mb": None, "corpus_format": "jsonl", "corpus_from": None, "corpus_dir": "data/bench-corpus",
-            "compare_tiktoken": False, "pairs": 1, "json": None, "gpt2_dir": None}
+@dataclass
+class BenchPrepareOptions:
+    corpus_mb: int | None = option(None, min=1)
+    """Write a corpus of about this many MB (into corpus_dir, kept for later runs) and measure on it."""
+    corpus_format: str = option("jsonl", choices=("jsonl", "txt"))
+    """The generated corpus: .jsonl documents ({"text": ...} per line) or one .txt stream."""
+    corpus_from: str | None = option(None)
+    """Text file whose lines make the generated corpus; None: the recipe's source."""
+    corpus_dir: str = option("data/bench-corpus")
+    """Where generated corpora are kept."""
+    compare_tiktoken: bool = option(False)
+    """Alternate each run with nanoGPT's tiktoken + datasets.map approach (GPT-2 tokenizer, .jsonl corpus)."""
+    gpt2_dir: str | None = option(None)
+    """GPT-2's encoder.json + vocab.bpe (or vocab.json + merges.txt) for --compare_tiktoken; None: the recipe's tokenizer."""
+    pairs: int = option(1, min=1)
+    """Runs (with --compare_tiktoken: pairs of runs)."""
+    json: str | None = option(None)
+    """Write the result here as JSON."""
 
 
-def split_args(argv: list[str]) -> tuple[dict, list[str]]:
-    """The bench's own --flags, and the rest for the recipe."""
-    flags, rest = dict(DEFAULTS), []
-    for arg in argv:
-        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        if key not in BENCH_FLAGS:
-            rest.append(arg)
-        elif BENCH_FLAGS[key] is bool:
-            flags[key] = not eq or value.lower() in ("1", "true", "yes")
-        else:
-            flags[key] = BENCH_FLAGS[key](value)
-    return flags, rest
+COMMAND = Command("bench prepare", __doc__.split("\n\n")[0], options=BenchPrepareOptions, recipe_step="prepare")
 
 
 def make_corpus(path: Path, mb: int, seed_text: Path, fmt: str, seed: int = 0) -> Path:
@@ -161,21 +165,18 @@ def run_tiktoken_map(corpus: Path, out: Path, gpt2_dir: str, num_proc: int, val_
 
 @cli
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
+    parsed = parse_command(argv, COMMAND)
+    if parsed is None:
         return 0
-    flags, rest = split_args(argv)
-    recipe = load_recipe(rest[0] if rest and not rest[0].startswith("--") else None,
-                         rest[1:] if rest and not rest[0].startswith("--") else rest)
+    recipe, flags, rest = parsed.recipe, parsed.options, parsed.recipe_argv
     d = recipe.data
     corpus = Path(str(d.source)) if d.source is not None else None
-    if flags["corpus_mb"]:
-        seed_text = Path(flags["corpus_from"] or str(d.source))
+    if flags.corpus_mb:
+        seed_text = Path(flags.corpus_from or str(d.source))
         if not seed_text.is_file():
             raise UserError(f"--corpus_mb needs --corpus_from=TEXT_FILE to draw lines from (got {seed_text})")
-        name = f"corpus-{flags['corpus_mb']}mb.{flags['corpus_format']}"
-        corpus = make_corpus(Path(flags["corpus_dir"]) / name, flags["corpus_mb"], seed_text, flags["corpus_format"])
+        name = f"corpus-{flags.corpus_mb}mb.{flags.corpus_format}"
+        corpus = make_corpus(Path(flags.corpus_dir) / name, flags.corpus_mb, seed_text, flags.corpus_format)
     if corpus is None:
         raise UserError("no text to measure: set --source=FILE or --corpus_mb=N --corpus_from=FILE")
     num_proc = d.num_proc or usable_cpus()
@@ -184,28 +185,28 @@ def main(argv=None) -> int:
                                                                      os.environ.get("PYTHONPATH")]))}
     result = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "tokenizer": d.tokenizer,
               "num_proc": num_proc}
-    if flags["compare_tiktoken"]:
+    if flags.compare_tiktoken:
         result.update(compare(rest, corpus, out, flags, num_proc, recipe, env))
     else:
-        runs = [run_hfgpt(rest, corpus, out, env)[0] for _ in range(flags["pairs"])]
+        runs = [run_hfgpt(rest, corpus, out, env)[0] for _ in range(flags.pairs)]
         best = min(runs, key=lambda r: r["seconds"])
         result.update({"tokens": best["tokens"], "seconds": best["seconds"], "tokens_per_sec": best["tokens"] / best["seconds"],
                        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                        "peak_pss_total_mb": max(r["peak_pss_total_mb"] for r in runs)})
-    report(result, flags["json"])
+    report(result, flags.json)
     return 0
 
 
 def compare(rest, corpus: Path, out: Path, flags: dict, num_proc: int, recipe, env) -> dict:
     """Alternate hfgpt and the tiktoken + datasets.map approach; the ratio of tokens/s per pair."""
-    from hfgpt.prepare import val_documents
+    from hfgpt.data.prepare import val_documents
 
-    gpt2_dir = flags["gpt2_dir"] or recipe.data.tokenizer
-    if not Path(gpt2_dir).is_dir() or flags["corpus_format"] != "jsonl":
+    gpt2_dir = flags.gpt2_dir or recipe.data.tokenizer
+    if not Path(gpt2_dir).is_dir() or flags.corpus_format != "jsonl":
         raise UserError("--compare_tiktoken needs a .jsonl corpus and GPT-2's files: --gpt2_dir=DIR (encoder.json + "
                         "vocab.bpe, or vocab.json + merges.txt), or --tokenizer=DIR with them")
     pairs = []
-    for _ in range(flags["pairs"]):
+    for _ in range(flags.pairs):
         ours, meta = run_hfgpt(rest, corpus, out, env)
         n_docs = meta["documents"]["train"] + meta["documents"]["val"]
         is_val = val_documents(n_docs, recipe.data.val_fraction, recipe.train.seed)

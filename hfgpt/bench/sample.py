@@ -11,24 +11,22 @@ loaded into nanoGPT's own GPT from DIR/model.py, and its generate (what sample.p
 in turn, alternating with hfgpt's; the JSON then has both figures and their ratio.
 """
 
-import argparse
 import copy
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import set_seed
-
 from hfgpt.bench import nanogpt_classes, report
-from hfgpt.errors import cli
-from hfgpt.nanogpt import nanogpt_checkpoint_from_hf
-from hfgpt.sample import encode_prompt, generate, load_pipeline
+from hfgpt.config import Command, option, parse_command
+from hfgpt.core.errors import cli
 
 
 def nanogpt_generate(pipe, repo: Path):
     """nanoGPT's GPT from its clone, holding the pipeline model's weights; returns its generate."""
+    from hfgpt.model.nanogpt import nanogpt_checkpoint_from_hf
+
     GPT, GPTConfig = nanogpt_classes(repo)
     ckpt = nanogpt_checkpoint_from_hf(pipe.model)
     model = GPT(GPTConfig(**ckpt["model_args"]))
@@ -36,24 +34,44 @@ def nanogpt_generate(pipe, repo: Path):
     return model.eval().to(pipe.model.device)
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m hfgpt.bench sample", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="a model folder (an hfgpt out_dir) or Hub id")
-    p.add_argument("--start", default="\n", help="prompt (default: a newline)")
-    p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--num_samples", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top_k", type=int, default=200)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    p.add_argument("--nanogpt", help="a nanoGPT clone, to time its generate beside hfgpt's")
-    p.add_argument("--json", help="write the result here as JSON")
-    return p.parse_args(argv)
+@dataclass
+class BenchSampleOptions:
+    model: str = option(positional=True)
+    """A model folder (an hfgpt out_dir) or Hub id."""
+    start: str = option("\n")
+    """Prompt."""
+    max_new_tokens: int = option(256, min=1)
+    """Tokens generated per sample (end-of-text does not stop them here)."""
+    num_samples: int = option(1, min=1)
+    """Samples per timed repeat."""
+    repeats: int = option(5, min=1)
+    """Timed repeats; the median is reported."""
+    temperature: float = option(0.8, min=0, finite=True)
+    """Sampling temperature."""
+    top_k: int = option(200, min=0)
+    """Sample from the k likeliest tokens; 0 for all."""
+    device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))
+    """Where to run."""
+    nanogpt: str | None = option(None)
+    """A nanoGPT clone, to time its generate beside hfgpt's."""
+    json: str | None = option(None)
+    """Write the result here as JSON."""
+
+
+COMMAND = Command("bench sample", __doc__.split("\n\n")[0], options=BenchSampleOptions)
 
 
 @cli
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    parsed = parse_command(argv, COMMAND)
+    if parsed is None:
+        return 0
+    args = parsed.options
+    import torch
+    from transformers import set_seed
+
+    from hfgpt.model.generate import encode_prompt, generate, load_pipeline
+
     pipe = load_pipeline(args.model, args.device)
     pipe.model.generation_config = copy.deepcopy(pipe.model.generation_config)
     pipe.model.generation_config.eos_token_id = None  # exactly max_new_tokens per sample, as nanoGPT

@@ -23,31 +23,35 @@ import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from hfgpt.bench import nanogpt_classes, report
-from hfgpt.config import Recipe, load_recipe
-from hfgpt.errors import UserError, cli
-
-OWN = {"steps": 30, "warmup": 5, "json": None, "nanogpt": None, "pairs": 10}
+from hfgpt.config import Command, Recipe, option, parse_command
+from hfgpt.core.errors import UserError, cli
 
 
-def split_args(argv: list[str]) -> tuple[str | None, dict, list[str]]:
-    """The recipe path, this bench's own flags, and the recipe overrides."""
-    path = argv[0] if argv and not argv[0].startswith("--") else None
-    own, rest = dict(OWN), []
-    for arg in argv[1:] if path else argv:
-        key, _, value = arg[2:].partition("=")
-        if arg.startswith("--") and key in OWN:
-            own[key] = type(OWN[key])(value) if OWN[key] is not None else value
-        else:
-            rest.append(arg)
-    return path, own, rest
+@dataclass
+class BenchTrainOptions:
+    steps: int = option(30, min=1)
+    """Timed training steps (with --nanogpt: steps per block of each side)."""
+    warmup: int = option(5, min=0)
+    """Untimed steps first (compilation, allocator warm-up)."""
+    nanogpt: str | None = option(None)
+    """A nanoGPT clone: time its GPT and AdamW beside hfgpt's, in alternating blocks."""
+    pairs: int = option(10, min=1)
+    """With --nanogpt: alternating pairs of blocks."""
+    json: str | None = option(None)
+    """Write the result here as JSON."""
 
 
-def peak_memory_mb(device: torch.device) -> float:
+COMMAND = Command("bench train", "Time the recipe's training step (python -m hfgpt.bench train RECIPE).",
+                  options=BenchTrainOptions, recipe_step="train")
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -56,8 +60,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
     """Median time of the recipe's training step, on this process's device."""
-    from hfgpt.mfu import mfu
-    from hfgpt.train import make_accelerator, setup, train_step
+    import torch
+
+    from hfgpt.training.mfu import mfu
+    from hfgpt.training.run import make_accelerator, setup, train_step
 
     accelerator = make_accelerator(recipe)
     run = setup(recipe, accelerator)
@@ -93,9 +99,11 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
 
 # --- side by side with nanoGPT ------------------------------------------------------------------
 
-def nanogpt_step(recipe: Recipe, repo: Path, vocab_size: int, device: torch.device):
+def nanogpt_step(recipe: Recipe, repo: Path, vocab_size: int, device):
     """nanoGPT's own GPT and configure_optimizers, imported from its clone, stepped as its train.py
     steps them (forward with targets, backward per micro-batch, clip, AdamW); returns step(x, y)."""
+    import torch
+
     GPT, GPTConfig = nanogpt_classes(repo)
     m, o = recipe.model, recipe.optim
     model = GPT(GPTConfig(block_size=m.block_size, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head,
@@ -119,7 +127,9 @@ def nanogpt_step(recipe: Recipe, repo: Path, vocab_size: int, device: torch.devi
 def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -> dict:
     """Alternating blocks of `steps` iterations of hfgpt's train_step and of nanoGPT's step, in one
     process, on the same batches' shapes: machine-speed drift hits both sides alike."""
-    from hfgpt.train import make_accelerator, setup, train_step
+    import torch
+
+    from hfgpt.training.run import make_accelerator, setup, train_step
 
     repo = Path(nanogpt)
     nanogpt_classes(repo)  # a wrong folder fails before the run is built
@@ -169,16 +179,15 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
 
 @cli
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
+    parsed = parse_command(argv, COMMAND)
+    if parsed is None:
         return 0
-    path, own, overrides = split_args(argv)
-    if own["nanogpt"]:
-        result = compare(load_recipe(path, overrides), own["nanogpt"], own["pairs"], own["steps"], own["warmup"])
+    o = parsed.options
+    if o.nanogpt:
+        result = compare(parsed.recipe, o.nanogpt, o.pairs, o.steps, o.warmup)
     else:
-        result = bench_step(load_recipe(path, overrides), own["steps"], own["warmup"])
-    report(result, own["json"])
+        result = bench_step(parsed.recipe, o.steps, o.warmup)
+    report(result, o.json)
     return 0
 
 

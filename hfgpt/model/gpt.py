@@ -7,16 +7,13 @@ the Hub or a folder and cropped to block_size.
     loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
 """
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface, AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hfgpt.config import ModelConfig
-from hfgpt.errors import UserError
-from hfgpt.tokenizer import ALIASES
+from hfgpt.core.errors import UserError, first_line
+from hfgpt.core.names import hub_repo, split_revision
 
 # Sampling defaults written into every saved model, so a plain pipeline samples as nanoGPT's sample.py.
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 200}
@@ -32,17 +29,21 @@ def padded_vocab_size(vocab_size: int) -> int:
     return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-def gpt2_config(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GPT2Config:
-    """The one place where recipe names become GPT-2's: block_size -> n_positions, dropout -> *_pdrop."""
+def dropout_settings(dropout: float) -> dict:
+    """nanoGPT's one dropout as GPT-2's three config keys."""
+    return {"embd_pdrop": dropout, "attn_pdrop": dropout, "resid_pdrop": dropout}
+
+
+def gpt2_config(*, n_layer: int, n_head: int, n_embd: int, block_size: int, dropout: float, vocab_size: int,
+                eot_token_id: int | None = None) -> GPT2Config:
+    """The one place where nanoGPT's names become GPT-2's: block_size -> n_positions, dropout -> *_pdrop."""
     return GPT2Config(
         vocab_size=vocab_size,
-        n_positions=m.block_size,
-        n_embd=m.n_embd,
-        n_layer=m.n_layer,
-        n_head=m.n_head,
-        embd_pdrop=m.dropout,
-        attn_pdrop=m.dropout,
-        resid_pdrop=m.dropout,
+        n_positions=block_size,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        **dropout_settings(dropout),
         # nanoGPT's exact GELU: as good as GPT-2's tanh approximation and faster on CPU.
         activation_function="gelu",
         bos_token_id=eot_token_id,
@@ -55,7 +56,8 @@ def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GP
     """A new GPT2LMHeadModel with GPT-2's initialisation (the same as nanoGPT's). Padded ids (see
     VOCAB_MULTIPLE) never occur in the data and are suppressed in generation, so none is sampled."""
     padded = padded_vocab_size(vocab_size)
-    model = GPT2LMHeadModel(gpt2_config(m, padded, eot_token_id))
+    model = GPT2LMHeadModel(gpt2_config(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                                        dropout=m.dropout, vocab_size=padded, eot_token_id=eot_token_id))
     if not m.bias:
         zero_biases(model)
     set_generation_defaults(model, m.block_size, eot_token_id)
@@ -84,29 +86,20 @@ def set_generation_defaults(model, block_size: int, eot_token_id: int | None) ->
     model.generation_config = gen
 
 
-def split_revision(name: str) -> tuple[str, str | None]:
-    """'user/name@revision' -> ('user/name', 'revision'); a local path or a name without @ has none."""
-    repo, at, revision = name.rpartition("@")
-    if not at or not repo or Path(name).exists():
-        return name, None
-    return repo, revision
-
-
 def load_model(init_from: str, block_size: int, dropout: float | None = None):
     """Any causal LM from a Hub id (user/name@revision for a branch, tag or commit) or a local
     folder, cropped to block_size positions."""
     name, revision = split_revision(init_from)
-    repo = ALIASES.get(name, name)
+    repo = hub_repo(name)
     kwargs = {"revision": revision} if revision else {}
     if dropout is not None:
-        kwargs |= {"embd_pdrop": dropout, "attn_pdrop": dropout, "resid_pdrop": dropout}
+        kwargs |= dropout_settings(dropout)
     try:
         model = AutoModelForCausalLM.from_pretrained(repo, **kwargs)
     except OSError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
             f"init_from='{init_from}' could not be loaded: it is not a local model folder and the Hugging Face Hub "
-            f"or its cache does not have it ({reason}); with network access run `hf download {repo}{f' --revision {revision}' if revision else ''}`, "
+            f"or its cache does not have it ({first_line(e)}); with network access run `hf download {repo}{f' --revision {revision}' if revision else ''}`, "
             "or set init_from to a local folder or 'scratch'") from None
     crop_block_size(model, block_size)
     return model
@@ -129,32 +122,6 @@ def crop_block_size(model, block_size: int) -> None:
         model.config.n_positions = block_size
     if model.generation_config is not None and (model.generation_config.max_length or 0) > block_size:
         model.generation_config.max_length = block_size
-
-
-def float32_sdpa(module, query, key, value, attention_mask, **kwargs):
-    """transformers' SDPA attention with bf16/fp16 inputs computed in float32 on the CPU, the
-    rest of the model staying in mixed precision. torch's CPU flash attention is about 4x slower
-    in bf16 than in float32 at GPT sizes (its backward: 4.5 vs 1.2 ms with the casts, for
-    12x4x64x32), while bf16 matmuls with AMX are 3-4x faster than float32 ones. Float32 is also
-    the more exact of the two, so pretrained models lose nothing by it."""
-    dtype = query.dtype
-    if query.device.type != "cpu" or dtype == torch.float32:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.float()
-    with torch.autocast("cpu", enabled=False):
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
-    return out.to(dtype), weights
-
-
-AttentionInterface.register("hfgpt_float32_sdpa", float32_sdpa)
-
-
-def use_float32_attention(model, device: str, precision: str) -> None:
-    """Float32 attention (float32_sdpa) for an SDPA model trained in mixed precision on the CPU.
-    Not saved: config.json keeps no attention implementation, so the saved model loads as usual."""
-    if device == "cpu" and precision in ("bf16", "fp16") and model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation("hfgpt_float32_sdpa")
 
 
 def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ model-index with val loss and perplexity (whole split when evaluated, else the t
 
 import json
 import math
-import os
 from pathlib import Path
 
 import yaml
@@ -23,6 +22,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from hfgpt import __version__
+from hfgpt.core.files import atomic_write
+from hfgpt.core.names import is_hub_id, is_url
 
 CARD = "README.md"
 FACTS = "training.json"
@@ -36,13 +37,6 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def write_text(path: Path, text: str) -> None:
-    """Through a temporary name, so a reader (or an upload) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def count_parameters(weights: Path) -> int | None:
@@ -61,10 +55,8 @@ def current_eval(folder: Path, facts: dict) -> dict:
 
 def hub_dataset(recipe: dict) -> str | None:
     """The Hub dataset the run trained on, when its source is one (user/name that is no local path)."""
-    source = str(recipe.get("source") or "")
-    if "://" in source or Path(source).exists() or source.count("/") != 1:
-        return None
-    return source
+    source = recipe.get("source")
+    return source if isinstance(source, str) and not is_url(source) and is_hub_id(source) else None
 
 
 def card_data(name: str, recipe: dict, facts: dict, results: dict) -> ModelCardData:
@@ -185,10 +177,10 @@ def write_card(folder: Path, facts: dict | None = None, model_id: str | None = N
     """Write folder/README.md (and folder/training.json when facts are given)."""
     folder = Path(folder)
     if facts is not None:
-        write_text(folder / FACTS, json.dumps(facts, indent=2))
+        atomic_write(folder / FACTS, json.dumps(facts, indent=2))
     else:
         facts = read_json(folder / FACTS)
     text = render(folder, facts, model_id)
     ModelCard(text)  # raises if the front matter is not valid YAML
-    write_text(folder / CARD, text)
+    atomic_write(folder / CARD, text)
     return folder / CARD

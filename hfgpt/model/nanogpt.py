@@ -1,6 +1,5 @@
-"""nanoGPT's file formats: ckpt.pt state dicts and meta.pkl, read safely and mapped to GPT-2's.
+"""nanoGPT's checkpoints: ckpt.pt state dicts mapped to GPT-2's and back (meta.pkl: hfgpt.data.nanogpt_data).
 
-    meta = read_meta_pkl("data/shakespeare_char/meta.pkl")     # plain dicts, strings and ints only
     model = hf_model_from_nanogpt(torch.load("ckpt.pt", weights_only=True))
     ckpt = nanogpt_checkpoint_from_hf(model)
 
@@ -9,57 +8,14 @@ same matrix, transposed), has no biases with bias=False, uses the exact GELU, an
 to wte.
 """
 
-import pickle
-
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError
+from hfgpt.model.folder import COMPILED_PREFIX
+from hfgpt.model.gpt import gpt2_config
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-COMPILED_PREFIX = "_orig_mod."
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Refuses every class and function reference (and persistent ids), so a hostile pickle cannot
-    run code; read_meta_pkl then accepts only dicts, strings and ints."""
-
-    def find_class(self, module, name):
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in meta.pkl")
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("a persistent reference is not allowed in meta.pkl")
-
-
-def read_meta_pkl(path) -> dict:
-    """nanoGPT's meta.pkl ({'vocab_size', 'itos', 'stoi'}), read without running any code."""
-    try:
-        with open(path, "rb") as f:
-            meta = _PlainUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-        raise UserError(f"{path} is not a plain nanoGPT meta.pkl ({e}): only dicts of strings and ints are read") from None
-    if not isinstance(meta, dict) or not _plain(meta):
-        raise UserError(f"{path} holds something other than dicts of strings and ints: it is not nanoGPT's meta.pkl")
-    stoi = meta.get("stoi")
-    if (not isinstance(stoi, dict) or not all(isinstance(k, str) and len(k) == 1 for k in stoi)
-            or len(set(stoi.values())) != len(stoi) or min(stoi.values(), default=0) < 0):
-        raise UserError(f"{path} has no 'stoi' mapping single characters to distinct ids: it is not a char-level "
-                        "nanoGPT meta.pkl")
-    return meta
-
-
-def _plain(value) -> bool:
-    if type(value) is dict:
-        return all(_plain(k) and _plain(v) for k, v in value.items())
-    return type(value) in (str, int)
-
-
-def gpt2_config_from_nanogpt(args: dict) -> GPT2Config:
-    dropout = args.get("dropout", 0.0)
-    return GPT2Config(vocab_size=args["vocab_size"], n_positions=args["block_size"], n_embd=args["n_embd"],
-                      n_layer=args["n_layer"], n_head=args["n_head"], embd_pdrop=dropout, attn_pdrop=dropout,
-                      resid_pdrop=dropout, activation_function="gelu", layer_norm_epsilon=1e-5,
-                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=None)
 
 
 def hf_model_from_nanogpt(ckpt: dict) -> GPT2LMHeadModel:
@@ -69,7 +25,8 @@ def hf_model_from_nanogpt(ckpt: dict) -> GPT2LMHeadModel:
     except (KeyError, TypeError):
         raise UserError("not a nanoGPT checkpoint: ckpt.pt needs 'model' and 'model_args' (as nanoGPT's train.py saves)") from None
     state = {k.removeprefix(COMPILED_PREFIX): v for k, v in state.items()}
-    model = GPT2LMHeadModel(gpt2_config_from_nanogpt(args))
+    model = GPT2LMHeadModel(gpt2_config(vocab_size=args["vocab_size"], block_size=args["block_size"], n_embd=args["n_embd"],
+                                        n_layer=args["n_layer"], n_head=args["n_head"], dropout=args.get("dropout", 0.0)))
     ours = model.state_dict()
     converted = {}
     for key, target in ours.items():

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError
 
 TRUE = ("1", "true", "yes")
 

@@ -17,7 +17,6 @@ import codecs
 import glob
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 import urllib.parse
@@ -26,15 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hfgpt.config import Recipe
-from hfgpt.errors import UserError
-from hfgpt.tables import TABLES, Table
+from hfgpt.core.errors import UserError
+from hfgpt.core.names import is_hub_id, is_url
+from hfgpt.data.tables import TABLES, Table
 
 PIECE_CHARS = 1 << 20  # text per piece of a text file; bounds the memory of one tokenizer call
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def is_url(entry: str) -> bool:
-    return urllib.parse.urlsplit(entry).scheme in ("http", "https")
 
 
 def is_nanogpt_dir(folder: Path) -> bool:
@@ -135,8 +130,9 @@ class TextFiles:
 class Source:
     """The recipe's source entries, resolved into parts read in order."""
 
-    def __init__(self, parts: list, nanogpt_dir: Path | None = None):
+    def __init__(self, parts: list, nanogpt_dir: Path | None = None, label: str = ""):
         self.parts, self.nanogpt_dir = parts, nanogpt_dir
+        self.label = label  # what was read, for messages: a URL shows as the local file it was read from
 
     @property
     def files(self) -> list[Path]:
@@ -190,13 +186,15 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
 
     A URL is downloaded into dataset_dir the first time (dataset_dir must exist and be writable)."""
     entries = recipe.data.source if isinstance(recipe.data.source, list) else [recipe.data.source]
-    parts, nanogpt = [], None
+    parts, nanogpt, shown = [], None, []
     for entry in entries:
         entry = str(entry)
+        shown.append(entry)
         if is_url(entry):
             path = dataset_dir / (Path(urllib.parse.urlsplit(entry).path).name or "input.txt")
             if not path.exists():
                 download(entry, path)
+            shown[-1] = str(path)
             parts += _file_parts(entry, [path], recipe)
             continue
         path = Path(entry).expanduser()
@@ -213,7 +211,7 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
             if not files:
                 raise UserError(f"source {entry} matches no files: check the pattern (** matches folders recursively)")
             parts += _file_parts(entry, files, recipe)
-        elif HUB_ID.match(entry) and Path(entry).suffix.lower() not in (*TABLES, ".txt", ".md"):
+        elif is_hub_id(entry, namespace=False) and Path(entry).suffix.lower() not in (*TABLES, ".txt", ".md"):
             parts.append(Table(entry, recipe))
         else:
             raise UserError(f"source {entry} not found: give an existing file, folder or glob, an http(s) URL, "
@@ -223,7 +221,7 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
                         "so it cannot be combined with other sources in a list")
     if nanogpt is None and not any(p.n_documents != 0 for p in parts):
         raise UserError(f"source {recipe.data.source} holds only empty files: give files with text in them")
-    return Source(parts, nanogpt)
+    return Source(parts, nanogpt, ", ".join(shown))
 
 
 def _folder_files(entry: str, folder: Path, patterns: str | list[str]) -> list[Path]:

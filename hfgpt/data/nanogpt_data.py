@@ -4,24 +4,25 @@
     python -m hfgpt.train my.yaml --data_dir=../nanoGPT/data --dataset=shakespeare_char   # in place, no copy
 
 The token files keep their bytes (uint16, as nanoGPT writes them). meta.pkl is a pickle, so it is
-read with hfgpt.nanogpt.read_meta_pkl, which builds nothing but dicts, strings and ints; its
+read with read_meta_pkl, which builds nothing but dicts, strings and ints; its
 stoi becomes a char tokenizer with the same ids, plus <|endoftext|> and <unk> after them. A
 folder without meta.pkl holds GPT-2 ids (nanoGPT's convention): set `tokenizer` to gpt2 or a
 GPT-2 tokenizer folder. Imported into another dataset folder, the .bin files are copied there.
 """
 
-import json
+import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from hfgpt import __version__
 from hfgpt.config import Recipe
-from hfgpt.errors import UserError
-from hfgpt.shards import publish, work_dir
-from hfgpt.sources import stamp_of
-from hfgpt.tokenizer import char_tokenizer_from_stoi, eot_id, load_tokenizer
+from hfgpt.core.errors import UserError
+from hfgpt.core.files import temp_dir
+from hfgpt.data.meta import new_meta, write_meta
+from hfgpt.data.shards import publish
+from hfgpt.data.sources import stamp_of
+from hfgpt.data.tokenizer import char_tokenizer_from_stoi, load_tokenizer
 
 DTYPE = np.uint16  # nanoGPT's prepare scripts always write uint16
 CHECK_TOKENS = 1 << 24
@@ -31,8 +32,6 @@ def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
     """Write meta.json and tokenizer/ for the nanoGPT folder `src` into `out` (copying the .bin
     files when they differ), through a temporary folder; returns the meta."""
     if (src / "meta.pkl").exists():
-        from hfgpt.nanogpt import read_meta_pkl  # imports torch (~3 s) for its checkpoint half: only here
-
         tokenizer, name = char_tokenizer_from_stoi(read_meta_pkl(src / "meta.pkl")["stoi"]), "char"
     elif recipe.data.tokenizer in ("char", "byte", "bpe"):
         raise UserError(f"{src} has train.bin and val.bin but no meta.pkl, so it holds GPT-2 ids (nanoGPT's "
@@ -42,32 +41,58 @@ def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
         tokenizer, name = load_tokenizer(recipe.data.tokenizer), recipe.data.tokenizer
     shards = {split: [{"file": f"{split}.bin", "tokens": _count(src / f"{split}.bin", len(tokenizer))}]
               for split in ("train", "val")}
-    with work_dir(out) as work:
+    with temp_dir(out, ".prepare-") as work:
         if src.resolve() != out.resolve():
             for split in ("train", "val"):
                 shutil.copyfile(src / f"{split}.bin", work / f"{split}.bin")
         tokenizer.save_pretrained(work / "tokenizer")
-        meta = {
-            "hfgpt_version": __version__,
-            "dataset": recipe.data.dataset,
-            "vocab_size": len(tokenizer),
-            "dtype": np.dtype(DTYPE).name,
-            "tokenizer": name,
-            "eot_token_id": eot_id(tokenizer),
-            "train_tokens": shards["train"][0]["tokens"],
-            "val_tokens": shards["val"][0]["tokens"],
-            "shards": shards,
-            "split": "nanogpt",
-            "source": recipe.data.source,
-            "source_files": len(files(src)),
-            "source_bytes": sum(f.stat().st_size for f in files(src)),
-            "source_stamp": stamp_of(files(src)),
-        }
-        (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        meta = new_meta(recipe, tokenizer, shards, "nanogpt", DTYPE, name, source=recipe.data.source,
+                        source_files=len(files(src)), source_bytes=sum(f.stat().st_size for f in files(src)),
+                        source_stamp=stamp_of(files(src)))
+        write_meta(work, meta)
         publish(work, out)
     print(f"imported nanoGPT data {src} into {out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
           f"tokens, {name} tokenizer ({meta['vocab_size']:,} ids)")
     return meta
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Refuses every class and function reference (and persistent ids), so a hostile pickle cannot
+    run code; read_meta_pkl then accepts only dicts, strings and ints."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in meta.pkl")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("a persistent reference is not allowed in meta.pkl")
+
+
+def read_meta_pkl(path) -> dict:
+    """nanoGPT's meta.pkl ({'vocab_size', 'itos', 'stoi'}), read without running any code."""
+    try:
+        with open(path, "rb") as f:
+            meta = _PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, RecursionError,
+            MemoryError) as e:
+        raise UserError(f"{path} is not a plain nanoGPT meta.pkl ({e}): only dicts of strings and ints are read") from None
+    try:
+        plain = isinstance(meta, dict) and _plain(meta)
+    except RecursionError:
+        plain = False
+    if not plain:
+        raise UserError(f"{path} holds something other than dicts of strings and ints: it is not nanoGPT's meta.pkl")
+    stoi = meta.get("stoi")
+    if (not isinstance(stoi, dict) or not all(isinstance(k, str) and len(k) == 1 for k in stoi)
+            or len(set(stoi.values())) != len(stoi) or min(stoi.values(), default=0) < 0):
+        raise UserError(f"{path} has no 'stoi' mapping single characters to distinct ids: it is not a char-level "
+                        "nanoGPT meta.pkl")
+    return meta
+
+
+def _plain(value) -> bool:
+    if type(value) is dict:
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return type(value) in (str, int)
 
 
 def files(folder: Path) -> list[Path]:

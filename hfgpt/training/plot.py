@@ -7,10 +7,10 @@ matplotlib's Agg canvas directly (no pyplot, no change to the process's backend)
 temporary name and renamed, so a reader never sees half a file.
 """
 
-import os
 from pathlib import Path
 
-from hfgpt.metrics import read_metrics
+from hfgpt.core.files import atomic_file
+from hfgpt.training.metrics import read_metrics
 
 
 def plot_losses(metrics_path: Path, png: Path, tokens_per_iter: int, title: str | None = None) -> bool:
@@ -43,7 +43,6 @@ def plot_losses(metrics_path: Path, png: Path, tokens_per_iter: int, title: str 
     ax.legend()
     if title:
         ax.set_title(title, fontsize=10)
-    tmp = png.with_name(f".{png.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, png)
+    with atomic_file(png) as f:
+        fig.savefig(f, format="png")
     return True

@@ -6,39 +6,19 @@
 A run pushed with hub_strategy: checkpoint has its newest resumable checkpoint in last-checkpoint/
 on the Hub. resume_from=user/name[@revision] downloads that folder into out_dir/checkpoints/iter-NNNNNN
 (through a temporary folder, renamed when whole) and resumes from it as from a local checkpoint.
-The token comes from HF_TOKEN or `hf auth login`; it is never printed (see redact).
+The token comes from HF_TOKEN or `hf auth login`; it is never printed (hfgpt.hub.token).
 """
 
-import re
 import shutil
-import tempfile
 from pathlib import Path
 
-from hfgpt.checkpoint import checkpoint_dir, read_state
-from hfgpt.errors import UserError
-from hfgpt.model import split_revision
+from hfgpt.core.errors import UserError
+from hfgpt.core.files import make_temp_dir
+from hfgpt.core.names import is_hub_id, split_revision
+from hfgpt.hub.token import reason
+from hfgpt.training.checkpoint import checkpoint_dir, read_state
 
 LAST_CHECKPOINT = "last-checkpoint"
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(@[\w./-]+)?")
-
-
-def is_hub_id(name: str | None) -> bool:
-    """user/name or user/name@revision that is not a local path."""
-    return bool(name) and HUB_ID.fullmatch(name) is not None and not Path(name).exists()
-
-
-def redact(text: str) -> str:
-    """`text` with the Hub token, if any, replaced by ***."""
-    from huggingface_hub import get_token
-
-    token = get_token()
-    return text.replace(token, "***") if token else text
-
-
-def reason(e: BaseException) -> str:
-    """The first line of an exception, for a one-line error message (token removed)."""
-    lines = str(e).strip().splitlines()
-    return redact(lines[0] if lines else type(e).__name__)
 
 
 def download_checkpoint(source: str, out_dir: str | Path) -> Path:
@@ -48,7 +28,7 @@ def download_checkpoint(source: str, out_dir: str | Path) -> Path:
     repo_id, revision = split_revision(source)
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-hub-"))  # prune() removes leftovers of a crash
+    tmp = make_temp_dir(root, ".tmp-hub-")  # prune() removes leftovers of a crash
     try:
         try:
             snapshot_download(repo_id, revision=revision, allow_patterns=[f"{LAST_CHECKPOINT}/*"], local_dir=tmp)

@@ -6,11 +6,11 @@
 Every checkpoint, out_dir/checkpoints/iter-NNNNNN/, is itself a model folder (config.json,
 model.safetensors, tokenizer) plus the state of the run:
   optimizer.safetensors, optimizer.json   AdamW's tensors, and the rest of its state as JSON
-  rng-<rank>.safetensors                  each process's torch RNG and the data sampler's position
+  rng-<rank>.safetensors                  each process's torch RNG and the batches' position
   scaler.json                             the fp16 loss scaler, when one is used
-  state.json                              iteration, losses, tokens seen, recipe, hfgpt version
-It is written as .tmp-iter-NNNNNN and renamed when complete, so a kill at any moment leaves the
-earlier checkpoints whole and resume sees complete ones only. Nothing here is a pickle: tensors
+  state.json                              the run's LoopState (iteration, losses, tokens seen), recipe, hfgpt version
+It is written as .tmp-iter-NNNNNN, flushed to disk and renamed when complete, so a kill (or a power
+cut) at any moment leaves the earlier checkpoints whole and resume sees complete ones only. Nothing here is a pickle: tensors
 go to safetensors, everything else to JSON. (FSDP and DeepSpeed shard the optimizer; with them
 the optimizer and RNG go through accelerator.save_state into accelerate/ instead.)
 """
@@ -18,50 +18,41 @@ the optimizer and RNG go through accelerator.save_state into accelerate/ instead
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 
 from hfgpt import __version__
-from hfgpt.config import Recipe
-from hfgpt.errors import UserError
-from hfgpt.nanogpt import COMPILED_PREFIX
+from hfgpt.config import Recipe, keys_that_shape
+from hfgpt.core.errors import UserError
+from hfgpt.core.files import atomic_write, fsync_dir, make_temp_dir, replace_dir, sync_tree
+from hfgpt.model.folder import write_model_files
+from hfgpt.training.state import LoopState
 
 STATE = "state.json"
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def write_model_files(model, state_dict: dict, tokenizer, folder: Path, recipe: Recipe | None) -> None:
-    """config, safetensors weights, generation config, tokenizer and recipe.yaml into `folder`.
-    A torch.compile'd model's weights are saved under the model's own names, without _orig_mod."""
-    state_dict = {k.removeprefix(COMPILED_PREFIX): v for k, v in state_dict.items()}
-    model = getattr(model, "_orig_mod", model)
-    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    if recipe is not None:
-        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-
-
 def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None) -> None:
     """Write out_dir's model files (called on every process; the main one writes).
 
-    The files go to a temporary folder inside out_dir and are then moved into place one by one,
-    so a crash while writing leaves the previous model files whole."""
+    The files go to a temporary folder inside out_dir, are flushed to disk and then moved into
+    place one by one, so a crash while writing leaves the previous model files whole."""
     state_dict = accelerator.get_state_dict(model)  # gathers sharded weights: every process takes part
     if not accelerator.is_main_process:
         return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".saving-"))
+    tmp = make_temp_dir(out, ".saving-")
     try:
         write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
+        sync_tree(tmp)
         for item in sorted(tmp.iterdir()):
             os.replace(item, out / item.name)
+        fsync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -112,17 +103,21 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def rng_state(sampler_state: torch.Tensor) -> dict[str, torch.Tensor]:
-    states = {"torch": torch.get_rng_state(), "sampler": sampler_state}
+def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
+    return checkpoint_dir(out_dir) / f"iter-{iter_num:06d}"
+
+
+def rng_state(batches_state: torch.Tensor) -> dict[str, torch.Tensor]:
+    states = {"torch": torch.get_rng_state(), "batches": batches_state}
     if torch.cuda.is_available():
         states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return states
 
 
-def save_checkpoint(accelerator: Accelerator, model, optimizer, sampler, tokenizer, recipe: Recipe,
-                    state: dict) -> Path:
+def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
+                    state: LoopState) -> Path:
     """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process)."""
-    final = checkpoint_dir(recipe.train.out_dir) / f"iter-{state['iter']:06d}"
+    final = checkpoint_path(recipe.train.out_dir, state.iter)
     tmp = final.with_name(f".tmp-{final.name}")
     state_dict = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
@@ -137,13 +132,13 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, sampler, tokeniz
             save_tree(optimizer.state_dict(), tmp, "optimizer")
         if accelerator.scaler is not None:
             (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
-    save_file(rng_state(sampler.state()), tmp / f"rng-{accelerator.process_index}.safetensors")
+    save_file(rng_state(batches.state()), tmp / f"rng-{accelerator.process_index}.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        full = {**state, "world_size": accelerator.num_processes, "recipe": recipe.to_dict(), "hfgpt_version": __version__}
-        (tmp / STATE).write_text(json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        full = {**state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
+                "hfgpt_version": __version__}
+        atomic_write(tmp / STATE, json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
+        replace_dir(tmp, final)
         prune(recipe.train.out_dir, recipe.train.keep_last)
     accelerator.wait_for_everyone()
     return final
@@ -212,9 +207,21 @@ def find_checkpoint(recipe: Recipe) -> tuple[Path, dict]:
     return found
 
 
-def restore(accelerator: Accelerator, optimizer, sampler, folder: Path) -> None:
-    """Load the optimizer, loss scaler, RNG and sampler state of `folder` (the model is loaded
-    from the same folder before Accelerate prepares it)."""
+def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
+    """With init_from=resume: the checkpoint folder to continue from, checked against the recipe
+    (every process refuses a changed shape; the main one says what else changed)."""
+    if recipe.model.init_from != "resume":
+        return None
+    folder, state = find_checkpoint(recipe)
+    message = check_resume(recipe, folder, state)
+    if accelerator.is_main_process:
+        print(message)
+    return folder
+
+
+def restore(accelerator: Accelerator, optimizer, batches, folder: Path) -> LoopState:
+    """Load the optimizer, loss scaler, RNG and batches' state of `folder` (the model is loaded
+    from the same folder before Accelerate prepares it); returns the run's LoopState."""
     if accelerator.distributed_type in SHARDED:
         accelerator.load_state(folder / "accelerate")
     else:
@@ -225,21 +232,22 @@ def restore(accelerator: Accelerator, optimizer, sampler, folder: Path) -> None:
     if not rng_file.exists():
         print(f"process {accelerator.process_index}: {folder} has no RNG state for it (the run had fewer "
               "processes): this process starts a fresh random stream")
-        return
+        return LoopState.from_json(read_state(folder))
     states = load_file(rng_file)
     torch.set_rng_state(states["torch"])
     if torch.cuda.is_available():
         cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
         if cuda:
             torch.cuda.set_rng_state_all(cuda)
-    sampler.load_state(states["sampler"])
+    batches.load_state(states["batches"] if "batches" in states else states["sampler"])  # hfgpt 0.1 said sampler
+    return LoopState.from_json(read_state(folder))
 
 
 def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
     """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
     saved = state["recipe"]
     current = recipe.to_dict()
-    shape = ["block_size"] + (["n_layer", "n_head", "n_embd", "bias"] if state.get("init_from") == "scratch" else [])
+    shape = keys_that_shape("model") + (keys_that_shape("new_model") if state.get("init_from") == "scratch" else ())
     wrong = [f"{k}={current[k]} (checkpoint: {saved.get(k)})" for k in shape if saved.get(k) != current[k]]
     if wrong:
         raise UserError(f"cannot resume {folder} with another model shape: {', '.join(wrong)}; set these back, "

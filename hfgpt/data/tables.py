@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hfgpt.config import Recipe
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError, first_line
 
 TABLES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROWS_PER_READ = 1000
@@ -89,7 +89,7 @@ def _load_dataset(table: Table, cache_dir: Path):
                                          streaming=d.streaming, cache_dir=str(cache_dir), **options)
         except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
             cause = e.__cause__ or e
-            raise UserError(f"could not read {table.name} as {builder} ({_first_line(cause)}): check the file, "
+            raise UserError(f"could not read {table.name} as {builder} ({first_line(cause)}): check the file, "
                             "or set errors: replace for bytes that are not UTF-8") from None
         finally:
             datasets.logging.set_verbosity(verbosity)
@@ -100,16 +100,16 @@ def _load_dataset(table: Table, cache_dir: Path):
     except ConnectionError as e:
         offline = "Offline" in str(e) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
         where = "is not in the local cache and the Hub is offline (HF_HUB_OFFLINE=1)" if offline else \
-            f"could not be reached ({_first_line(e)})"
+            f"could not be reached ({first_line(e)})"
         raise UserError(f"source {table.name} is not a local path, and as a Hub dataset it {where}: check the "
                         f"path, or with network access run once to cache it (hf download --repo-type dataset "
                         f"{table.name})") from None
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as e:
-        raise UserError(f"source {table.name} is not a local path nor a dataset on the Hub ({_first_line(e)}): "
+        raise UserError(f"source {table.name} is not a local path nor a dataset on the Hub ({first_line(e)}): "
                         "check the spelling, or log in (hf auth login) for a private dataset") from None
     except ValueError as e:
         raise UserError(f"Hub dataset {table.name} (source_config={d.source_config}, source_split={d.source_split}) "
-                        f"could not be loaded: {_first_line(e)}") from None
+                        f"could not be loaded: {first_line(e)}") from None
 
 
 def _column_names(dataset) -> list[str]:
@@ -149,8 +149,3 @@ def _is_its_files(dataset) -> bool:
         with pa.memory_map(cache["filename"]) as f:
             rows += sum(batch.num_rows for batch in pa.ipc.open_stream(f))
     return rows == len(dataset)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

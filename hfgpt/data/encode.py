@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from hfgpt.shards import ShardWriter
-from hfgpt.sources import Source
-from hfgpt.tokenizer import EOT
+from hfgpt.data.shards import ShardWriter
+from hfgpt.data.sources import Source
+from hfgpt.data.tokenizer import EOT
 
 Encoder = Callable[[list[str]], list[np.ndarray]]
 BATCH_CHARS = 1 << 20  # text per encoder call

@@ -19,12 +19,11 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError, first_line
+from hfgpt.core.names import hub_repo
 
 EOT = "<|endoftext|>"
 UNK = "<unk>"
-# `tokenizer: gpt2` means the GPT-2 tokenizer on the Hub, under its current name.
-ALIASES = {"gpt2": "openai-community/gpt2"}
 
 
 def _wrap(tok: Tokenizer, **special) -> PreTrainedTokenizerFast:
@@ -116,25 +115,20 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
         try:
             tok = AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError) as e:
-            raise UserError(f"tokenizer folder {name} could not be loaded ({_first_line(e)}): it needs tokenizer.json, "
+            raise UserError(f"tokenizer folder {name} could not be loaded ({first_line(e)}): it needs tokenizer.json, "
                             "or vocab.json + merges.txt") from None
     else:
-        repo = ALIASES.get(name, name)
+        repo = hub_repo(name)
         try:
             tok = AutoTokenizer.from_pretrained(repo)
         except (OSError, ValueError) as e:
             raise UserError(
                 f"tokenizer '{name}' is not a local folder and could not be loaded from the Hugging Face Hub or its "
-                f"cache ({_first_line(e)}): with network access run `hf download {repo}`, or set tokenizer to "
+                f"cache ({first_line(e)}): with network access run `hf download {repo}`, or set tokenizer to "
                 "'char' or a local tokenizer folder") from None
     if not tok.is_fast:
         raise UserError(f"tokenizer '{name}' has no fast (Rust) version: hfgpt needs one to tokenize at speed")
     return tok
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def eot_id(tok: PreTrainedTokenizerFast) -> int | None:

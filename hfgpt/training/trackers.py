@@ -13,7 +13,7 @@ configuration; it holds no secrets (the Hub token is never part of it).
 from pathlib import Path
 
 from hfgpt.config import Recipe, tracker_names
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError
 
 PACKAGES = {"comet_ml": "comet_ml", "dvclive": "dvclive", "tensorboard": "tensorboard", "wandb": "wandb"}
 

@@ -1,12 +1,12 @@
 """Writing a dataset folder: token shards filled as ids come, in a temporary folder moved into
 place when everything is written.
 
-    with work_dir(out) as work:                # out/.prepare-XXXX, removed whatever happens
+    with temp_dir(out, ".prepare-") as work:   # out/.prepare-<host>-<pid>-XXXX, removed whatever happens
         train = ShardWriter(work, "train", np.uint16, shard_size=100_000_000)
         train.write(ids)                       # any number of times; files fill one after the other
         move_tail(train, val, n_val)           # one text stream: its last n_val tokens become val
         train.close()                          # -> [{"file": "train.bin", "tokens": 1003854}]
-        publish(work, out)                     # token files, tokenizer/, then meta.json
+        publish(work, out)                     # flushed to disk; token files, tokenizer/, then meta.json
 
 A split that fits in one shard is written as `train.bin` (nanoGPT's name, so nanoGPT reads it);
 a larger one as `train-00000.bin`, `train-00001.bin`, ...
@@ -14,13 +14,11 @@ a larger one as `train-00000.bin`, `train-00001.bin`, ...
 
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from hfgpt.core.files import fsync_dir, replace_dir, sync_tree
 
 COPY_TOKENS = 1 << 22  # tokens per read when moving a stream's tail into val
 
@@ -96,20 +94,13 @@ def move_tail(stream: ShardWriter, val: ShardWriter, n_val: int) -> None:
 TOKEN_FILE = re.compile(r"^(train|val)(-\d{5})?\.bin$")
 
 
-@contextmanager
-def work_dir(out: Path) -> Iterator[Path]:
-    """A temporary folder inside `out` (same file system, so publishing is renames), always removed."""
-    work = Path(tempfile.mkdtemp(dir=out, prefix=".prepare-"))
-    try:
-        yield work
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
 def publish(work: Path, out: Path) -> None:
     """Move the finished files from `work` into `out`; meta.json last, as the commit mark. Token
-    files of an earlier preparation that the new one does not have are removed."""
+    files of an earlier preparation that the new one does not have are removed. Everything is
+    flushed to disk first, so a power cut never leaves a meta.json beside empty token files."""
+    sync_tree(work)
     (out / "meta.json").unlink(missing_ok=True)
+    fsync_dir(out)
     new = {p.name for p in work.iterdir() if TOKEN_FILE.match(p.name)}
     if new:
         for old in out.iterdir():
@@ -117,7 +108,6 @@ def publish(work: Path, out: Path) -> None:
                 old.unlink()
     for name in sorted(new):
         os.replace(work / name, out / name)
-    if (out / "tokenizer").exists():
-        shutil.rmtree(out / "tokenizer")
-    os.replace(work / "tokenizer", out / "tokenizer")
+    replace_dir(work / "tokenizer", out / "tokenizer")
     os.replace(work / "meta.json", out / "meta.json")
+    fsync_dir(out)

@@ -12,8 +12,9 @@ first attempt went further than its last checkpoint.
 """
 
 import json
-import os
 from pathlib import Path
+
+from hfgpt.core.files import atomic_write
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -44,9 +45,7 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_iter is not None and path.exists():
             kept = [json.dumps(row) for row in read_metrics(path) if row.get("iter", 0) <= resume_iter]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)
+            atomic_write(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a" if resume_iter is not None else "w", encoding="utf-8")
 
     def write(self, **fields) -> None:

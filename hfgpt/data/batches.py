@@ -1,7 +1,7 @@
 """Batches: random block_size windows from memmapped token shards, as nanoGPT's get_batch.
 
-    train = Windows(load_tokens(folder, meta, "train"), block_size=64, batch_size=12, seed=1337)
-    x, y = train.next_batch()           # (12, 64) int64 each; y is x shifted left by one token
+    batches = Batches(load_tokens(folder, meta, "train"), block_size=64, batch_size=12, seed=1337)
+    x, y = batches.next_batch()         # (12, 64) int64 each; y is x shifted left by one token
 
 A split is one file (train.bin) or several shards (train-00000.bin, ...). Windows are drawn
 uniformly over all the places a window fits, so each shard is sampled in proportion to its
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hfgpt.errors import UserError
+from hfgpt.core.errors import UserError
+from hfgpt.data.meta import check_split_size
 
 
 class TokenShards:
@@ -29,22 +30,24 @@ class TokenShards:
         return max((len(a) for a in self.arrays), default=0)
 
 
-def load_tokens(folder: Path, meta: dict, split: str) -> TokenShards:
-    """The split's shards as listed in meta.json (`files` in meta.json of hfgpt 0.1)."""
-    entries = meta["shards"][split] if "shards" in meta else [{"file": meta["files"][split]}]
+def load_tokens(folder: Path, meta: dict, split: str, block_size: int | None = None) -> TokenShards:
+    """The split's shards as listed in meta.json; with block_size, checked to hold a training window."""
     arrays = []
-    for entry in entries:
+    for entry in meta["shards"][split]:
         path = folder / entry["file"]
         if not path.exists():
             raise UserError(f"{path} not found: run python -m hfgpt.prepare RECIPE to make it again")
         arrays.append(np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r"))
-    return TokenShards(arrays)
+    tokens = TokenShards(arrays)
+    if block_size is not None:
+        check_split_size(tokens.longest(), split, block_size, folder)
+    return tokens
 
 
-class Windows:
-    """Random windows of block_size + 1 tokens from one split, drawn from a seeded generator.
+class Batches:
+    """Batches of random windows of block_size + 1 tokens from one split, drawn from a seeded generator.
 
-    All randomness comes from self.generator (one per sampler), so state() / load_state() resume
+    All randomness comes from self.generator (one per Batches), so state() / load_state() resume
     the same sequence of batches, whatever the number of shards."""
 
     def __init__(self, tokens: TokenShards | np.ndarray, block_size: int, batch_size: int, seed: int):
@@ -77,16 +80,6 @@ class Windows:
             window = np.stack([self.shards[s][i:i + self.block_size + 1] for s, i in zip(shard, local)])
         window = torch.from_numpy(window.astype(np.int64))
         return window[:, :-1], window[:, 1:]
-
-
-def check_split_size(tokens, split: str, block_size: int, folder: Path) -> None:
-    """A split must hold at least one window of block_size + 1 tokens (in one shard)."""
-    need = block_size + 1
-    have = tokens.longest() if isinstance(tokens, TokenShards) else len(tokens)
-    if have < need:
-        raise UserError(
-            f"the {split} split of {folder} has {have:,} tokens, fewer than block_size + 1 = {need:,}: "
-            f"add {need - have:,}+ tokens of text, raise val_fraction, or lower block_size")
 
 
 def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:

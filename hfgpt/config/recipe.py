@@ -1,0 +1,273 @@
+"""Recipes: typed dataclass sections, filled from a flat YAML file and `--key=value` overrides.
+
+    recipe = load_recipe("recipes/shakespeare_char_cpu.yaml", ["--max_iters=100", "--compile=False"])
+    recipe.model.n_layer, recipe.train.out_dir       # each key belongs to exactly one section
+    python -m hfgpt.train --help                      # every key of a step with its type, default and meaning
+
+A recipe is flat, with nanoGPT's names, so a nanoGPT config reads as written. Each key is one
+field below, declared with `option` (hfgpt.config.options): its default, its rules (choices,
+ranges), what it shapes (the token files or the model) and the steps that read it; the
+docstring under it is its help. Defaults < YAML < command line. Every problem in a recipe is
+collected and reported together, one line each.
+"""
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from hfgpt.config.options import option
+from hfgpt.core.names import HUB_ID
+
+# The trackers Accelerate knows by name (accelerate.tracking.LOGGER_TYPE_TO_CLASS).
+TRACKERS = ("tensorboard", "wandb", "aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "trackio")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes tokens (python -m hfgpt.prepare)."""
+
+    STEPS: ClassVar = ("prepare", "train")
+    dataset: str = option("openwebtext")
+    """Name of the dataset: its token files, meta.json and tokenizer live in data_dir/dataset/."""
+    data_dir: str = option("data")
+    """Folder that holds one subfolder per dataset."""
+    source: str | list[str] | None = option(None, shapes="data")
+    """Text to prepare: a text file, folder, glob, .jsonl/.json/.csv/.parquet file, http(s) URL, Hub dataset id or nanoGPT data folder; or a list of these ([a.txt, docs/])."""
+    file_glob: str | list[str] = option("**/*.txt", shapes="data")
+    """Files a folder source contributes, matched below it (e.g. ['**/*.md', '**/*.py'])."""
+    text_column: str = option("text", shapes="data")
+    """Column that holds the text in .jsonl/.json/.csv/.parquet files and Hub datasets: one document per row."""
+    source_config: str | None = option(None, shapes="data")
+    """Configuration (subset) name of a Hub dataset, as load_dataset's second argument."""
+    source_split: str = option("train", shapes="data")
+    """Split of a Hub dataset to read; validation is carved out of it by val_fraction."""
+    streaming: bool = option(False, shapes="data")
+    """Read .jsonl/.json/.csv/.parquet and Hub datasets as a stream (no local copy); each document then goes to validation with probability val_fraction."""
+    errors: str = option("strict", choices=("strict", "replace", "ignore"), shapes="data")
+    """Bytes that are not UTF-8: 'strict' stops with the file and byte offset, 'replace' writes U+FFFD, 'ignore' drops them."""
+    tokenizer: str = option("char", shapes="data")
+    """'char' (one id per character, as nanoGPT's shakespeare_char), 'byte' (256 byte ids), 'bpe' (byte-level BPE learned from the training text), 'gpt2', or any Hugging Face tokenizer id or folder."""
+    vocab_size: int | None = option(None, shapes="data")
+    """Number of ids a 'bpe' tokenizer learns (256 bytes + <|endoftext|> + merges); only used with tokenizer: bpe."""
+    val_fraction: float = option(0.1, above=0, below=1, shapes="data")
+    """Share held out for validation: the last val_fraction of the tokens for one text stream (as nanoGPT), else that share of the documents, picked with seed."""
+    shard_size: int = option(100_000_000, min=2, shapes="data")
+    """Most tokens per token file; a split larger than this is written as train-00000.bin, train-00001.bin, ..."""
+    num_proc: int | None = option(None, min=1)
+    """Threads that tokenize in parallel (the tokenizers release the GIL); None uses every core."""
+
+
+@dataclass
+class ModelConfig:
+    """The GPT: built from these numbers, or loaded and cropped to block_size."""
+
+    STEPS: ClassVar = ("train",)
+    init_from: str = option("scratch")
+    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder."""
+    n_layer: int = option(12, min=1, shapes="new_model")
+    """Transformer blocks."""
+    n_head: int = option(12, min=1, shapes="new_model")
+    """Attention heads per block; must divide n_embd."""
+    n_embd: int = option(768, min=1, shapes="new_model")
+    """Width of the residual stream."""
+    block_size: int = option(1024, min=1, shapes="model", steps=("prepare", "train"))
+    """Context length in tokens (the model's n_positions); a loaded model is cropped to it."""
+    dropout: float = option(0.0, min=0, below=1)
+    """Dropout on embeddings, attention and residuals: 0 for pretraining, try 0.1+ for finetuning."""
+    bias: bool = option(True, shapes="model")
+    """False fixes the Linear and LayerNorm biases at zero, as nanoGPT's bias=False (the saved model keeps GPT-2's layout)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (linear warmup, then cosine to min_lr)."""
+
+    STEPS: ClassVar = ("train",)
+    learning_rate: float = option(6e-4, above=0, finite=True)
+    """Peak learning rate."""
+    weight_decay: float = option(0.1, min=0, finite=True)
+    """AdamW weight decay, applied to tensors with 2 or more dimensions only."""
+    beta1: float = option(0.9, min=0, below=1)
+    """AdamW beta1."""
+    beta2: float = option(0.95, min=0, below=1)
+    """AdamW beta2."""
+    grad_clip: float = option(1.0, min=0, finite=True)
+    """Clip the gradient norm at this value; 0 disables clipping."""
+    decay_lr: bool = option(True)
+    """Decay the learning rate with warmup + cosine; False keeps it constant at learning_rate."""
+    warmup_iters: int = option(2000, min=0)
+    """Iterations of linear warmup."""
+    lr_decay_iters: int = option(600000, min=0)
+    """Iteration at which the cosine reaches min_lr; usually equal to max_iters."""
+    min_lr: float = option(6e-5, min=0, finite=True)
+    """Floor of the schedule; usually learning_rate / 10."""
+
+
+@dataclass
+class TrainConfig:
+    """The training loop: batches, iterations, evaluation and where results go."""
+
+    STEPS: ClassVar = ("train",)
+    out_dir: str = option("out")
+    """Folder for the trained model (a standard Hugging Face model folder) and metrics.jsonl."""
+    batch_size: int = option(12, min=1)
+    """Windows per micro-batch on each process."""
+    gradient_accumulation_steps: int = option(40, min=1)
+    """Micro-batches per iteration, summed over all processes (the global batch does not change with their number)."""
+    max_iters: int = option(600000, min=0)
+    """Training iterations (optimizer steps)."""
+    eval_interval: int = option(2000, min=1)
+    """Estimate train and val loss, and save when val improves, every this many iterations."""
+    eval_iters: int = option(200, min=1)
+    """Batches per loss estimate."""
+    eval_only: bool = option(False)
+    """Exit after the first evaluation."""
+    log_interval: int = option(1, min=1)
+    """Log loss, lr and tokens/s every this many iterations."""
+    always_save_checkpoint: bool = option(True)
+    """Save the model in out_dir at every evaluation, not only when val loss improves."""
+    keep_last: int | None = option(2, min=1)
+    """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); the best one is kept too; None keeps all."""
+    resume_from: str | None = option(None)
+    """With init_from=resume: the checkpoint folder to continue from, or a Hub repo pushed with hub_strategy=checkpoint (user/name[@revision]: its last-checkpoint/ is downloaded); None takes the newest complete one in out_dir/checkpoints."""
+    seed: int = option(1337, min=0, max=2**32 - 1, steps=("prepare", "train"))
+    """Seed for initialisation, batches and dropout (each process adds its rank); prepare draws the validation documents with it."""
+
+
+@dataclass
+class SystemConfig:
+    """Device, precision and compilation."""
+
+    STEPS: ClassVar = ("train",)
+    device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))
+    """'auto' lets Accelerate pick (CUDA, then MPS, then CPU); 'cpu', 'cuda' or 'mps' insist on one."""
+    mixed_precision: str = option("auto", choices=("auto", "no", "fp16", "bf16"))
+    """'no' (float32), 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with AMX, else fp16 on CUDA, else no."""
+    compile: bool | None = option(None)
+    """torch.compile the model; None turns it on for CUDA and off on CPU and MPS."""
+
+
+@dataclass
+class LogConfig:
+    """Watching a run: trackers and the texts generated at each evaluation (metrics.jsonl and loss.png are always written)."""
+
+    STEPS: ClassVar = ("train",)
+    log_with: str | None = option(None)
+    """Trackers that receive every log line and evaluation, comma-separated: tensorboard (out_dir/runs/), wandb (out_dir/wandb/), or aim, clearml, comet_ml, dvclive, mlflow, swanlab, trackio; None: metrics.jsonl only."""
+    wandb_project: str = option("hfgpt")
+    """Project name for the trackers: wandb's project, and tensorboard's folder out_dir/runs/<wandb_project>/."""
+    wandb_run_name: str | None = option(None)
+    """Name of the run in wandb; None lets wandb pick one."""
+    eval_samples: int | None = option(None, min=0)
+    """Texts generated at each evaluation, written to metrics.jsonl, the trackers and the model card; None: 1 on a GPU, 0 on the CPU (where generating slows small runs)."""
+    sample_start: str = option("\n")
+    """Prompt of the texts generated at each evaluation."""
+    sample_max_new_tokens: int = option(200, min=1)
+    """Tokens generated per evaluation sample."""
+
+
+@dataclass
+class HubConfig:
+    """Sharing the run on the Hugging Face Hub (python -m hfgpt.push OUT_DIR does it for a finished run)."""
+
+    STEPS: ClassVar = ("train",)
+    push_to_hub: bool = option(False)
+    """Upload out_dir to the Hub repo hub_model_id: in the background while training (see hub_strategy) and, waited for, at the end."""
+    hub_model_id: str | None = option(None)
+    """The Hub repo, 'user/name' or 'org/name' (created if missing); None: <your user name>/<out_dir's folder name>."""
+    hub_private: bool | None = option(None)
+    """Create the repo private (True) or public (False); None keeps the Hub's default for you or your org."""
+    hub_strategy: str = option("every_save", choices=("end", "every_save", "checkpoint"))
+    """When to push: 'end' once after training; 'every_save' also whenever out_dir is saved; 'checkpoint' also the newest resumable checkpoint as last-checkpoint/ at every evaluation, so the run can resume from the Hub (resume_from=user/name)."""
+
+
+@dataclass
+class Recipe:
+    """Everything a run needs, one section per job."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+
+    def to_dict(self) -> dict:
+        """The flat key -> value form a recipe file uses."""
+        return {k: v for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+
+    def get(self, key: str):
+        return getattr(getattr(self, KEYS[key]), key)
+
+
+SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
+KEYS = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+FIELDS = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+
+
+def keys_that_shape(what: str) -> tuple[str, ...]:
+    """The recipe keys whose change changes the token files ('data') or the model ('model')."""
+    return tuple(k for k, f in FIELDS.items() if f.metadata.get("shapes") == what)
+
+
+def keys_of_step(step: str) -> set[str]:
+    """The recipe keys that a step ('prepare', 'train') reads."""
+    return {k for k, f in FIELDS.items() if step in (f.metadata.get("steps") or SECTIONS[KEYS[k]].STEPS)}
+
+
+def tracker_names(log_with: str | None) -> list[str]:
+    """'tensorboard, wandb' -> ['tensorboard', 'wandb']."""
+    return [name.strip() for name in (log_with or "").split(",") if name.strip()]
+
+
+def validate(recipe: Recipe) -> list[str]:
+    """Problems that involve more than one value (single values are checked by their option's rules)."""
+    d, m, o, t = recipe.data, recipe.model, recipe.optim, recipe.train
+    problems = []
+
+    def need(ok: bool, message: str):
+        if not ok:
+            problems.append(message)
+
+    need(t.resume_from is None or m.init_from == "resume",
+         f"resume_from={t.resume_from} is set but init_from='{m.init_from}': set init_from: resume")
+    if m.n_head >= 1:
+        need(m.n_embd % m.n_head == 0,
+             f"n_embd={m.n_embd} is not divisible by n_head={m.n_head}: pick n_embd a multiple of n_head "
+             f"(e.g. {m.n_head * max(1, round(m.n_embd / m.n_head))})")
+    if d.tokenizer == "bpe":
+        need(d.vocab_size is not None and d.vocab_size >= 258,
+             f"tokenizer=bpe needs vocab_size of at least 258 (256 bytes, <|endoftext|> and a merge), got "
+             f"{d.vocab_size}: set e.g. --vocab_size=4096")
+    else:
+        need(d.vocab_size is None, f"vocab_size={d.vocab_size} is only used with tokenizer=bpe, not "
+                                   f"tokenizer={d.tokenizer}: remove it (the tokenizer decides its vocabulary)")
+    need(d.shard_size > m.block_size, f"shard_size={d.shard_size} must be larger than block_size={m.block_size}: "
+                                      "a training window never crosses a shard boundary")
+    if o.decay_lr:
+        need(not o.min_lr > o.learning_rate,
+             f"min_lr={o.min_lr} must be at most learning_rate={o.learning_rate} (or set decay_lr: false)")
+        need(o.lr_decay_iters > o.warmup_iters,
+             f"lr_decay_iters={o.lr_decay_iters} must be larger than warmup_iters={o.warmup_iters} "
+             "(or set decay_lr: false)")
+    for name in tracker_names(recipe.log.log_with):
+        need(name in TRACKERS, f"log_with: '{name}' is not a tracker; choose from {', '.join(TRACKERS)} (comma-separated)")
+    hub_id = recipe.hub.hub_model_id
+    need(hub_id is None or (HUB_ID.fullmatch(hub_id) is not None and "@" not in hub_id),
+         f"hub_model_id='{hub_id}' is not a Hub repo id: write user/name or org/name")
+    return problems
+
+
+def cautions(recipe: Recipe) -> list[str]:
+    """Settings that are allowed but probably not meant: printed as warnings when training starts."""
+    o, t = recipe.optim, recipe.train
+    notes = []
+    if o.decay_lr and o.warmup_iters >= t.max_iters > 0:
+        notes.append(f"warmup_iters={o.warmup_iters} >= max_iters={t.max_iters}: the learning rate never reaches "
+                     f"learning_rate={o.learning_rate:g}; lower warmup_iters (e.g. {max(t.max_iters // 20, 1)})")
+    elif o.decay_lr and t.max_iters < o.lr_decay_iters:
+        notes.append(f"max_iters={t.max_iters} is short of lr_decay_iters={o.lr_decay_iters}: the run stops before the "
+                     f"learning rate decays to min_lr={o.min_lr:g}; set lr_decay_iters={t.max_iters} (usually equal)")
+    return notes

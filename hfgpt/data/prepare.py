@@ -1,0 +1,221 @@
+"""Prepare: text -> token shards, meta.json and the tokenizer folder, in bounded memory.
+
+    meta = prepare(recipe)            # python -m hfgpt.prepare RECIPE (hfgpt/prepare.py) calls this
+    meta = ensure_prepared(recipe)    # train: prepare when missing or made differently, else read meta.json
+
+Running it again on an unchanged source and recipe does nothing. Output, in data_dir/dataset/:
+  train.bin, val.bin  flat token ids (uint16 when the vocabulary fits, else uint32), as nanoGPT's;
+                      a split over shard_size tokens is train-00000.bin, train-00001.bin, ...
+  meta.json           shards and token counts, vocab_size, dtype, tokenizer, source and its sha256
+  tokenizer/          the tokenizer as a PreTrainedTokenizerFast folder
+One text stream (a single file or document) is split as nanoGPT splits it: the first
+1 - val_fraction of the tokens train, the rest validate. Many documents are split by document:
+a seeded draw picks val_fraction of them for validation, and each document ends with the
+tokenizer's end-of-text id. Text is read in ~1 MB pieces, tokenized by num_proc threads and
+written as it comes, so memory does not grow with the corpus (hfgpt.sources, hfgpt.encode,
+hfgpt.shards). Everything is written in a temporary folder and moved into place at the end.
+"""
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from hfgpt.config import Recipe, keys_that_shape
+from hfgpt.core.errors import UserError
+from hfgpt.core.files import temp_dir
+from hfgpt.data import nanogpt_data
+from hfgpt.data.encode import encoder_for, write_tokens
+from hfgpt.data.meta import check_split_size, new_meta, read_meta, write_meta
+from hfgpt.data.shards import ShardWriter, move_tail, publish
+from hfgpt.data.sources import Source, is_nanogpt_dir, open_source, stamp_of
+from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokenizer, train_bpe
+
+DRAW_BLOCK = 1 << 16  # documents per seeded block of validation draws when their number is unknown
+
+
+def dataset_dir(recipe: Recipe) -> Path:
+    return Path(recipe.data.data_dir) / recipe.data.dataset
+
+
+def settings(recipe: Recipe, split: str | None) -> dict:
+    """The recipe's values that the files depend on (the keys that shape the data: meta.json records
+    them, a change prepares again); seed only picks documents, vocab_size only sizes bpe."""
+    values = {k: recipe.get(k) for k in keys_that_shape("data")}
+    if recipe.data.tokenizer != "bpe":
+        del values["vocab_size"]
+    if split == "documents":
+        values["seed"] = recipe.train.seed
+    return values
+
+
+def _changed(recipe: Recipe, meta: dict) -> list[str]:
+    keys = ("source",) if meta.get("split") == "nanogpt" else None
+    return [k for k, v in settings(recipe, meta.get("split")).items() if (keys is None or k in keys) and meta.get(k) != v]
+
+
+def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) -> bool:
+    """Same settings and same source content (files compared by size and mtime, then by sha256)."""
+    if meta is None or "shards" not in meta or not all(
+            (out / e["file"]).exists() for entries in meta["shards"].values() for e in entries):
+        return False
+    changed = _changed(recipe, meta)
+    if changed:
+        print(f"{out} was prepared with other settings ({', '.join(changed)}): preparing it again")
+        return False
+    if source.nanogpt_dir is not None:
+        return meta.get("source_stamp") == stamp_of(nanogpt_data.files(source.nanogpt_dir))
+    if source.hub or meta.get("source_stamp") == source.stamp():
+        return True  # a Hub dataset is not checked again: delete the folder to read a newer revision
+    if meta.get("source_sha256") == source.sha256():
+        meta["source_stamp"] = source.stamp()
+        write_meta(out, meta)
+        return True
+    print(f"{source.label} changed since {out} was prepared: preparing it again")
+    return False
+
+
+def _make_dir(out: Path) -> bool:
+    """Create the dataset folder (True when this call created it), or say why it cannot be written."""
+    existed = out.is_dir()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to {out} ({e.strerror}): set data_dir to a folder you can write to") from None
+    return not existed
+
+
+def prepare(recipe: Recipe) -> dict:
+    """Tokenize the recipe's source into data_dir/dataset/; a no-op when nothing changed."""
+    out = dataset_dir(recipe)
+    if recipe.data.source is None:
+        raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
+                        "(a file, folder, URL or Hub dataset), e.g. --source=input.txt")
+    created = _make_dir(out)
+    try:
+        return _prepare(recipe, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _prepare(recipe: Recipe, out: Path) -> dict:
+    start = time.time()
+    source = open_source(recipe, out)
+    meta = read_meta(out)
+    if _up_to_date(recipe, meta, source, out):
+        print(f"{out} is up to date with {source.label} (tokenizer {recipe.data.tokenizer}): nothing to do")
+        return meta
+    if source.nanogpt_dir is not None:
+        return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out)
+    with temp_dir(out, ".prepare-") as work:
+        meta = _tokenize_source(recipe, source, work, out)
+        publish(work, out)
+    elapsed = time.time() - start
+    tokens = meta["train_tokens"] + meta["val_tokens"]
+    print(f"prepared {out}: {source.label} became {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
+          f"tokens ({meta['dtype']}, {sum(len(v) for v in meta['shards'].values())} files) with the "
+          f"{recipe.data.tokenizer} tokenizer ({meta['vocab_size']:,} ids) in {elapsed:.1f}s "
+          f"({tokens / max(elapsed, 1e-9):,.0f} tokens/s); the tokenizer is in {out / 'tokenizer'}.")
+    return meta
+
+
+def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> dict:
+    """Build the tokenizer, write every split's shards and meta.json into `work`."""
+    d = recipe.data
+    source.load(work / "cache")  # tabular files become Arrow files here; Hub datasets use the HF cache
+    split = "contiguous" if source.n_documents == 1 else "documents"
+    is_val = val_documents(source.n_documents, d.val_fraction, recipe.train.seed) if split == "documents" else None
+    tokenizer = build_tokenizer(recipe, source, is_val)
+    dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
+    eot = eot_id(tokenizer) if split == "documents" else None
+    writers = {s: ShardWriter(work, s, dtype, d.shard_size) for s in ("train", "val")}
+    documents = write_tokens(source, encoder_for(tokenizer), writers, is_val, eot, d.num_proc)
+    if split == "contiguous":
+        total = len(writers["train"])
+        move_tail(writers["train"], writers["val"], total - int(total * (1 - d.val_fraction)))
+    for name, writer in writers.items():
+        share = d.val_fraction if name == "val" else 1 - d.val_fraction
+        check_split_size(len(writer), name, recipe.model.block_size, out, share)
+    tokenizer.save_pretrained(work / "tokenizer")
+    shards = {name: writer.close() for name, writer in writers.items()}
+    meta = new_meta(recipe, tokenizer, shards, split, dtype, d.tokenizer,
+                    **({"documents": documents} if split == "documents" else {}), **settings(recipe, split),
+                    source_files=len(source.files), source_bytes=source.source_bytes(),
+                    source_sha256=source.sha256(), source_stamp=source.stamp())
+    write_meta(work, meta)
+    return meta
+
+
+def val_documents(n: int | None, fraction: float, seed: int) -> Callable[[int], bool]:
+    """Whether document i validates. With n known: exactly round(n * fraction) documents (at least
+    one, at most n - 1), a seeded permutation picks them. Unknown n (a stream): each document with
+    probability `fraction`, from seeded draws that do not depend on how far the stream is read."""
+    if n is not None:
+        n_val = min(max(1, round(n * fraction)), n - 1)
+        chosen = np.zeros(n, dtype=bool)
+        chosen[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+        return lambda i: bool(chosen[i])
+    blocks: dict[int, np.ndarray] = {}
+
+    def is_val(i: int) -> bool:
+        block = i // DRAW_BLOCK
+        if block not in blocks:
+            blocks.clear()
+            blocks[block] = np.random.default_rng([seed, block]).random(DRAW_BLOCK) < fraction
+        return bool(blocks[block][i % DRAW_BLOCK])
+
+    return is_val
+
+
+def build_tokenizer(recipe: Recipe, source: Source, is_val: Callable[[int], bool] | None):
+    """char: from every character of the text (nanoGPT's vocabulary); bpe: learned from the training
+    split; byte: fixed; anything else loaded by name."""
+    name = recipe.data.tokenizer
+    if name == "char":
+        chars: set[str] = set()
+        for document in source.documents():
+            for piece in document:
+                chars.update(piece)
+        return char_tokenizer(chars)
+    if name == "byte":
+        return byte_tokenizer()
+    if name == "bpe":
+        print(f"learning a byte-level BPE of {recipe.data.vocab_size:,} ids from the training text")
+        return train_bpe(_training_text(source, is_val, recipe.data.val_fraction), recipe.data.vocab_size)
+    return load_tokenizer(name)
+
+
+def _training_text(source: Source, is_val, val_fraction: float) -> Iterator[str]:
+    """The training split's text: its documents, or about the first 1 - val_fraction of one stream."""
+    budget = int(source.source_bytes() * (1 - val_fraction)) if is_val is None else None
+    for i, document in enumerate(source.documents()):
+        if is_val is not None and is_val(i):
+            continue
+        for piece in document:
+            if budget is not None:
+                piece = piece[:budget]
+                budget -= len(piece)
+            if piece:
+                yield piece
+
+
+def ensure_prepared(recipe: Recipe) -> dict:
+    """The dataset's meta.json, preparing the data first when it is missing or made differently."""
+    out = dataset_dir(recipe)
+    if recipe.data.source is not None:
+        return prepare(recipe)
+    meta = read_meta(out)
+    if meta is not None:
+        return meta
+    if is_nanogpt_dir(out):
+        return nanogpt_data.import_dir(recipe, out, out)
+    raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
+                    f"(a file, folder, URL or Hub dataset), or run python -m hfgpt.prepare RECIPE")

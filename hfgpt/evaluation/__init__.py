@@ -1,0 +1,1 @@
+"""Scoring a model over a whole split (score) through an `evaluate` metric module (token_loss)."""

@@ -1,0 +1,142 @@
+"""The training loop: nanoGPT's train.py loop around Accelerate, top to bottom.
+
+    result = train(recipe)          # python -m hfgpt.train RECIPE (hfgpt/train.py) calls this
+
+Each iteration: set the learning rate; every eval_interval iterations evaluate, save out_dir when
+val improves (always, with always_save_checkpoint) and write a resumable checkpoint; stop at
+max_iters or on SIGINT/SIGTERM (after a checkpoint); otherwise one optimizer step over
+gradient_accumulation_steps micro-batches, then log every log_interval iterations. The run's
+counters are one LoopState, saved in every checkpoint and restored whole by a resume.
+"""
+
+import math
+from pathlib import Path
+
+import torch
+
+from hfgpt.config import Recipe
+from hfgpt.core.errors import UserError
+from hfgpt.hub.card import write_card
+from hfgpt.hub.download import resume_from_hub
+from hfgpt.hub.push import Pusher
+from hfgpt.training.checkpoint import checkpoint_path, restore, resume_point, save_checkpoint, save_model_folder
+from hfgpt.training.evaluate import estimate_loss, eval_samples
+from hfgpt.training.optim import get_lr
+from hfgpt.training.progress import Progress
+from hfgpt.training.run import Run, make_accelerator, set_lr, setup, train_step
+from hfgpt.training.signals import StopSignal, signal_name
+from hfgpt.training.state import LoopState
+from hfgpt.training.trackers import start_trackers, tracker_options
+
+
+def train(recipe: Recipe) -> dict:
+    """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
+    loss, the iterations done and the signal that stopped the run (0 if none)."""
+    r, t = recipe, recipe.train
+    accelerator = make_accelerator(r, **tracker_options(r))
+    pusher = Pusher.for_recipe(r) if accelerator.is_main_process and r.hub.push_to_hub else None  # a bad token stops here
+    resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
+    resume = resume_point(r, accelerator)  # None unless init_from=resume
+    run = setup(r, accelerator, checkpoint=resume)
+    state = restore(accelerator, run.optimizer, run.batches, resume) if resume else LoopState(init_from=r.model.init_from)
+    start_trackers(accelerator, r)
+    progress = Progress(accelerator, r, run, state, resumed=resume is not None)
+    progress.start()
+    watch = LossWatch(accelerator.device, Path(t.out_dir))
+    resumed_at, saved_at, stopped = (state.iter if resume else None), None, 0
+
+    x, y = run.batches.next_batch()
+    with StopSignal() as stop:
+        while True:
+            lr = get_lr(state.iter, r.optim)
+            set_lr(run.optimizer, lr)
+
+            # evaluate; save the model when val improves (or always) and a resumable checkpoint
+            if (state.iter % t.eval_interval == 0 or state.iter == t.max_iters) and (state.iter != resumed_at or t.eval_only):
+                saved_at = evaluate_and_save(run, state, r, progress, watch, pusher) or saved_at
+            if t.eval_only or state.iter >= t.max_iters:
+                break
+            if stopped := stop.received(accelerator):
+                watch.check(state.iter)
+                if saved_at != state.iter:
+                    saved_at = checkpoint(run, state, r)
+                progress.say(f"{signal_name(stopped)}: saved {checkpoint_path(t.out_dir, state.iter)}; "
+                             "continue with --init_from=resume")
+                break
+
+            # forward, backward and update; the next batch is fetched while the device works
+            loss, x, y = train_step(run, x, y, r.optim.grad_clip)
+            watch.record(loss, state.iter)
+            state.iter += 1
+            state.tokens_seen += run.tokens_per_iter
+
+            if state.iter % t.log_interval == 0 or state.iter == t.max_iters:
+                watch.check(state.iter)
+                progress.log(state, loss.item(), lr)
+            progress.update()
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    if not stopped:
+        progress.summary(state)
+    accelerator.end_training()
+    if pusher:
+        pusher.finish(f"end of training: iter {state.iter}" if not stopped else f"stopped at iter {state.iter}")
+    last_eval = {"iter": state.eval_iter, "train_loss": state.train_loss, "val_loss": state.val_loss}
+    return {**(last_eval if state.eval_iter is not None else {}), "best_val_loss": state.best_val_loss,
+            "iters": state.iter, "signal": stopped}
+
+
+def evaluate_and_save(run: Run, state: LoopState, r: Recipe, progress: Progress, watch: "LossWatch",
+                      pusher: Pusher | None) -> int | None:
+    """Estimate train and val loss, generate the evaluation's samples and log them; past iteration 0
+    (and unless eval_only) save out_dir when val improved, or always with always_save_checkpoint,
+    then write a checkpoint. Returns the iteration checkpointed, if any."""
+    accelerator, out_dir = run.accelerator, Path(r.train.out_dir)
+    losses = estimate_loss(run.model, {"train": run.train_tokens, "val": run.val_tokens}, r, accelerator)
+    watch.check(state.iter, losses)
+    improved = state.evaluated(losses["train"], losses["val"])
+    samples = eval_samples(accelerator, run.model, run.tokenizer, r.log, seed=r.train.seed + state.iter)
+    progress.evaluation(state, samples)
+    progress.restart_clock()
+    if state.iter == 0 or r.train.eval_only:
+        return None
+    model_saved = improved or r.train.always_save_checkpoint
+    if model_saved:
+        save_model_folder(accelerator, run.model, run.tokenizer, out_dir, r)
+        if accelerator.is_main_process:
+            write_card(out_dir, {**state.to_json(), "samples": samples})
+        progress.say(f"saved {out_dir} (val loss {state.val_loss:.4f})")
+    folder = checkpoint(run, state, r, samples)
+    if pusher:
+        pusher.after_save(state.iter, state.val_loss, model_saved, folder)
+    progress.restart_clock()
+    return state.iter
+
+
+def checkpoint(run: Run, state: LoopState, r: Recipe, samples: list[str] = ()) -> Path:
+    """A resumable checkpoint of this iteration, with its model card."""
+    folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state)
+    if run.accelerator.is_main_process:
+        write_card(folder, {**state.to_json(), "samples": list(samples)})
+    return folder
+
+
+class LossWatch:
+    """Notices a loss that is NaN or infinite without a device sync per iteration: the first bad
+    iteration is kept on the device and checked when the loop syncs anyway (log lines, saves)."""
+
+    def __init__(self, device: torch.device, out_dir: Path):
+        self.first_bad = torch.tensor(-1, device=device)
+        self.out_dir = out_dir
+
+    def record(self, loss: torch.Tensor, iter_num: int) -> None:
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), iter_num, self.first_bad)
+
+    def check(self, iter_num: int, losses: dict | None = None) -> None:
+        bad = int(self.first_bad.item())
+        if bad >= 0 or (losses and not all(math.isfinite(v) for v in losses.values())):
+            where = f"iteration {bad}" if bad >= 0 else f"the evaluation at iteration {iter_num}"
+            raise UserError(f"the loss became NaN or infinite at {where}; stopped without saving over the last good "
+                            f"checkpoint in {self.out_dir / 'checkpoints'}: lower learning_rate (or use bf16 instead of "
+                            "fp16) and continue with --init_from=resume")

@@ -1,0 +1,41 @@
+"""SIGINT and SIGTERM as requests to stop cleanly: the loop finishes its iteration, checkpoints and
+returns, and the command exits 128 + the signal number (130, 143).
+
+    with StopSignal() as stop:
+        while ...:
+            if stop.received(accelerator): ...
+"""
+
+import signal
+
+import torch
+
+
+class StopSignal:
+    """While active, SIGINT and SIGTERM only set a flag."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def received(self, accelerator) -> int:
+        """The signal any process got (every process must stop at the same iteration)."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        return int(accelerator.gather(torch.tensor([self.signum], device=accelerator.device)).max().item())
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name

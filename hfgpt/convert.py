@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfgpt.config import Command, option, parse_command
+from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError, cli, first_line
 
 
@@ -44,11 +44,6 @@ class ToNanogptOptions:
 
 
 SUMMARY = __doc__.split("\n\n")[0]
-COMMANDS = {
-    "to-hf": Command("convert to-hf", "nanoGPT ckpt.pt -> Hugging Face model folder.", options=ToHfOptions),
-    "to-nanogpt": Command("convert to-nanogpt", "Hugging Face GPT-2 model folder -> nanoGPT ckpt.pt.",
-                          options=ToNanogptOptions),
-}
 
 
 def _tokenizer_for(ckpt: dict, meta: str | None, tokenizer: str | None):
@@ -138,26 +133,36 @@ def _char_meta(src: str, vocab_size: int) -> dict | None:
     return {"vocab_size": vocab_size, "stoi": stoi, "itos": itos}
 
 
+@command(Command("convert to-hf", "nanoGPT ckpt.pt -> Hugging Face model folder.", options=ToHfOptions))
+def main_to_hf(parsed: Parsed) -> int:
+    o = parsed.options
+    to_hf(o.ckpt, o.dest, o.meta, o.tokenizer)
+    return 0
+
+
+@command(Command("convert to-nanogpt", "Hugging Face GPT-2 model folder -> nanoGPT ckpt.pt.", options=ToNanogptOptions))
+def main_to_nanogpt(parsed: Parsed) -> int:
+    o = parsed.options
+    to_nanogpt(o.model, o.dest, o.dataset)
+    return 0
+
+
+DIRECTIONS = {"to-hf": main_to_hf, "to-nanogpt": main_to_nanogpt}
+
+
 @cli
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in COMMANDS:
-        if argv and argv[0] not in ("-h", "--help"):
-            raise UserError(f"unknown direction '{argv[0]}': use to-hf or to-nanogpt, e.g. "
-                            "python -m hfgpt.convert to-hf ckpt.pt out-folder")
-        print(f"usage: hfgpt convert to-hf|to-nanogpt ...   (hfgpt convert to-hf --help)\n\n{SUMMARY}\n")
-        for name, command in COMMANDS.items():
-            print(f"  {name:<11} {command.summary}")
-        return 0 if argv else 2
-    parsed = parse_command(argv[1:], COMMANDS[argv[0]])
-    if parsed is None:
-        return 0
-    o = parsed.options
-    if argv[0] == "to-hf":
-        to_hf(o.ckpt, o.dest, o.meta, o.tokenizer)
-    else:
-        to_nanogpt(o.model, o.dest, o.dataset)
-    return 0
+    if argv and argv[0] in DIRECTIONS:
+        return DIRECTIONS[argv[0]](argv[1:])
+    if argv and argv[0] not in ("-h", "--help"):
+        raise UserError(f"unknown direction '{argv[0]}': use to-hf or to-nanogpt, e.g. "
+                        "python -m hfgpt.convert to-hf ckpt.pt out-folder")
+    print(f"usage: hfgpt convert to-hf|to-nanogpt ...   (hfgpt convert to-hf --help)\n"
+          f"   or: python -m hfgpt.convert to-hf|to-nanogpt ...\n\n{SUMMARY}\n")
+    for name, run in DIRECTIONS.items():
+        print(f"  {name:<11} {run.spec.summary}")
+    return 0 if argv else 2
 
 
 if __name__ == "__main__":

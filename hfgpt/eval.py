@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfgpt.config import Command, option, parse_command
-from hfgpt.core.errors import UserError, cli
+from hfgpt.config import Command, Parsed, command, option
+from hfgpt.core.errors import UserError
 
 
 @dataclass
@@ -49,9 +49,6 @@ class EvalOptions:
     """Where to write the results; None: eval_results.json in the model folder, or in the current folder for a Hub id."""
 
 
-COMMAND = Command("eval", __doc__.split("\n\n")[0], options=EvalOptions)
-
-
 def writable_target(path: Path) -> Path:
     """Check before the evaluation that its results can be written at `path`."""
     if path.is_dir():
@@ -61,11 +58,8 @@ def writable_target(path: Path) -> Path:
     return path
 
 
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("eval", __doc__.split("\n\n")[0], options=EvalOptions))
+def main(parsed: Parsed) -> int:
     options = parsed.options
     from hfgpt.core.files import atomic_write
     from hfgpt.evaluation.score import evaluate_model, model_folder

@@ -20,17 +20,11 @@ in a temporary folder and moved into place at the end.
 
 import sys
 
-from hfgpt.config import Command, parse_command
-from hfgpt.core.errors import cli
-
-COMMAND = Command("prepare", "Tokenize the recipe's source into data_dir/dataset/.", recipe_step="prepare")
+from hfgpt.config import Command, Parsed, command
 
 
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("prepare", "Tokenize the recipe's source into data_dir/dataset/.", recipe_step="prepare"))
+def main(parsed: Parsed) -> int:
     from hfgpt.data.prepare import prepare
 
     prepare(parsed.recipe)

@@ -17,8 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfgpt.config import Command, option, parse_command
-from hfgpt.core.errors import UserError, cli
+from hfgpt.config import Command, Parsed, command, option
+from hfgpt.core.errors import UserError
 
 
 @dataclass
@@ -35,14 +35,8 @@ class PushOptions:
     """Commit message; None: 'hfgpt: push <out_dir>'."""
 
 
-COMMAND = Command("push", __doc__.split("\n\n")[0], options=PushOptions)
-
-
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("push", __doc__.split("\n\n")[0], options=PushOptions))
+def main(parsed: Parsed) -> int:
     options = parsed.options
     import yaml
 

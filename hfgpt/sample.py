@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfgpt.config import Command, option, parse_command
-from hfgpt.core.errors import UserError, cli
+from hfgpt.config import Command, Parsed, command, option
+from hfgpt.core.errors import UserError
 
 
 @dataclass
@@ -38,14 +38,8 @@ class SampleOptions:
     """Where to run."""
 
 
-COMMAND = Command("sample", __doc__.split("\n\n")[0], options=SampleOptions)
-
-
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("sample", __doc__.split("\n\n")[0], options=SampleOptions))
+def main(parsed: Parsed) -> int:
     options = parsed.options
     start = options.start
     if start.startswith("FILE:"):

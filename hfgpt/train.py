@@ -20,17 +20,11 @@ push_to_hub the saves go to the Hub in the background (hfgpt.hub.push).
 import os
 import sys
 
-from hfgpt.config import Command, cautions, parse_command
-from hfgpt.core.errors import cli
-
-COMMAND = Command("train", "Train a GPT on the recipe's dataset (prepares it first if needed).", recipe_step="train")
+from hfgpt.config import Command, Parsed, cautions, command
 
 
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("train", "Train a GPT on the recipe's dataset (prepares it first if needed).", recipe_step="train"))
+def main(parsed: Parsed) -> int:
     if os.environ.get("RANK", "0") == "0":  # once, not once per process under accelerate launch
         for note in cautions(parsed.recipe):
             print(f"warning: {note}", file=sys.stderr)

@@ -18,7 +18,8 @@ MODES = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m hfgpt.bench MODE [ARGS ...]   (MODE --help for its options)\n\nmodes:")
+        print("usage: hfgpt bench MODE [ARGS ...]   (hfgpt bench MODE --help for its options)\n"
+              "   or: python -m hfgpt.bench MODE [ARGS ...]\n\nmodes:")
         for mode, doc in MODES.items():
             print(f"  {mode:<8} {doc}")
         return 0 if argv else 2

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from hfgpt.bench import report
-from hfgpt.config import Command, option, parse_command
-from hfgpt.core.errors import UserError, cli
+from hfgpt.config import Command, Parsed, command, option
+from hfgpt.core.errors import UserError
 from hfgpt.data.encode import usable_cpus
 
 @dataclass
@@ -53,9 +53,6 @@ class BenchPrepareOptions:
     """Runs (with --compare_tiktoken: pairs of runs)."""
     json: str | None = option(None)
     """Write the result here as JSON."""
-
-
-COMMAND = Command("bench prepare", __doc__.split("\n\n")[0], options=BenchPrepareOptions, recipe_step="prepare")
 
 
 def make_corpus(path: Path, mb: int, seed_text: Path, fmt: str, seed: int = 0) -> Path:
@@ -163,11 +160,8 @@ def run_tiktoken_map(corpus: Path, out: Path, gpt2_dir: str, num_proc: int, val_
     return measure(cmd, env)
 
 
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("bench prepare", __doc__.split("\n\n")[0], options=BenchPrepareOptions, recipe_step="prepare"))
+def main(parsed: Parsed) -> int:
     recipe, flags, rest = parsed.recipe, parsed.options, parsed.recipe_argv
     d = recipe.data
     corpus = Path(str(d.source)) if d.source is not None else None

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfgpt.bench import nanogpt_classes, report
-from hfgpt.config import Command, option, parse_command
-from hfgpt.core.errors import cli
+from hfgpt.config import Command, Parsed, command, option
+from hfgpt.sample import SampleOptions
 
 
 def nanogpt_generate(pipe, repo: Path):
@@ -35,37 +35,21 @@ def nanogpt_generate(pipe, repo: Path):
 
 
 @dataclass
-class BenchSampleOptions:
-    model: str = option(positional=True)
-    """A model folder (an hfgpt out_dir) or Hub id."""
-    start: str = option("\n")
-    """Prompt."""
-    max_new_tokens: int = option(256, min=1)
-    """Tokens generated per sample (end-of-text does not stop them here)."""
+class BenchSampleOptions(SampleOptions):
     num_samples: int = option(1, min=1)
     """Samples per timed repeat."""
+    max_new_tokens: int = option(256, min=1)
+    """Tokens generated per sample (end-of-text does not stop them here)."""
     repeats: int = option(5, min=1)
     """Timed repeats; the median is reported."""
-    temperature: float = option(0.8, min=0, finite=True)
-    """Sampling temperature."""
-    top_k: int = option(200, min=0)
-    """Sample from the k likeliest tokens; 0 for all."""
-    device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))
-    """Where to run."""
     nanogpt: str | None = option(None)
     """A nanoGPT clone, to time its generate beside hfgpt's."""
     json: str | None = option(None)
     """Write the result here as JSON."""
 
 
-COMMAND = Command("bench sample", __doc__.split("\n\n")[0], options=BenchSampleOptions)
-
-
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("bench sample", __doc__.split("\n\n")[0], options=BenchSampleOptions))
+def main(parsed: Parsed) -> int:
     args = parsed.options
     import torch
     from transformers import set_seed
@@ -93,7 +77,7 @@ def main(argv=None) -> int:
                 nano.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k)
         return tokens / (time.perf_counter() - start)
 
-    set_seed(0)
+    set_seed(args.seed)
     ours()  # warm-up
     rates = {"hfgpt": [], "nanogpt": []}
     for _ in range(args.repeats):

@@ -12,12 +12,15 @@ skips it: the generated corpora have none); then each split concatenated into a 
 encoder.json and vocab.bpe in gpt2_dir (tiktoken cannot download here).
 """
 
-import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from hfgpt.config import Command, Parsed, command, option
+from hfgpt.core.errors import UserError
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = 50256
@@ -68,16 +71,28 @@ def run(corpus: Path, out: Path, gpt2_dir: Path, num_proc: int, val_ids: np.ndar
     return total
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hfgpt.bench.tiktoken_map", description=__doc__.split("\n\n")[0])
-    p.add_argument("corpus", type=Path, help=".jsonl file with a text field per line")
-    p.add_argument("out", type=Path, help="folder for train.bin and val.bin")
-    p.add_argument("--gpt2_dir", type=Path, required=True, help="folder with GPT-2's encoder.json + vocab.bpe (or vocab.json + merges.txt)")
-    p.add_argument("--num_proc", type=int, default=os.cpu_count())
-    p.add_argument("--val_ids", type=Path, required=True, help=".npy of the document indices that validate")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    total = run(args.corpus, args.out, args.gpt2_dir, args.num_proc, np.load(args.val_ids))
+@dataclass
+class TiktokenMapOptions:
+    corpus: str = option(positional=True)
+    """.jsonl file with a text field per line."""
+    out: str = option(positional=True)
+    """Folder for train.bin and val.bin."""
+    gpt2_dir: str = option(positional=False)
+    """Folder with GPT-2's encoder.json + vocab.bpe (or vocab.json + merges.txt)."""
+    val_ids: str = option(positional=False)
+    """.npy of the document indices that validate."""
+    num_proc: int = option(os.cpu_count() or 1, min=1)
+    """Processes for datasets.map."""
+
+
+@command(Command("bench.tiktoken_map", __doc__.split("\n\n")[0], options=TiktokenMapOptions,
+                 usage="CORPUS OUT --gpt2_dir=DIR --val_ids=VAL.npy [--num_proc=N]"))
+def main(parsed: Parsed) -> int:
+    o = parsed.options
+    if o.gpt2_dir is None or o.val_ids is None:
+        raise UserError("--gpt2_dir and --val_ids are required")
+    Path(o.out).mkdir(parents=True, exist_ok=True)
+    total = run(Path(o.corpus), Path(o.out), Path(o.gpt2_dir), o.num_proc, np.load(o.val_ids))
     print(f"tokens: {total}")
     return 0
 

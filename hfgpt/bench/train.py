@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfgpt.bench import nanogpt_classes, report
-from hfgpt.config import Command, Recipe, option, parse_command
-from hfgpt.core.errors import UserError, cli
+from hfgpt.config import Command, Parsed, Recipe, command, option
+from hfgpt.core.errors import UserError
 
 
 @dataclass
@@ -43,10 +43,6 @@ class BenchTrainOptions:
     """With --nanogpt: alternating pairs of blocks."""
     json: str | None = option(None)
     """Write the result here as JSON."""
-
-
-COMMAND = Command("bench train", "Time the recipe's training step (python -m hfgpt.bench train RECIPE).",
-                  options=BenchTrainOptions, recipe_step="train")
 
 
 def peak_memory_mb(device) -> float:
@@ -177,11 +173,8 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
             "steps_per_block": steps, "compiled": run.compiled, "device": accelerator.device.type}
 
 
-@cli
-def main(argv=None) -> int:
-    parsed = parse_command(argv, COMMAND)
-    if parsed is None:
-        return 0
+@command(Command("bench train", __doc__.split("\n\n")[0], options=BenchTrainOptions, recipe_step="train"))
+def main(parsed: Parsed) -> int:
     o = parsed.options
     if o.nanogpt:
         result = compare(parsed.recipe, o.nanogpt, o.pairs, o.steps, o.warmup)

@@ -2,10 +2,10 @@
 (recipe), and the one parser every command uses (parse)."""
 
 from hfgpt.config.options import option
-from hfgpt.config.parse import Command, Parsed, load_recipe, parse_command
+from hfgpt.config.parse import Command, Parsed, command, load_recipe, parse_command
 from hfgpt.config.recipe import (KEYS, SECTIONS, DataConfig, HubConfig, LogConfig, ModelConfig, OptimConfig, Recipe,
                                  SystemConfig, TrainConfig, cautions, keys_of_step, keys_that_shape, tracker_names)
 
-__all__ = ["option", "Command", "Parsed", "load_recipe", "parse_command", "KEYS", "SECTIONS", "DataConfig", "HubConfig",
+__all__ = ["option", "Command", "Parsed", "command", "load_recipe", "parse_command", "KEYS", "SECTIONS", "DataConfig", "HubConfig",
            "LogConfig", "ModelConfig", "OptimConfig", "Recipe", "SystemConfig", "TrainConfig", "cautions",
            "keys_of_step", "keys_that_shape", "tracker_names"]

@@ -5,6 +5,9 @@
     parsed = parse_command(argv, Command("sample", "Generate text ...", options=SampleOptions))
     parsed.recipe, parsed.options                                      # None when -h/--help was shown
 
+    @command(Command("train", "Train a GPT.", recipe_step="train"))   # a command's main(argv=None)
+    def main(parsed: Parsed) -> int: ...
+
 The command line is `[POSITIONAL ...] [--key=value | --key value ...]`; a recipe command also takes
 `--config RECIPE.yaml` in place of the positional recipe. A bool option given alone (`--private`)
 is true. Every problem (unknown keys with a did-you-mean, bad types, values outside an option's
@@ -13,7 +16,9 @@ rules, cross-field problems of a recipe) is collected and reported at once.
 
 import dataclasses
 import difflib
+import functools
 import sys
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
@@ -22,7 +27,7 @@ import yaml
 from hfgpt import __version__
 from hfgpt.config.options import convert, field_types, help_lines, problems_of, type_name
 from hfgpt.config.recipe import KEYS, SECTIONS, Recipe, keys_of_step, tracker_names, validate
-from hfgpt.core.errors import UserError
+from hfgpt.core.errors import UserError, cli
 
 # Names from nanoGPT and its docs that hfgpt spells otherwise: the message points to ours.
 RENAMED = {
@@ -247,3 +252,24 @@ def _new(cls, given: dict, problems: list[str]):
     instance = cls(**defaults)
     _fill(instance, given, "command line", problems)
     return instance
+
+
+def command(spec: Command) -> Callable:
+    """Make `run(parsed) -> int` a command's `main(argv=None) -> int`: parse the command line
+    (--help printed, exit 0), then run, with hfgpt's one-line errors (hfgpt.core.errors.cli).
+
+        @command(Command("sample", "Generate text.", options=SampleOptions))
+        def main(parsed: Parsed) -> int: ...
+    """
+
+    def wrap(run: Callable[[Parsed], int]) -> Callable:
+        @cli
+        @functools.wraps(run)
+        def main(argv=None) -> int:
+            parsed = parse_command(argv, spec)
+            return 0 if parsed is None else run(parsed)
+
+        main.spec = spec
+        return main
+
+    return wrap

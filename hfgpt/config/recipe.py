@@ -267,7 +267,7 @@ def cautions(recipe: Recipe) -> list[str]:
     if o.decay_lr and o.warmup_iters >= t.max_iters > 0:
         notes.append(f"warmup_iters={o.warmup_iters} >= max_iters={t.max_iters}: the learning rate never reaches "
                      f"learning_rate={o.learning_rate:g}; lower warmup_iters (e.g. {max(t.max_iters // 20, 1)})")
-    elif o.decay_lr and t.max_iters < o.lr_decay_iters:
+    if o.decay_lr and o.warmup_iters < t.max_iters < o.lr_decay_iters:
         notes.append(f"max_iters={t.max_iters} is short of lr_decay_iters={o.lr_decay_iters}: the run stops before the "
                      f"learning rate decays to min_lr={o.min_lr:g}; set lr_decay_iters={t.max_iters} (usually equal)")
     return notes

@@ -3,17 +3,11 @@
     meta = prepare(recipe)            # python -m hfgpt.prepare RECIPE (hfgpt/prepare.py) calls this
     meta = ensure_prepared(recipe)    # train: prepare when missing or made differently, else read meta.json
 
-Running it again on an unchanged source and recipe does nothing. Output, in data_dir/dataset/:
-  train.bin, val.bin  flat token ids (uint16 when the vocabulary fits, else uint32), as nanoGPT's;
-                      a split over shard_size tokens is train-00000.bin, train-00001.bin, ...
-  meta.json           shards and token counts, vocab_size, dtype, tokenizer, source and its sha256
-  tokenizer/          the tokenizer as a PreTrainedTokenizerFast folder
-One text stream (a single file or document) is split as nanoGPT splits it: the first
-1 - val_fraction of the tokens train, the rest validate. Many documents are split by document:
-a seeded draw picks val_fraction of them for validation, and each document ends with the
-tokenizer's end-of-text id. Text is read in ~1 MB pieces, tokenized by num_proc threads and
-written as it comes, so memory does not grow with the corpus (hfgpt.sources, hfgpt.encode,
-hfgpt.shards). Everything is written in a temporary folder and moved into place at the end.
+Running it again on an unchanged source and recipe does nothing. What the folder holds and how
+the text is split: hfgpt/prepare.py. The pieces: sources (what `source` names, read as documents),
+tokenizer, encode (texts -> ids with threads), shards (token files), meta (meta.json),
+nanogpt_data (nanoGPT data folders as they are). Everything is written in a temporary folder
+and moved into place at the end.
 """
 
 import os

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from hfgpt import train
-from hfgpt.training import checkpoint, run as training_run
+from hfgpt.model import gpt
+from hfgpt.training import checkpoint
 from hfgpt.training.checkpoint import flatten, list_checkpoints, unflatten
 from tests import kill_loop
 from tests.conftest import PYTHON, run_env
@@ -110,7 +111,7 @@ def test_resume_without_checkpoint(tiny_recipe, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir, monkeypatch, capsys):
     calls = {"n": 0}
-    real = training_run.lm_loss
+    real = gpt.lm_loss
 
     def poisoned(model, x, y):
         loss = real(model, x, y)
@@ -120,7 +121,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir,
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(training_run, "lm_loss", poisoned)
+    monkeypatch.setattr(gpt, "lm_loss", poisoned)  # what NextTokenLoss, the trained module, calls
     assert train.main([str(tiny_recipe(eval_interval=10, log_interval=5))]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "NaN or infinite at iteration 25" in errors[0]

@@ -7,14 +7,13 @@ import textwrap
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.training import run as training_run
 from hfgpt.config import OptimConfig, load_recipe
-from hfgpt.model.attention import float32_sdpa
+from hfgpt.model.gpt import causal_lm
 from hfgpt.training.optim import get_lr, make_optimizer
 from tests.conftest import PYTHON, ROOT, run_env
 
@@ -115,34 +114,21 @@ def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
     assert weights["transformer.wpe.weight"].shape == (16, 32)
 
 
-def test_float32_attention_under_cpu_autocast():
-    """float32_sdpa: bf16 q, k, v are attended in float32 and the result comes back in bf16."""
-    q, k, v = (torch.randn(2, 2, 16, 8).bfloat16() for _ in range(3))
-    module = torch.nn.Module()
-    module.is_causal = True
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = float32_sdpa(module, q, k, v, None, is_causal=True)
-    exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.transpose(1, 2).bfloat16())  # (B, T, H, D) back
-
-
-def test_bf16_training_on_cpu_uses_float32_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
+def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
     recipe = tiny_recipe(mixed_precision="bf16")
     bf16_recipe = load_recipe(str(recipe))
     run = training_run.setup(bf16_recipe, training_run.make_accelerator(bf16_recipe))
     assert run.accelerator.mixed_precision == "bf16"
-    assert run.accelerator.unwrap_model(run.model).config._attn_implementation == "hfgpt_float32_sdpa"
+    assert causal_lm(run.model).config._attn_implementation == "hfgpt_sdpa"
     assert train.main([str(recipe)]) == 0
     rows = read_metrics(workdir / "out")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
     config = json.loads((workdir / "out" / "config.json").read_text())
     assert not any("attn_implementation" in key for key in config)  # nothing hfgpt-only in the saved model
+    assert config.get("pad_token_id") is None  # only generation_config has it (see test_attention)
+    assert json.loads((workdir / "out" / "generation_config.json").read_text())["pad_token_id"] == config["eos_token_id"]
     model = GPT2LMHeadModel.from_pretrained(workdir / "out")
     assert model.config._attn_implementation == "sdpa"
-    AcceleratorState._reset_state(reset_partial_state=True)  # as a new process would
-    fp32_recipe = load_recipe(str(recipe), {"mixed_precision": "no"})
-    fp32 = training_run.setup(fp32_recipe, training_run.make_accelerator(fp32_recipe))
-    assert fp32.accelerator.unwrap_model(fp32.model).config._attn_implementation == "sdpa"
 
 
 def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):

@@ -1,5 +1,5 @@
 """train: the loss falls, out_dir is a plain transformers model, the schedule is nanoGPT's, errors are
-one line, and the loop runs under `accelerate launch` with two processes."""
+one line. (Several processes and machines: test_multinode.py.)"""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ from hfgpt.training import run as training_run
 from hfgpt.config import OptimConfig, load_recipe
 from hfgpt.model.gpt import causal_lm
 from hfgpt.training.optim import get_lr, make_optimizer
-from tests.conftest import PYTHON, ROOT, run_env
+from tests.conftest import PYTHON, run_env
 
 
 def error_lines(capsys) -> list[str]:
@@ -163,29 +163,3 @@ def test_weight_decay_only_on_matrices():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and [p.dim() for p in decay["params"]] == [2]
     assert no_decay["weight_decay"] == 0.0 and sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
-
-
-def test_accelerate_launch_two_cpu_processes(tiny_recipe, workdir):
-    """2 processes x 1 micro-batch and 1 process x 2 micro-batches are the same global batch:
-    same tokens per iteration, similar losses; the 2 processes draw different windows, one writes."""
-    recipe = tiny_recipe(gradient_accumulation_steps=2, max_iters=60, eval_interval=30, lr_decay_iters=60)
-    # accelerate's --cpu launcher starts one process without MPI; --multi_gpu is its torchrun
-    # launcher, and the recipe's device: cpu makes the processes a gloo group (MULTI_CPU).
-    cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
-           "--num_processes", "2", "-m", "hfgpt.train", str(recipe), f"--out_dir={workdir / 'two'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=workdir, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert train.main([str(recipe), f"--out_dir={workdir / 'one'}"]) == 0
-
-    two, one = read_metrics(workdir / "two"), read_metrics(workdir / "one")
-    assert [r["iter"] for r in two if "val_loss" in r] == [0, 30, 60]  # one writer: no duplicated lines
-    assert [r["iter"] for r in two if "loss" in r] == [25, 50, 60]
-    final = {name: json.loads((workdir / name / "checkpoints" / "iter-000060" / "state.json").read_text())
-             for name in ("one", "two")}
-    assert final["one"]["tokens_seen"] == final["two"]["tokens_seen"] == 60 * 2 * 8 * 32
-    assert final["two"]["world_size"] == 2 and final["one"]["world_size"] == 1
-    assert two[-1]["val_loss"] < two[0]["val_loss"] - 0.5
-    assert abs(two[-1]["val_loss"] - one[-1]["val_loss"]) < 0.1
-    rng = [load_file(workdir / "two" / "checkpoints" / "iter-000060" / f"rng-{rank}.safetensors") for rank in (0, 1)]
-    assert not torch.equal(rng[0]["batches"], rng[1]["batches"])  # each process has its own window stream
-    assert (workdir / "two" / "model.safetensors").exists()

@@ -52,7 +52,8 @@ def deepspeed_steps() -> dict:
     from accelerate import Accelerator
 
     from hfgpt.model.gpt import NextTokenLoss
-    from hfgpt.training.run import fill_deepspeed_config, train_step
+    from hfgpt.training.run import train_step
+    from hfgpt.training.strategies import fill_deepspeed_config
 
     accum, lr = 4, 0.5
     recipe = load_recipe(None, TINY)
@@ -91,8 +92,9 @@ def deepspeed_checkpoint(stage: int) -> dict:
     from deepspeed.utils import safe_get_full_fp32_param
 
     from hfgpt.data.tokenizer import char_tokenizer
-    from hfgpt.training.checkpoint import model_state_dict, restore, save_checkpoint
+    from hfgpt.training.checkpoint import restore, save_checkpoint
     from hfgpt.training.run import prepare_training, train_step
+    from hfgpt.training.strategies import model_state_dict
     from hfgpt.training.state import LoopState
 
     folder = Path(tempfile.mkdtemp(prefix="hfgpt-deepspeed-"))
@@ -137,7 +139,8 @@ def fsdp_optimizer() -> dict:
     from accelerate.utils import DistributedType
 
     from hfgpt.model.gpt import NextTokenLoss
-    from hfgpt.training.checkpoint import load_optimizer_state, optimizer_state, save_tree
+    from hfgpt.training.checkpoint import load_tree, save_tree
+    from hfgpt.training.strategies import load_optimizer_state, optimizer_state
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -167,7 +170,7 @@ def fsdp_optimizer() -> dict:
         save_tree(state, folder, "optimizer")
     dist.barrier()
     fresh = trained_optimizer(1)  # a different state, overwritten by the load
-    load_optimizer_state(accelerator, model, fresh, folder)
+    load_optimizer_state(accelerator, model, fresh, lambda: load_tree(folder, "optimizer"))
     before, after = state, get_optimizer_state_dict(model, fresh, options=full)
     result = {}
     if rank == 0:

@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt.config import ModelConfig

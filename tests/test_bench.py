@@ -4,7 +4,6 @@ and a device table."""
 import json
 
 import pytest
-import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train

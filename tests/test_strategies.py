@@ -19,7 +19,8 @@ from transformers import GPT2LMHeadModel
 from hfgpt.config import ModelConfig, load_recipe
 from hfgpt.core.errors import UserError
 from hfgpt.model.gpt import NextTokenLoss, build_model, causal_lm, lm_loss, own_names
-from hfgpt.training.run import fill_deepspeed_config, prepare_training, reduce_in_float32
+from hfgpt.training.run import prepare_training
+from hfgpt.training.strategies import fill_deepspeed_config, reduce_in_float32
 from tests.conftest import PYTHON, ROOT, free_port, run_env
 
 TINY_GPT = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0)

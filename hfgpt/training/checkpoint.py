@@ -17,9 +17,10 @@ pickles, through accelerator.save_state into accelerate/), and the weights saved
 float32 master weights, not its bf16/fp16 working copy.
 
 Several machines: with out_dir on a file system they all share, the main process writes each
-checkpoint; without one (shared_storage() says which, once per run) each machine's first process
-writes a whole copy on that machine (model and optimizer state are the same on every process
-under DDP), each process its rng file beside it, and each machine resumes from its own copy.
+checkpoint; without one (hfgpt.training.strategies.shared_storage says which, asked once per run)
+each machine's first process writes a whole copy on that machine (model and optimizer state are
+the same on every process under DDP), each process its rng file beside it, and each machine
+resumes from its own copy.
 """
 
 import json
@@ -38,11 +39,10 @@ from hfgpt.core.device import rng_states, set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import atomic_write, fsync_dir, make_temp_dir, replace_dir, sync_tree
 from hfgpt.model.folder import write_model_files
-from hfgpt.model.gpt import own_names
 from hfgpt.training.state import LoopState
+from hfgpt.training.strategies import load_optimizer_state, model_state_dict, optimizer_state
 
 STATE = "state.json"
-SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None) -> None:
@@ -64,47 +64,6 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
         fsync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def model_state_dict(accelerator: Accelerator, model) -> dict[str, torch.Tensor]:
-    """The whole model's weights, under the causal LM's own names (every process must call it).
-    Under DeepSpeed, its float32 master weights: accelerator.get_state_dict gives DeepSpeed's bf16
-    working copy under ZeRO-1/2 and refuses under ZeRO-3 (unless it gathers a 16-bit copy)."""
-    if accelerator.distributed_type != DistributedType.DEEPSPEED:
-        return own_names(model, accelerator.get_state_dict(model))
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    module = accelerator.deepspeed_engine_wrapped.engine.module
-    state = {name: safe_get_full_fp32_param(p).detach().cpu() for name, p in module.named_parameters()}
-    for prefix, sub in module.named_modules():
-        for name, buffer in sub.named_buffers(recurse=False):
-            if buffer is not None and name not in sub._non_persistent_buffers_set:
-                state[f"{prefix}.{name}" if prefix else name] = buffer.detach().cpu()
-    return own_names(model, state)
-
-
-def optimizer_state(accelerator: Accelerator, model, optimizer) -> dict:
-    """The optimizer's whole state on the process that writes it (every process must call it):
-    gathered from the shards under FSDP (keyed by parameter names, empty on other processes)."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    return get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
-                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def load_optimizer_state(accelerator: Accelerator, model, optimizer, folder: Path) -> None:
-    """optimizer_state()'s inverse: under FSDP the main process reads the file and the state is
-    sent to every process's shard."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        optimizer.load_state_dict(load_tree(folder, "optimizer"))
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    state = load_tree(folder, "optimizer") if accelerator.is_main_process else {}
-    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state,
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 # --- optimizer state as safetensors + JSON -------------------------------------------------------
@@ -155,26 +114,6 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
 
 def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
     return checkpoint_dir(out_dir) / f"iter-{iter_num:06d}"
-
-
-def shared_storage(accelerator: Accelerator, folder: str | Path) -> bool:
-    """Whether every process sees what the main process writes in `folder` (every process must
-    call it): the main process makes a probe folder there, the others look for it by name."""
-    if accelerator.num_processes == 1:
-        return True
-    from accelerate.utils import broadcast_object_list
-
-    folder = Path(folder)
-    probe = [None]
-    if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = [make_temp_dir(folder, ".storage-probe-").name]
-    broadcast_object_list(probe)
-    seen = folder.is_dir() and probe[0] in os.listdir(folder)  # listing refreshes a network file system's cache
-    everyone = accelerator.gather(torch.tensor([float(seen)], device=accelerator.device))
-    if accelerator.is_main_process:
-        (folder / probe[0]).rmdir()
-    return bool(everyone.min().item() == 1)
 
 
 def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
@@ -286,7 +225,8 @@ def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
     if accelerator.num_processes > 1:
         found = accelerator.gather(torch.tensor([state["iter"]], device=accelerator.device)).tolist()
         if len(set(found)) > 1:
-            raise UserError(f"the processes found different checkpoints to resume in {checkpoint_dir(recipe.train.out_dir)} "
+            where = checkpoint_dir(recipe.train.out_dir)
+            raise UserError(f"the processes found different checkpoints to resume in {where} "
                             f"(iterations {', '.join(map(str, found))}, by process): give every machine the same "
                             "checkpoint, or point resume_from at one they all have")
     message = check_resume(recipe, folder, state)
@@ -301,7 +241,7 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
     if (folder / "accelerate").is_dir():  # DeepSpeed's (and hfgpt 0.1's FSDP) optimizer state
         accelerator.load_state(folder / "accelerate")
     else:
-        load_optimizer_state(accelerator, model, optimizer, folder)
+        load_optimizer_state(accelerator, model, optimizer, lambda: load_tree(folder, "optimizer"))
     if accelerator.scaler is not None and (folder / "scaler.json").exists():
         accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
     rng_file = folder / f"rng-{accelerator.process_index}.safetensors"

@@ -15,7 +15,7 @@ from hfgpt.core.device import forked_rng
 from hfgpt.data.batches import Batches, to_device
 from hfgpt.model.generate import generate
 from hfgpt.model.gpt import causal_lm
-from hfgpt.training.checkpoint import SHARDED
+from hfgpt.training.strategies import SHARDED
 
 
 @torch.no_grad()

@@ -8,7 +8,6 @@ hfgpt.training.loop (python -m hfgpt.train) runs these in its loop; python -m hf
 times the same step.
 """
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,9 @@ from hfgpt.data.tokenizer import load_tokenizer
 from hfgpt.model.attention import use_training_attention
 from hfgpt.model.gpt import (NextTokenLoss, build_model, causal_lm, load_model, pad_in_generation_config,
                              set_generation_defaults, zero_biases)
-from hfgpt.training.checkpoint import SHARDED, shared_storage
 from hfgpt.training.mfu import flops_per_token, peak_flops
 from hfgpt.training.optim import make_optimizer
+from hfgpt.training.strategies import SHARDED, compile_blocks, fill_deepspeed_config, reduce_in_float32, shared_storage
 
 
 @dataclass
@@ -109,7 +108,8 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
                         f"processes: make it a multiple of {world}")
     shared = shared_storage(accelerator, t.out_dir)
     if not shared and accelerator.distributed_type in SHARDED:
-        raise UserError(f"out_dir={t.out_dir} is not on storage every machine sees, and {accelerator.distributed_type.value} "
+        strategy = accelerator.distributed_type.value
+        raise UserError(f"out_dir={t.out_dir} is not on storage every machine sees, and {strategy} "
                         "checkpoints are written by every process into one folder: put out_dir on a shared file system")
 
     set_seed(t.seed)  # identical initial weights on every process
@@ -142,50 +142,6 @@ def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()  # from_pretrained returns models in eval mode: dropout would be off
     return model, optimizer, compiled
-
-
-def compile_blocks(gpt) -> None:
-    """torch.compile each transformer block in place (accelerate's recipe for FSDP2): FSDP shards
-    and DeepSpeed partitions the modules of the tree, which a compiled root would hide from them,
-    with a graph break at every block. The blocks are the classes transformers keeps whole when it
-    splits a model (GPT2Block for GPT-2)."""
-    blocks = set(getattr(gpt, "_no_split_modules", None) or ())
-    for module in gpt.modules():
-        if type(module).__name__ in blocks:
-            module.compile()
-
-
-def fill_deepspeed_config(accelerator: Accelerator, batch_size: int, accum: int, grad_clip: float) -> None:
-    """Make the accumulation over `accum` micro-batches accelerate's (accelerator.accumulate in
-    train_step) and, under DeepSpeed, give DeepSpeed the recipe's micro-batch, accumulation and
-    clipping before prepare: its config says "auto" for them (accelerate can fill them only from
-    a DataLoader, and hfgpt has none), and a value that disagrees with the recipe is refused."""
-    accelerator.gradient_accumulation_steps = accum
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None:
-        return
-    wanted = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": accum,
-              "train_batch_size": batch_size * accum * accelerator.num_processes, "gradient_clipping": float(grad_clip)}
-    wrong = []
-    for key, value in wanted.items():
-        node, leaf = plugin.hf_ds_config.find_config_node(key)
-        current = node.get(leaf, "auto")
-        if current == "auto":
-            node[leaf] = value
-        elif current != value:
-            wrong.append(f"{key}={current} (recipe: {value})")
-    if wrong:
-        raise UserError(f"the DeepSpeed config disagrees with the recipe: {', '.join(wrong)}; leave these keys out of "
-                        "the accelerate config (or set them to auto in a DeepSpeed JSON): hfgpt fills them from the recipe")
-
-
-def reduce_in_float32(accelerator: Accelerator) -> None:
-    """Under FSDP with bf16/fp16, sum gradients across processes in float32, as DDP does with its
-    float32 gradients: accelerate's policy reduces them in the low precision."""
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    policy = getattr(plugin, "mixed_precision_policy", None)
-    if dataclasses.is_dataclass(policy) and getattr(policy, "reduce_dtype", None) not in (None, torch.float32):
-        plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
 
 
 def train_step(run: Run, window: torch.Tensor, grad_clip: float):

@@ -51,7 +51,8 @@ class Run:
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in causal_lm(self.model).parameters())
+        # ZeRO-3 leaves each process an empty placeholder per parameter, its size in ds_numel
+        return sum(getattr(p, "ds_numel", None) or p.numel() for p in causal_lm(self.model).parameters())
 
 
 def make_accelerator(recipe: Recipe, **options) -> Accelerator:

@@ -9,6 +9,7 @@ import functools
 import http.server
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -136,6 +137,13 @@ def run_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class LocalServer:

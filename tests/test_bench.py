@@ -4,12 +4,12 @@ and a device table."""
 import json
 
 import pytest
-import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.bench import __main__ as bench
 from hfgpt.training.mfu import flops_per_token, mfu, peak_flops
+from tests.conftest import ROOT
 
 
 def test_bench_train_reports_the_real_step(tiny_recipe, workdir, capsys):
@@ -37,12 +37,31 @@ def test_bench_sample_times_exact_lengths(tiny_recipe, workdir, capsys):
     assert f"--nanogpt={workdir} has no model.py" in capsys.readouterr().err
 
 
+# torch.cuda.get_device_name() -> dense bf16 TFLOPS (fp16 where the GPU has no bf16)
+PEAK_BY_NAME = {
+    "NVIDIA H100 80GB HBM3": 989, "NVIDIA H100 PCIe": 756, "NVIDIA H100 NVL": 835, "NVIDIA H800": 989,
+    "NVIDIA H200": 989, "NVIDIA H200 NVL": 835, "NVIDIA GH200 480GB": 989, "NVIDIA GH200 144G HBM3e": 989,
+    "NVIDIA B200": 2250, "NVIDIA GB200": 2500, "NVIDIA A100-SXM4-80GB": 312, "NVIDIA A100-SXM4-40GB": 312,
+    "NVIDIA A100-PCIE-40GB": 312, "NVIDIA A100 80GB PCIe": 312, "NVIDIA A10G": 70, "NVIDIA A10": 125,
+    "NVIDIA L40S": 362, "NVIDIA L40": 181, "NVIDIA L4": 121, "NVIDIA RTX A6000": 154.8,
+    "NVIDIA GeForce RTX 4090": 165, "NVIDIA GeForce RTX 3090": 71,
+    "Tesla V100-SXM2-16GB": 125, "Tesla V100-PCIE-32GB": 112, "Tesla T4": 65,
+}
+
+
+@pytest.mark.parametrize("name", PEAK_BY_NAME)
+def test_peak_flops_by_device_name(name):
+    """Each name finds its own GPU's figure: H100/H200 NVL are not SXM parts, GH200 is not H200,
+    A10G is not A10, L40 is not L4."""
+    precision = "fp16" if name.startswith("Tesla") else "bf16"
+    assert peak_flops("cuda", precision, name) == pytest.approx(PEAK_BY_NAME[name] * 1e12)
+
+
 @pytest.mark.parametrize("name, precision, tflops", [
-    ("NVIDIA A100-SXM4-80GB", "bf16", 312), ("NVIDIA A100-SXM4-80GB", "no", 156), ("NVIDIA H100 PCIe", "bf16", 756),
-    ("NVIDIA H100 80GB HBM3", "fp16", 989), ("NVIDIA A10", "bf16", 125), ("NVIDIA L4", "bf16", 121),
-    ("NVIDIA L40S", "bf16", 362), ("Tesla T4", "no", 8.1), ("Tesla T4", "bf16", None), ("Some Future GPU", "bf16", None),
+    ("NVIDIA A100-SXM4-80GB", "no", 156), ("Tesla T4", "no", 8.1), ("Tesla T4", "bf16", None),
+    ("Tesla V100-SXM2-16GB", "bf16", None), ("Some Future GPU", "bf16", None),
 ])
-def test_peak_flops_table(name, precision, tflops):
+def test_peak_flops_float32_and_unknown(name, precision, tflops):
     peak = peak_flops("cuda", precision, name)
     assert (peak is None and tflops is None) or peak == pytest.approx(tflops * 1e12)
 
@@ -61,3 +80,9 @@ def test_flops_per_token_is_nanogpts_formula():
 def test_unknown_bench_mode(capsys):
     assert bench.main(["fly"]) == 2
     assert "unknown bench mode 'fly'" in capsys.readouterr().err
+
+
+def test_bench_gpu_on_a_cpu_says_it_needs_cuda(capsys):
+    assert bench.main(["gpu", f"--nanogpt={ROOT}"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: bench gpu needs a CUDA GPU")

@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from hfgpt import train
-from hfgpt.training import checkpoint, run as training_run
+from hfgpt.model import gpt
+from hfgpt.training import checkpoint
 from hfgpt.training.checkpoint import flatten, list_checkpoints, unflatten
+from hfgpt.training.signals import StopSignal
 from tests import kill_loop
 from tests.conftest import PYTHON, run_env
 
@@ -110,7 +112,7 @@ def test_resume_without_checkpoint(tiny_recipe, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir, monkeypatch, capsys):
     calls = {"n": 0}
-    real = training_run.lm_loss
+    real = gpt.lm_loss
 
     def poisoned(model, x, y):
         loss = real(model, x, y)
@@ -120,7 +122,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir,
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(training_run, "lm_loss", poisoned)
+    monkeypatch.setattr(gpt, "lm_loss", poisoned)  # what NextTokenLoss, the trained module, calls
     assert train.main([str(tiny_recipe(eval_interval=10, log_interval=5))]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "NaN or infinite at iteration 25" in errors[0]
@@ -149,6 +151,31 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tiny_recipe, workdir):
     assert train.main([str(recipe), "--init_from=resume", f"--max_iters={stop + 5}"]) == 0
     logs, _ = losses_by_iter(workdir / "out")
     assert [i for i, _ in logs] == list(range(1, stop + 6))
+
+
+class GatherCounter:
+    """An accelerator of `world` processes whose gather returns each process's signal number."""
+
+    def __init__(self, world: int, signums: list[int]):
+        self.num_processes, self.device, self.signums, self.gathers = world, torch.device("cpu"), signums, 0
+
+    def gather(self, tensor):
+        self.gathers += 1
+        return torch.tensor(self.signums)
+
+
+def test_stop_signal_is_gathered_every_log_interval_only():
+    """With several processes the flags are gathered (a host sync) at multiples of log_interval
+    only, the same iterations everywhere: a SIGTERM on process 1 stops every process at iteration 25."""
+    accelerator = GatherCounter(2, [0, int(signal.SIGTERM)])
+    stop = StopSignal(every=25)
+    seen = [stop.received(accelerator, i) for i in range(1, 101)]
+    assert accelerator.gathers == 4  # iterations 25, 50, 75, 100 (hfgpt 0.1: all 100)
+    assert seen.index(signal.SIGTERM) == 24
+    one = GatherCounter(1, [0])
+    with StopSignal(every=25) as alone:
+        signal.raise_signal(signal.SIGTERM)
+        assert alone.received(one, 3) == signal.SIGTERM and one.gathers == 0  # one process: at once, no gather
 
 
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, shakespeare_text):

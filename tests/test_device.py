@@ -1,9 +1,13 @@
-"""Device and precision decisions, with CUDA and MPS availability faked (no GPU or Mac here)."""
+"""Device and precision decisions and the devices' random generators, with CUDA and MPS faked (no GPU or
+Mac here)."""
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from hfgpt.core.device import device_type, resolve_mixed_precision, should_compile
+from hfgpt.core.device import (device_type, forked_rng, resolve_mixed_precision, rng_states, set_rng_states,
+                               should_compile)
 from hfgpt.core.errors import UserError
 
 
@@ -93,3 +97,54 @@ def test_shipped_accelerate_configs_load(path):
         assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "GPT2Block"
     if expected == "DEEPSPEED":
         assert config.deepspeed_config["zero_stage"] == 2
+
+
+@pytest.mark.parametrize("major, expected", [(7, "fp16"), (8, "bf16"), (9, "bf16")])
+def test_auto_precision_ignores_emulated_bf16(monkeypatch, major, expected):
+    """A V100 or T4 (compute capability 7.x) "supports" bf16 by emulation, as torch's default
+    is_bf16_supported() says: slow matmuls, no fused attention. auto picks fp16 there."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: SimpleNamespace(major=major, minor=0))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)  # what a V100 answers
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert torch.cuda.is_bf16_supported() is True  # the trap
+    assert resolve_mixed_precision("auto", "cuda") == expected
+
+
+class FakeMPS:
+    """torch.mps's generator functions, for a machine without Apple's GPU."""
+
+    def __init__(self):
+        self.state = torch.tensor([1, 2, 3], dtype=torch.uint8)
+
+    def get_rng_state(self, device="mps"):
+        return self.state.clone()
+
+    def set_rng_state(self, state, device="mps"):
+        self.state = state.clone()
+
+
+def test_mps_generator_is_saved_restored_and_forked(monkeypatch):
+    mps = FakeMPS()
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", mps.get_rng_state)
+    monkeypatch.setattr(torch.mps, "set_rng_state", mps.set_rng_state)
+    saved = rng_states()  # what each checkpoint's rng-<rank>.safetensors holds
+    assert torch.equal(saved["mps"], torch.tensor([1, 2, 3], dtype=torch.uint8))
+    mps.state = torch.tensor([9], dtype=torch.uint8)
+    set_rng_states(saved)  # a resume
+    assert torch.equal(mps.state, torch.tensor([1, 2, 3], dtype=torch.uint8))
+    with forked_rng(torch.device("mps")):  # sampling at an evaluation draws from it
+        mps.state = torch.tensor([7], dtype=torch.uint8)
+    assert torch.equal(mps.state, torch.tensor([1, 2, 3], dtype=torch.uint8))
+
+
+def test_without_mps_only_the_cpu_generator(machine):
+    machine()
+    saved = rng_states()
+    assert set(saved) == {"torch"}
+    with forked_rng(torch.device("cpu")):
+        torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), saved["torch"])

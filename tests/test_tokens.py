@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast, pipeline
 from hfgpt import prepare, train
 from hfgpt.data import shards
 from hfgpt.config import load_recipe
-from hfgpt.data.batches import Batches, TokenShards, load_tokens
+from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
 from hfgpt.data.encode import encoder_for, tokenizers_encoder
 from hfgpt.core.errors import UserError
 from hfgpt.data.nanogpt_data import read_meta_pkl
@@ -121,6 +121,32 @@ def test_windows_sample_shards_by_size_and_never_cross_them():
     g = torch.Generator().manual_seed(3)
     starts = torch.randint(100 - 8, (5,), generator=g).numpy()
     assert Batches(shards[0], 8, 5, seed=3).next_batch()[0][:, 0].tolist() == shards[0][starts].tolist()
+
+
+def test_cuda_copy_pins_the_window_once_and_slices_it_on_the_device(monkeypatch):
+    """A fake CUDA device records pin_memory and the copy: one contiguous (B, T + 1) window is pinned
+    and copied, asynchronously; x and y are views of the one device buffer."""
+    calls, real_to = [], torch.Tensor.to
+
+    def pin_memory(self):
+        calls.append(("pin", tuple(self.shape), self.is_contiguous()))
+        return self
+
+    def to(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            calls.append(("copy", tuple(self.shape), self.is_contiguous(), kwargs.get("non_blocking")))
+            return self.clone()  # stands for the device tensor
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    window = Batches(np.arange(100, dtype=np.uint16), block_size=8, batch_size=4, seed=0).next_window()
+    x, y = to_device(window, torch.device("cuda", 0))
+    assert calls == [("pin", (4, 9), True), ("copy", (4, 9), True, True)]
+    assert torch.equal(x, window[:, :-1]) and torch.equal(y, window[:, 1:])
+    assert y.data_ptr() - x.data_ptr() == 8 and x.data_ptr() != window.data_ptr()  # sliced after the one copy
+    x, y = to_device(window, torch.device("cpu"))
+    assert x.data_ptr() == window.data_ptr() and len(calls) == 2  # the CPU copies nothing
 
 
 def write_nanogpt_folder(folder, text):

@@ -1,5 +1,5 @@
 """train: the loss falls, out_dir is a plain transformers model, the schedule is nanoGPT's, errors are
-one line, and the loop runs under `accelerate launch` with two processes."""
+one line. (Several processes and machines: test_multinode.py.)"""
 
 import json
 import subprocess
@@ -7,16 +7,15 @@ import textwrap
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.training import run as training_run
 from hfgpt.config import OptimConfig, load_recipe
-from hfgpt.model.attention import float32_sdpa
+from hfgpt.model.gpt import causal_lm
 from hfgpt.training.optim import get_lr, make_optimizer
-from tests.conftest import PYTHON, ROOT, run_env
+from tests.conftest import PYTHON, run_env
 
 
 def error_lines(capsys) -> list[str]:
@@ -115,34 +114,21 @@ def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
     assert weights["transformer.wpe.weight"].shape == (16, 32)
 
 
-def test_float32_attention_under_cpu_autocast():
-    """float32_sdpa: bf16 q, k, v are attended in float32 and the result comes back in bf16."""
-    q, k, v = (torch.randn(2, 2, 16, 8).bfloat16() for _ in range(3))
-    module = torch.nn.Module()
-    module.is_causal = True
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = float32_sdpa(module, q, k, v, None, is_causal=True)
-    exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.transpose(1, 2).bfloat16())  # (B, T, H, D) back
-
-
-def test_bf16_training_on_cpu_uses_float32_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
+def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
     recipe = tiny_recipe(mixed_precision="bf16")
     bf16_recipe = load_recipe(str(recipe))
     run = training_run.setup(bf16_recipe, training_run.make_accelerator(bf16_recipe))
     assert run.accelerator.mixed_precision == "bf16"
-    assert run.accelerator.unwrap_model(run.model).config._attn_implementation == "hfgpt_float32_sdpa"
+    assert causal_lm(run.model).config._attn_implementation == "hfgpt_sdpa"
     assert train.main([str(recipe)]) == 0
     rows = read_metrics(workdir / "out")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
     config = json.loads((workdir / "out" / "config.json").read_text())
     assert not any("attn_implementation" in key for key in config)  # nothing hfgpt-only in the saved model
+    assert config.get("pad_token_id") is None  # only generation_config has it (see test_attention)
+    assert json.loads((workdir / "out" / "generation_config.json").read_text())["pad_token_id"] == config["eos_token_id"]
     model = GPT2LMHeadModel.from_pretrained(workdir / "out")
     assert model.config._attn_implementation == "sdpa"
-    AcceleratorState._reset_state(reset_partial_state=True)  # as a new process would
-    fp32_recipe = load_recipe(str(recipe), {"mixed_precision": "no"})
-    fp32 = training_run.setup(fp32_recipe, training_run.make_accelerator(fp32_recipe))
-    assert fp32.accelerator.unwrap_model(fp32.model).config._attn_implementation == "sdpa"
 
 
 def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):
@@ -177,29 +163,3 @@ def test_weight_decay_only_on_matrices():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and [p.dim() for p in decay["params"]] == [2]
     assert no_decay["weight_decay"] == 0.0 and sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
-
-
-def test_accelerate_launch_two_cpu_processes(tiny_recipe, workdir):
-    """2 processes x 1 micro-batch and 1 process x 2 micro-batches are the same global batch:
-    same tokens per iteration, similar losses; the 2 processes draw different windows, one writes."""
-    recipe = tiny_recipe(gradient_accumulation_steps=2, max_iters=60, eval_interval=30, lr_decay_iters=60)
-    # accelerate's --cpu launcher starts one process without MPI; --multi_gpu is its torchrun
-    # launcher, and the recipe's device: cpu makes the processes a gloo group (MULTI_CPU).
-    cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
-           "--num_processes", "2", "-m", "hfgpt.train", str(recipe), f"--out_dir={workdir / 'two'}"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=workdir, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert train.main([str(recipe), f"--out_dir={workdir / 'one'}"]) == 0
-
-    two, one = read_metrics(workdir / "two"), read_metrics(workdir / "one")
-    assert [r["iter"] for r in two if "val_loss" in r] == [0, 30, 60]  # one writer: no duplicated lines
-    assert [r["iter"] for r in two if "loss" in r] == [25, 50, 60]
-    final = {name: json.loads((workdir / name / "checkpoints" / "iter-000060" / "state.json").read_text())
-             for name in ("one", "two")}
-    assert final["one"]["tokens_seen"] == final["two"]["tokens_seen"] == 60 * 2 * 8 * 32
-    assert final["two"]["world_size"] == 2 and final["one"]["world_size"] == 1
-    assert two[-1]["val_loss"] < two[0]["val_loss"] - 0.5
-    assert abs(two[-1]["val_loss"] - one[-1]["val_loss"]) < 0.1
-    rng = [load_file(workdir / "two" / "checkpoints" / "iter-000060" / f"rng-{rank}.safetensors") for rank in (0, 1)]
-    assert not torch.equal(rng[0]["batches"], rng[1]["batches"])  # each process has its own window stream
-    assert (workdir / "two" / "model.safetensors").exists()

@@ -1,10 +1,11 @@
-"""Benchmarks of hfgpt's steps: training throughput, sampling speed, tokenization throughput.
+"""Benchmarks of hfgpt's steps: training throughput, sampling speed, tokenization throughput, GPU training.
 
     python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
     python -m hfgpt.bench prepare recipes/my_dataset.yaml
+    python -m hfgpt.bench gpu --nanogpt=../nanoGPT          # a CUDA GPU: hfgpt beside nanoGPT's bench.py
 
-Each mode lives in its own module (hfgpt.bench.train, .sample, .prepare), prints its figures and
+Each mode lives in its own module (hfgpt.bench.train, .sample, .prepare, .gpu), prints its figures and
 writes them as JSON with `report`.
 """
 

@@ -3,6 +3,7 @@
     python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml --json=bench.json
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
     python -m hfgpt.bench prepare recipes/my_dataset.yaml
+    python -m hfgpt.bench gpu --nanogpt=../nanoGPT --json=bench-gpu.json     # on a CUDA GPU
 """
 
 import importlib
@@ -12,6 +13,7 @@ MODES = {
     "train": "steady-state training step: ms/iter, tokens/s, MFU, peak memory",
     "sample": "generation tokens/s at a given length",
     "prepare": "tokenization throughput and peak memory of prepare",
+    "gpu": "GPT-2 124M on a CUDA GPU beside nanoGPT's bench.py: ms/iter, MFU, attention kernels",
 }
 
 

@@ -4,8 +4,8 @@
     python -m hfgpt.bench train recipes/shakespeare_char.yaml --steps=50 --warmup=10 --json=bench-train.json
     python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml --nanogpt=../nanoGPT --pairs=10 --steps=20
 
-The run is built exactly as python -m hfgpt.train builds it (hfgpt.train.setup) and each step is
-hfgpt.train.train_step. Printed and written as JSON: ms_per_iter (median over the timed steps),
+The run is built exactly as python -m hfgpt.train builds it (hfgpt.training.run.setup) and each
+step is its train_step. Printed and written as JSON: ms_per_iter (median over the timed steps),
 tokens_per_sec, mfu (null where the device's peak FLOPS is unknown, e.g. CPUs), peak_memory_mb
 (CUDA: the most allocated; CPU: the process's peak RSS), device, mixed_precision, compiled,
 tokens_per_iter, params. Any recipe key can be overridden with --key=value.
@@ -15,8 +15,9 @@ AdamW (its model.py and configure_optimizers, same recipe numbers) and times blo
 iterations of each in turn, --pairs times, swapping which goes first: this machine's speed drifts
 by 20% from minute to minute, and alternating blocks in one process is what makes the ratio
 stable. Both draw the same batches from the recipe's data; nanoGPT's step is its train.py's
-(forward with targets, backward per micro-batch, clip, step). The JSON lists every pair and the
-median ratio hfgpt / nanoGPT.
+(forward with targets, backward per micro-batch, clip, step), with its train.py's precision and
+compile on this device (nanogpt_step). The JSON lists every pair and the median ratio
+hfgpt / nanoGPT. On a GPU, python -m hfgpt.bench gpu runs nanoGPT's own bench.py beside hfgpt.
 """
 
 import resource
@@ -64,12 +65,12 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
     accelerator = make_accelerator(recipe)
     run = setup(recipe, accelerator)
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
-    x, y = run.batches.next_batch()
+    window = run.batches.next_window()
     times = []
     for i in range(warmup + steps):
         sync()
         start = time.perf_counter()
-        loss, x, y = train_step(run, x, y, recipe.optim.grad_clip)
+        loss, window = train_step(run, window, recipe.optim.grad_clip)
         loss.item()  # the step is done when its loss is known
         if i >= warmup:
             times.append(time.perf_counter() - start)
@@ -87,7 +88,7 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
         "mixed_precision": accelerator.mixed_precision,
         "compiled": run.compiled,
         "tokens_per_iter": run.tokens_per_iter,
-        "params": sum(p.numel() for p in accelerator.unwrap_model(run.model).parameters()),
+        "params": run.n_params,
         "steps": steps,
         "warmup": warmup,
     }
@@ -96,24 +97,42 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
 # --- side by side with nanoGPT ------------------------------------------------------------------
 
 def nanogpt_step(recipe: Recipe, repo: Path, vocab_size: int, device):
-    """nanoGPT's own GPT and configure_optimizers, imported from its clone, stepped as its train.py
-    steps them (forward with targets, backward per micro-batch, clip, AdamW); returns step(x, y)."""
+    """nanoGPT's own GPT and configure_optimizers, imported from its clone, run as its train.py runs
+    them on this device (forward with targets, backward per micro-batch, clip, AdamW): on CUDA under
+    autocast in bf16, or fp16 with a GradScaler where torch.cuda.is_bf16_supported() says no (its
+    test, which counts emulated bf16 as supported), and torch.compile'd when the recipe compiles
+    hfgpt's side (nanoGPT's default on GPUs); on the CPU in float32, as its train.py always is there.
+    Returns step(x, y)."""
+    from contextlib import nullcontext
+
     import torch
+
+    from hfgpt.core.device import should_compile
 
     GPT, GPTConfig = nanogpt_classes(repo)
     m, o = recipe.model, recipe.optim
     model = GPT(GPTConfig(block_size=m.block_size, vocab_size=vocab_size, n_layer=m.n_layer, n_head=m.n_head,
                           n_embd=m.n_embd, dropout=m.dropout, bias=m.bias)).to(device)
     optimizer = model.configure_optimizers(o.weight_decay, o.learning_rate, (o.beta1, o.beta2), device.type)
+    if should_compile(recipe.system.compile, device.type):
+        model = torch.compile(model)
+    dtype = None
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    context = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     accum = recipe.train.gradient_accumulation_steps
 
     def step(x, y):
         for _ in range(accum):
-            _, loss = model(x.contiguous().to(device), y.contiguous().to(device))
-            (loss / accum).backward()
+            with context:
+                _, loss = model(x.contiguous().to(device), y.contiguous().to(device))
+            scaler.scale(loss / accum).backward()
         if o.grad_clip:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return loss
 
@@ -135,11 +154,11 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
     run = setup(recipe, accelerator)
     nano = nanogpt_step(recipe, repo, run.meta["vocab_size"], accelerator.device)
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
-    x, y = run.batches.next_batch()
+    window = run.batches.next_window()
 
     def ours():
-        nonlocal x, y
-        loss, x, y = train_step(run, x, y, recipe.optim.grad_clip)
+        nonlocal window
+        loss, window = train_step(run, window, recipe.optim.grad_clip)
         return loss
 
     def theirs():

@@ -124,7 +124,7 @@ class TrainConfig:
     eval_only: bool = option(False)
     """Exit after the first evaluation."""
     log_interval: int = option(1, min=1)
-    """Log loss, lr and tokens/s every this many iterations."""
+    """Log loss, lr and tokens/s every this many iterations (with several processes, also when SIGINT/SIGTERM is acted on)."""
     always_save_checkpoint: bool = option(True)
     """Save the model in out_dir at every evaluation, not only when val loss improves."""
     keep_last: int | None = option(2, min=1)

@@ -1,7 +1,9 @@
 """Batches: random block_size windows from memmapped token shards, as nanoGPT's get_batch.
 
     batches = Batches(load_tokens(folder, meta, "train"), block_size=64, batch_size=12, seed=1337)
-    x, y = batches.next_batch()         # (12, 64) int64 each; y is x shifted left by one token
+    window = batches.next_window()      # (12, 65) int64: block_size + 1 tokens per row
+    x, y = to_device(window, device)    # (12, 64) each on the device; y is x shifted left by one token
+    x, y = batches.next_batch()         # the same on the CPU
 
 A split is one file (train.bin) or several shards (train-00000.bin, ...). Windows are drawn
 uniformly over all the places a window fits, so each shard is sampled in proportion to its
@@ -69,6 +71,11 @@ class Batches:
         self.generator.set_state(state)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        window = self.next_window()
+        return window[:, :-1], window[:, 1:]
+
+    def next_window(self) -> torch.Tensor:
+        """(batch_size, block_size + 1) tokens, contiguous: a batch's inputs and targets in one tensor."""
         self._before_last = self.generator.get_state()
         starts = torch.randint(int(self.ends[-1]), (self.batch_size,), generator=self.generator).numpy()
         if len(self.shards) == 1:
@@ -78,12 +85,19 @@ class Batches:
             shard = np.searchsorted(self.ends, starts, side="right")
             local = starts - self.firsts[shard]
             window = np.stack([self.shards[s][i:i + self.block_size + 1] for s, i in zip(shard, local)])
-        window = torch.from_numpy(window.astype(np.int64))
-        return window[:, :-1], window[:, 1:]
+        return torch.from_numpy(window.astype(np.int64))
 
 
-def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Move a batch to the device; on CUDA through pinned memory, so the copy overlaps the device's work."""
+def to_device(window: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (B, T + 1) window -> (x, y) on the device, y[:, t] = x[:, t + 1]: views of one copy.
+
+    On CUDA the window is pinned once and copied once, asynchronously, so the copy overlaps the
+    device's work. Slicing x and y on the host first would pin two strided views, which keep their
+    strides (and gaps) in pinned memory, and a strided host-to-device copy goes through a
+    contiguous temporary in ordinary pageable memory: no overlap, and every token crossing twice."""
+    window = window.contiguous()
     if device.type == "cuda":
-        return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
-    return tuple(t.to(device) for t in batch)
+        window = window.pin_memory().to(device, non_blocking=True)
+    elif device.type != "cpu":
+        window = window.to(device)
+    return window[:, :-1], window[:, 1:]

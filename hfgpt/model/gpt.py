@@ -5,10 +5,13 @@ the Hub or a folder and cropped to block_size.
     model = load_model("gpt2-medium", block_size=256, dropout=0.1)
     model = load_model("user/my-model@v1", block_size=256)    # a branch, tag or commit of a Hub repo
     loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
+    loss = NextTokenLoss(model)(x, y)    # the same, as a module: what training compiles and prepares
+    gpt = causal_lm(prepared)            # the causal LM inside DDP / torch.compile / NextTokenLoss
 """
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from hfgpt.config import ModelConfig
@@ -48,7 +51,8 @@ def gpt2_config(*, n_layer: int, n_head: int, n_embd: int, block_size: int, drop
         activation_function="gelu",
         bos_token_id=eot_token_id,
         eos_token_id=eot_token_id,
-        pad_token_id=eot_token_id,
+        # no pad_token_id: with one in the config, every forward without a compile checks the batch
+        # for it, a device-to-host read per step (the pad id lives in generation_config instead)
     )
 
 
@@ -84,6 +88,18 @@ def set_generation_defaults(model, block_size: int, eot_token_id: int | None) ->
         gen.eos_token_id = eot_token_id
         gen.pad_token_id = eot_token_id
     model.generation_config = gen
+
+
+def pad_in_generation_config(model) -> None:
+    """Move a loaded model's config.pad_token_id to its generation_config, where generation reads
+    it. Left in the config, it costs a device-to-host read in every uncompiled training forward:
+    transformers checks whether the batch holds it (warn_if_padding_and_no_attention_mask)."""
+    pad = model.config.pad_token_id
+    if pad is None:
+        return
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = pad
+    model.config.pad_token_id = None
 
 
 def load_model(init_from: str, block_size: int, dropout: float | None = None):
@@ -133,3 +149,51 @@ def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     # use_cache=False: GPT-2 would otherwise build a KV cache in every training forward, for nothing
     logits = model(input_ids=x, use_cache=False).logits  # (B, T, vocab)
     return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
+
+
+class NextTokenLoss(torch.nn.Module):
+    """lm_loss as a module: model(x, y) -> the mean loss, a float32 scalar.
+
+    Training compiles and prepares this rather than the causal LM, so that the loss is computed
+    inside the compiled graph (as nanoGPT's forward does) and the forward returns no logits:
+    accelerate's mixed precision wraps the prepared module's forward and copies every bf16/fp16
+    output to float32 (convert_outputs_to_fp32), which for GPT-2 124M's (12, 1024, 50304) logits
+    is 2.5 GB a micro-batch. The causal LM is the only child, `lm`: state dict names carry "lm."
+    (own_names removes it)."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def config(self):  # accelerate's DeepSpeed preparation reads model.config
+        return self.lm.config
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lm_loss(self.lm, x, y)
+
+
+COMPILED_PREFIX, WRAPPER_PREFIX = "_orig_mod.", "lm."  # torch.compile's and NextTokenLoss's child names
+
+
+def _inner(model):
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
+    return getattr(model, "_orig_mod", model)
+
+
+def causal_lm(model):
+    """The causal LM inside whatever wraps it for training: DDP, DeepSpeed, torch.compile (outside
+    or inside DDP: accelerate's unwrap_model keeps an inner one), NextTokenLoss."""
+    model = _inner(model)
+    return model.lm if isinstance(model, NextTokenLoss) else model
+
+
+def own_names(model, state_dict: dict) -> dict:
+    """`model`'s state dict (as accelerator.get_state_dict returns it) under the causal LM's own
+    names (GPT-2's transformer.h.0..., lm_head.weight), as save_pretrained and from_pretrained expect."""
+    wrapped = isinstance(_inner(model), NextTokenLoss)
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix(COMPILED_PREFIX)
+        out[key.removeprefix(WRAPPER_PREFIX) if wrapped else key] = value
+    return out

@@ -12,8 +12,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from hfgpt.core.errors import UserError
-from hfgpt.model.folder import COMPILED_PREFIX
-from hfgpt.model.gpt import gpt2_config
+from hfgpt.model.gpt import COMPILED_PREFIX, gpt2_config
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

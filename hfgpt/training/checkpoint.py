@@ -11,8 +11,16 @@ model.safetensors, tokenizer) plus the state of the run:
   state.json                              the run's LoopState (iteration, losses, tokens seen), recipe, hfgpt version
 It is written as .tmp-iter-NNNNNN, flushed to disk and renamed when complete, so a kill (or a power
 cut) at any moment leaves the earlier checkpoints whole and resume sees complete ones only. Nothing here is a pickle: tensors
-go to safetensors, everything else to JSON. (FSDP and DeepSpeed shard the optimizer; with them
-the optimizer and RNG go through accelerator.save_state into accelerate/ instead.)
+go to safetensors, everything else to JSON. FSDP's sharded optimizer state is gathered into the
+same optimizer.safetensors + optimizer.json; DeepSpeed's is DeepSpeed's own format (its .pt
+pickles, through accelerator.save_state into accelerate/), and the weights saved are DeepSpeed's
+float32 master weights, not its bf16/fp16 working copy.
+
+Several machines: with out_dir on a file system they all share, the main process writes each
+checkpoint; without one (hfgpt.training.strategies.shared_storage says which, asked once per run)
+each machine's first process writes a whole copy on that machine (model and optimizer state are
+the same on every process under DDP), each process its rng file beside it, and each machine
+resumes from its own copy.
 """
 
 import json
@@ -27,13 +35,14 @@ from safetensors.torch import load_file, save_file
 
 from hfgpt import __version__
 from hfgpt.config import Recipe, keys_that_shape
+from hfgpt.core.device import rng_states, set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import atomic_write, fsync_dir, make_temp_dir, replace_dir, sync_tree
 from hfgpt.model.folder import write_model_files
 from hfgpt.training.state import LoopState
+from hfgpt.training.strategies import load_optimizer_state, model_state_dict, optimizer_state
 
 STATE = "state.json"
-SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None) -> None:
@@ -41,14 +50,14 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
 
     The files go to a temporary folder inside out_dir, are flushed to disk and then moved into
     place one by one, so a crash while writing leaves the previous model files whole."""
-    state_dict = accelerator.get_state_dict(model)  # gathers sharded weights: every process takes part
+    state_dict = model_state_dict(accelerator, model)  # gathers sharded weights: every process takes part
     if not accelerator.is_main_process:
         return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out, ".saving-")
     try:
-        write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
+        write_model_files(model, state_dict, tokenizer, tmp, recipe)
         sync_tree(tmp)
         for item in sorted(tmp.iterdir()):
             os.replace(item, out / item.name)
@@ -107,36 +116,35 @@ def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
     return checkpoint_dir(out_dir) / f"iter-{iter_num:06d}"
 
 
-def rng_state(batches_state: torch.Tensor) -> dict[str, torch.Tensor]:
-    states = {"torch": torch.get_rng_state(), "batches": batches_state}
-    if torch.cuda.is_available():
-        states.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    return states
-
-
 def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
-                    state: LoopState) -> Path:
-    """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process)."""
+                    state: LoopState, shared: bool = True) -> Path:
+    """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process). `shared`: out_dir
+    is on storage every machine sees (else each machine's first process writes its own copy)."""
     final = checkpoint_path(recipe.train.out_dir, state.iter)
     tmp = final.with_name(f".tmp-{final.name}")
-    state_dict = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
+    writer = accelerator.is_main_process if shared else accelerator.is_local_main_process
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    state_dict = model_state_dict(accelerator, model)
+    optimizer_dict = None if deepspeed else optimizer_state(accelerator, model, optimizer)
+    if writer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    if accelerator.distributed_type in SHARDED:
-        accelerator.save_state(tmp / "accelerate")
-    if accelerator.is_main_process:
-        write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
-        if accelerator.distributed_type not in SHARDED:
-            save_tree(optimizer.state_dict(), tmp, "optimizer")
+    if deepspeed:
+        accelerator.save_state(tmp / "accelerate")  # DeepSpeed's own format for its partitioned optimizer
+        # accelerate pickles each process's RNG there too: rng-<rank>.safetensors holds the same
+        (tmp / "accelerate" / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
+    if writer:
+        write_model_files(model, state_dict, tokenizer, tmp, recipe)
+        if optimizer_dict is not None:
+            save_tree(optimizer_dict, tmp, "optimizer")
         if accelerator.scaler is not None:
             (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
-    save_file(rng_state(batches.state()), tmp / f"rng-{accelerator.process_index}.safetensors")
+    save_file({**rng_states(), "batches": batches.state()}, tmp / f"rng-{accelerator.process_index}.safetensors")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if writer:
         full = {**state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
-                "hfgpt_version": __version__}
+                "hfgpt_version": __version__, "storage": "shared" if shared else "per-machine"}
         atomic_write(tmp / STATE, json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
         replace_dir(tmp, final)
         prune(recipe.train.out_dir, recipe.train.keep_last)
@@ -209,23 +217,31 @@ def find_checkpoint(recipe: Recipe) -> tuple[Path, dict]:
 
 def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
     """With init_from=resume: the checkpoint folder to continue from, checked against the recipe
-    (every process refuses a changed shape; the main one says what else changed)."""
+    (every process refuses a changed shape; the main one says what else changed) and, with a copy
+    of the checkpoints per machine, against the other processes' choice."""
     if recipe.model.init_from != "resume":
         return None
     folder, state = find_checkpoint(recipe)
+    if accelerator.num_processes > 1:
+        found = accelerator.gather(torch.tensor([state["iter"]], device=accelerator.device)).tolist()
+        if len(set(found)) > 1:
+            where = checkpoint_dir(recipe.train.out_dir)
+            raise UserError(f"the processes found different checkpoints to resume in {where} "
+                            f"(iterations {', '.join(map(str, found))}, by process): give every machine the same "
+                            "checkpoint, or point resume_from at one they all have")
     message = check_resume(recipe, folder, state)
     if accelerator.is_main_process:
         print(message)
     return folder
 
 
-def restore(accelerator: Accelerator, optimizer, batches, folder: Path) -> LoopState:
+def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -> LoopState:
     """Load the optimizer, loss scaler, RNG and batches' state of `folder` (the model is loaded
     from the same folder before Accelerate prepares it); returns the run's LoopState."""
-    if accelerator.distributed_type in SHARDED:
+    if (folder / "accelerate").is_dir():  # DeepSpeed's (and hfgpt 0.1's FSDP) optimizer state
         accelerator.load_state(folder / "accelerate")
     else:
-        optimizer.load_state_dict(load_tree(folder, "optimizer"))
+        load_optimizer_state(accelerator, model, optimizer, lambda: load_tree(folder, "optimizer"))
     if accelerator.scaler is not None and (folder / "scaler.json").exists():
         accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
     rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
@@ -234,11 +250,7 @@ def restore(accelerator: Accelerator, optimizer, batches, folder: Path) -> LoopS
               "processes): this process starts a fresh random stream")
         return LoopState.from_json(read_state(folder))
     states = load_file(rng_file)
-    torch.set_rng_state(states["torch"])
-    if torch.cuda.is_available():
-        cuda = [states[k] for k in sorted(states) if k.startswith("cuda")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    set_rng_states(states)
     batches.load_state(states["batches"] if "batches" in states else states["sampler"])  # hfgpt 0.1 said sampler
     return LoopState.from_json(read_state(folder))
 

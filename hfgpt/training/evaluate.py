@@ -2,6 +2,8 @@
 
     losses = estimate_loss(model, {"train": train_tokens, "val": val_tokens}, recipe, accelerator)
     texts = eval_samples(accelerator, model, tokenizer, recipe.log, seed=1337)
+
+`model` is the run's prepared model: model(x, y) is the loss (NextTokenLoss, hfgpt.model.gpt).
 """
 
 import torch
@@ -9,10 +11,11 @@ from accelerate import Accelerator
 from transformers import pipeline
 
 from hfgpt.config import LogConfig, Recipe
+from hfgpt.core.device import forked_rng
 from hfgpt.data.batches import Batches, to_device
 from hfgpt.model.generate import generate
-from hfgpt.model.gpt import lm_loss
-from hfgpt.training.checkpoint import SHARDED
+from hfgpt.model.gpt import causal_lm
+from hfgpt.training.strategies import SHARDED
 
 
 @torch.no_grad()
@@ -29,8 +32,7 @@ def estimate_loss(model, splits: dict, recipe: Recipe, accelerator: Accelerator)
         batches = Batches(tokens, recipe.model.block_size, t.batch_size, seed=t.seed + 7919 * (accelerator.process_index + 1))
         losses = torch.zeros(t.eval_iters, device=accelerator.device)
         for k in range(t.eval_iters):
-            x, y = batches.next_batch()
-            losses[k] = lm_loss(model, *to_device((x, y), accelerator.device))
+            losses[k] = model(*to_device(batches.next_window(), accelerator.device))
         out[split] = accelerator.reduce(losses.mean(), reduction="mean").item()
     model.train()
     return out
@@ -48,9 +50,8 @@ def eval_samples(accelerator, model, tokenizer, log: LogConfig, seed: int) -> li
         return []
     if accelerator.distributed_type in SHARDED:
         return []  # the weights are sharded across processes: one process cannot generate alone
-    net = accelerator.unwrap_model(model, keep_torch_compile=False)
-    devices = [net.device] if net.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    net = causal_lm(model)  # the plain causal LM: not DDP, not the compiled wrapper, not NextTokenLoss
+    with forked_rng(net.device):
         torch.manual_seed(seed)
         net.eval()
         try:

@@ -4,7 +4,8 @@
 
 Each iteration: set the learning rate; every eval_interval iterations evaluate, save out_dir when
 val improves (always, with always_save_checkpoint) and write a resumable checkpoint; stop at
-max_iters or on SIGINT/SIGTERM (after a checkpoint); otherwise one optimizer step over
+max_iters or on SIGINT/SIGTERM (after a checkpoint; with several processes the signal is looked at
+every log_interval iterations); otherwise one optimizer step over
 gradient_accumulation_steps micro-batches, then log every log_interval iterations. The run's
 counters are one LoopState, saved in every checkpoint and restored whole by a resume.
 """
@@ -38,15 +39,16 @@ def train(recipe: Recipe) -> dict:
     resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
     resume = resume_point(r, accelerator)  # None unless init_from=resume
     run = setup(r, accelerator, checkpoint=resume)
-    state = restore(accelerator, run.optimizer, run.batches, resume) if resume else LoopState(init_from=r.model.init_from)
+    state = (restore(accelerator, run.model, run.optimizer, run.batches, resume) if resume
+             else LoopState(init_from=r.model.init_from))
     start_trackers(accelerator, r)
     progress = Progress(accelerator, r, run, state, resumed=resume is not None)
     progress.start()
     watch = LossWatch(accelerator.device, Path(t.out_dir))
     resumed_at, saved_at, stopped = (state.iter if resume else None), None, 0
 
-    x, y = run.batches.next_batch()
-    with StopSignal() as stop:
+    window = run.batches.next_window()
+    with StopSignal(every=t.log_interval) as stop:
         while True:
             lr = get_lr(state.iter, r.optim)
             set_lr(run.optimizer, lr)
@@ -56,7 +58,7 @@ def train(recipe: Recipe) -> dict:
                 saved_at = evaluate_and_save(run, state, r, progress, watch, pusher) or saved_at
             if t.eval_only or state.iter >= t.max_iters:
                 break
-            if stopped := stop.received(accelerator):
+            if stopped := stop.received(accelerator, state.iter):
                 watch.check(state.iter)
                 if saved_at != state.iter:
                     saved_at = checkpoint(run, state, r)
@@ -65,7 +67,7 @@ def train(recipe: Recipe) -> dict:
                 break
 
             # forward, backward and update; the next batch is fetched while the device works
-            loss, x, y = train_step(run, x, y, r.optim.grad_clip)
+            loss, window = train_step(run, window, r.optim.grad_clip)
             watch.record(loss, state.iter)
             state.iter += 1
             state.tokens_seen += run.tokens_per_iter
@@ -116,7 +118,8 @@ def evaluate_and_save(run: Run, state: LoopState, r: Recipe, progress: Progress,
 
 def checkpoint(run: Run, state: LoopState, r: Recipe, samples: list[str] = ()) -> Path:
     """A resumable checkpoint of this iteration, with its model card."""
-    folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state)
+    folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state,
+                             shared=run.shared_storage)
     if run.accelerator.is_main_process:
         write_card(folder, {**state.to_json(), "samples": list(samples)})
     return folder

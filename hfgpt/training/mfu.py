@@ -13,19 +13,34 @@ import re
 
 import torch
 
-TFLOPS = {  # a word of the device name -> {precision: dense TFLOPS}; more specific names first
-    "H200": {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67},
-    "H100 PCIe": {"bf16": 756, "fp16": 756, "tf32": 378, "fp32": 51},
-    "H100": {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67},
-    "A100": {"bf16": 312, "fp16": 312, "tf32": 156, "fp32": 19.5},
-    "L40S": {"bf16": 362, "fp16": 362, "tf32": 183, "fp32": 91.6},
-    "L4": {"bf16": 121, "fp16": 121, "tf32": 60, "fp32": 30.3},
-    "A10": {"bf16": 125, "fp16": 125, "tf32": 62.5, "fp32": 31.2},
-    "RTX 4090": {"bf16": 165, "fp16": 165, "tf32": 82.6, "fp32": 82.6},
-    "RTX 3090": {"bf16": 71, "fp16": 71, "tf32": 35.6, "fp32": 35.6},
-    "V100": {"fp16": 125, "fp32": 15.7},
-    "T4": {"fp16": 65, "fp32": 8.1},
-}
+HOPPER_SXM = {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}
+# (pattern, {precision: dense TFLOPS}) searched in the name torch reports, case-insensitively, in
+# this order: the first match wins, so the more specific names come first ("H100 NVL" before
+# "H100", "GH200" is not "H200", "A10G" is not "A10", "L40" is not "L4"). Figures from NVIDIA's
+# data sheets (their sparse figures halved) except A10G, which has no NVIDIA sheet (AWS g5; the
+# figure published by cloud providers). GeForce cards run bf16/fp16 with fp32 accumulate at half
+# their fp16 rate; V100 and T4 have no bf16.
+PEAKS: list[tuple[str, dict[str, float]]] = [
+    (r"\bGB200\b", {"bf16": 2500, "fp16": 2500, "tf32": 1250, "fp32": 80}),  # per GPU of a GB200 superchip
+    (r"\bB200\b", {"bf16": 2250, "fp16": 2250, "tf32": 1100, "fp32": 75}),  # HGX B200, 1000 W
+    (r"\bGH200\b", HOPPER_SXM),  # the Hopper GPU of a Grace Hopper superchip
+    (r"\bH[12]00 NVL\b", {"bf16": 835, "fp16": 835, "tf32": 418, "fp32": 60}),
+    (r"\bH100 PCIe\b", {"bf16": 756, "fp16": 756, "tf32": 378, "fp32": 51}),
+    (r"\bH[128]00\b", HOPPER_SXM),  # H100 SXM, H800, H200 SXM
+    (r"\bA100\b", {"bf16": 312, "fp16": 312, "tf32": 156, "fp32": 19.5}),
+    (r"\bA10G\b", {"bf16": 70, "fp16": 70, "tf32": 35, "fp32": 31.2}),
+    (r"\bA10\b", {"bf16": 125, "fp16": 125, "tf32": 62.5, "fp32": 31.2}),
+    (r"\bL40S\b", {"bf16": 362, "fp16": 362, "tf32": 183, "fp32": 91.6}),
+    (r"\bL40\b", {"bf16": 181, "fp16": 181, "tf32": 90.5, "fp32": 90.5}),
+    (r"\bL4\b", {"bf16": 121, "fp16": 121, "tf32": 60, "fp32": 30.3}),
+    (r"\bRTX A6000\b", {"bf16": 154.8, "fp16": 154.8, "tf32": 77.4, "fp32": 38.7}),
+    (r"\bRTX 4090\b", {"bf16": 165, "fp16": 165, "tf32": 82.6, "fp32": 82.6}),
+    (r"\bRTX 3090\b", {"bf16": 71, "fp16": 71, "tf32": 35.6, "fp32": 35.6}),
+    (r"\bV100S\b", {"fp16": 130, "fp32": 16.4}),
+    (r"\bV100-PCIE\b", {"fp16": 112, "fp32": 14}),
+    (r"\bV100\b", {"fp16": 125, "fp32": 15.7}),  # SXM2, SXM3
+    (r"\bT4\b", {"fp16": 65, "fp32": 8.1}),
+]
 
 
 def device_name(device_type: str) -> str:
@@ -38,8 +53,8 @@ def peak_flops(device_type: str, precision: str, name: str | None = None) -> flo
         return None
     name = name or device_name(device_type)
     key = {"no": "tf32", "fp16": "fp16", "bf16": "bf16"}.get(precision, precision)
-    for fragment, peaks in TFLOPS.items():
-        if re.search(rf"\b{re.escape(fragment)}\b", name):  # "A10" is not "A100", "L4" not "L40S"
+    for pattern, peaks in PEAKS:
+        if re.search(pattern, name, flags=re.IGNORECASE):
             value = peaks.get(key) or (peaks.get("fp32") if key == "tf32" else None)
             return value * 1e12 if value else None
     return None

@@ -2,14 +2,13 @@
 
     accelerator = make_accelerator(recipe)
     run = setup(recipe, accelerator, checkpoint=None)      # or the checkpoint folder being resumed
-    loss, x, y = train_step(run, x, y, recipe.optim.grad_clip)
+    loss, window = train_step(run, window, recipe.optim.grad_clip)   # window: run.batches.next_window()
 
 hfgpt.training.loop (python -m hfgpt.train) runs these in its loop; python -m hfgpt.bench train
 times the same step.
 """
 
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +22,12 @@ from hfgpt.core.errors import UserError
 from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
 from hfgpt.data.prepare import dataset_dir, ensure_prepared
 from hfgpt.data.tokenizer import load_tokenizer
-from hfgpt.model.attention import use_float32_attention
-from hfgpt.model.gpt import build_model, lm_loss, load_model, set_generation_defaults, zero_biases
+from hfgpt.model.attention import use_training_attention
+from hfgpt.model.gpt import (NextTokenLoss, build_model, causal_lm, load_model, pad_in_generation_config,
+                             set_generation_defaults, zero_biases)
 from hfgpt.training.mfu import flops_per_token, peak_flops
 from hfgpt.training.optim import make_optimizer
+from hfgpt.training.strategies import SHARDED, compile_blocks, fill_deepspeed_config, reduce_in_float32, shared_storage
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Run:
     tokenizer: object
     train_tokens: TokenShards
     val_tokens: TokenShards
-    model: torch.nn.Module
+    model: torch.nn.Module  # NextTokenLoss(the causal LM), compiled and prepared: model(x, y) -> loss
     optimizer: torch.optim.Optimizer
     batches: Batches
     accum: int  # micro-batches per iteration on each process
@@ -46,10 +47,12 @@ class Run:
     compiled: bool
     flops_per_token: float
     peak_flops: float | None  # None where the device's peak is unknown (MFU is then not reported)
+    shared_storage: bool = True  # out_dir is seen by every machine (else each writes its own checkpoints)
 
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.accelerator.unwrap_model(self.model).parameters())
+        # ZeRO-3 leaves each process an empty placeholder per parameter, its size in ds_numel
+        return sum(getattr(p, "ds_numel", None) or p.numel() for p in causal_lm(self.model).parameters())
 
 
 def make_accelerator(recipe: Recipe, **options) -> Accelerator:
@@ -83,13 +86,16 @@ def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = 
         zero_biases(model)  # they are zero already; this keeps them out of training again
     if checkpoint is None:
         set_generation_defaults(model, m.block_size, meta.get("eot_token_id"))
+    pad_in_generation_config(model)
     return model
 
 
 def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = None) -> Run:
     """Data (prepared by the main process when needed), model, optimizer and batches."""
     r, t = recipe, recipe.train
-    with accelerator.main_process_first():  # the others wait while the main process prepares
+    # the main process prepares first, then the first process of each other machine (which finds
+    # the data there on a shared file system, or prepares its own copy), then everyone else
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
         meta = ensure_prepared(r)
     folder = dataset_dir(r)
     tokenizer = load_tokenizer(str(folder / "tokenizer"))
@@ -101,43 +107,67 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
     if t.gradient_accumulation_steps % world:
         raise UserError(f"gradient_accumulation_steps={t.gradient_accumulation_steps} is not divisible by the {world} "
                         f"processes: make it a multiple of {world}")
+    shared = shared_storage(accelerator, t.out_dir)
+    if not shared and accelerator.distributed_type in SHARDED:
+        strategy = accelerator.distributed_type.value
+        raise UserError(f"out_dir={t.out_dir} is not on storage every machine sees, and {strategy} "
+                        "checkpoints are written by every process into one folder: put out_dir on a shared file system")
 
     set_seed(t.seed)  # identical initial weights on every process
-    model = make_model(r, meta, tokenizer, checkpoint)
+    gpt = make_model(r, meta, tokenizer, checkpoint)
     torch.manual_seed(t.seed + accelerator.process_index)  # different dropout masks per process
-    use_float32_attention(model, accelerator.device.type, accelerator.mixed_precision)
-    per_token = flops_per_token(model, r.model.block_size)
-    optimizer = make_optimizer(model, r.optim, accelerator.device.type)
-    compiled = should_compile(r.system.compile, accelerator.device.type)
-    if compiled:
+    per_token = flops_per_token(gpt, r.model.block_size)
+    accum = t.gradient_accumulation_steps // world
+    model, optimizer, compiled = prepare_training(r, accelerator, gpt, accum)
+    batches = Batches(train_tokens, r.model.block_size, t.batch_size, seed=t.seed + accelerator.process_index)
+    return Run(accelerator, meta, tokenizer, train_tokens, val_tokens, model, optimizer, batches, accum=accum,
+               tokens_per_iter=t.gradient_accumulation_steps * t.batch_size * r.model.block_size, compiled=compiled,
+               flops_per_token=per_token, peak_flops=peak_flops(accelerator.device.type, accelerator.mixed_precision),
+               shared_storage=shared)
+
+
+def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
+    """The causal LM as training runs it: the training attention, NextTokenLoss around it (the loss
+    inside the compiled graph), torch.compile, AdamW, the strategy's settings, accelerator.prepare.
+    Returns (model, optimizer, compiled); model(x, y) is the loss."""
+    use_training_attention(gpt)
+    optimizer = make_optimizer(gpt, recipe.optim, accelerator.device.type)
+    compiled = should_compile(recipe.system.compile, accelerator.device.type)
+    model = NextTokenLoss(gpt)
+    if compiled and accelerator.distributed_type in SHARDED:
+        compile_blocks(gpt)
+    elif compiled:
         model = torch.compile(model)
+    fill_deepspeed_config(accelerator, recipe.train.batch_size, accum, recipe.optim.grad_clip)
+    reduce_in_float32(accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()  # from_pretrained returns models in eval mode: dropout would be off
-    batches = Batches(train_tokens, r.model.block_size, t.batch_size, seed=t.seed + accelerator.process_index)
-    return Run(accelerator, meta, tokenizer, train_tokens, val_tokens, model, optimizer, batches,
-               accum=t.gradient_accumulation_steps // world,
-               tokens_per_iter=t.gradient_accumulation_steps * t.batch_size * r.model.block_size, compiled=compiled,
-               flops_per_token=per_token, peak_flops=peak_flops(accelerator.device.type, accelerator.mixed_precision))
+    return model, optimizer, compiled
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, grad_clip: float):
-    """One iteration: forward and backward over `accum` micro-batches (gradients sync across
-    processes on the last one only), clip, update. Returns the iteration's mean loss (on the
-    device, not synced) and the next batch, fetched while the device works."""
-    accelerator, model, device = run.accelerator, run.model, run.accelerator.device
-    loss_sum = torch.zeros((), device=device)
-    for micro_step in range(run.accum):
-        last = micro_step == run.accum - 1
-        with nullcontext() if last else accelerator.no_sync(model):
-            loss = lm_loss(model, *to_device((x, y), device)) / run.accum
-            x, y = run.batches.next_batch()
+def train_step(run: Run, window: torch.Tensor, grad_clip: float):
+    """One iteration: forward and backward over `accum` micro-batches, clip, update. Returns the
+    iteration's mean loss (on the device, not synced) and the next window, fetched while the device works.
+
+    Under accelerator.accumulate, sync_gradients is True on the last micro-batch only: DDP and FSDP
+    reduce gradients then, the optimizer steps then (accelerate's wrapper skips the step before),
+    and DeepSpeed's engine steps then, once per iteration. The loss is divided by `accum` once:
+    by accelerator.backward, or under DeepSpeed by its engine (its accumulation is the same number,
+    see fill_deepspeed_config), which also clips, from its config."""
+    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for _ in range(run.accum):
+        with accelerator.accumulate(model):
+            loss = model(*to_device(window, accelerator.device))
+            window = run.batches.next_window()
             accelerator.backward(loss)
-        loss_sum += loss.detach()
-    if grad_clip > 0:
-        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return loss_sum, x, y
+            if accelerator.sync_gradients:
+                if grad_clip > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED:
+                    accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach() / run.accum
+    return loss_sum, window
 
 
 def set_lr(optimizer, lr: float) -> None:

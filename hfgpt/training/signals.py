@@ -1,9 +1,14 @@
 """SIGINT and SIGTERM as requests to stop cleanly: the loop finishes its iteration, checkpoints and
 returns, and the command exits 128 + the signal number (130, 143).
 
-    with StopSignal() as stop:
+    with StopSignal(every=log_interval) as stop:
         while ...:
-            if stop.received(accelerator): ...
+            if stop.received(accelerator, iter_num): ...
+
+With several processes every process must stop at the same iteration, so their flags are
+gathered: an all-gather and a device-to-host read. That happens only at multiples of `every`
+(the loop passes log_interval, where it reads the loss on the host anyway), the same iterations
+on every process; a signal takes effect within `every` iterations.
 """
 
 import signal
@@ -16,8 +21,9 @@ class StopSignal:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, every: int = 1):
         self.signum = 0
+        self.every = max(1, every)
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -30,10 +36,13 @@ class StopSignal:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def received(self, accelerator) -> int:
-        """The signal any process got (every process must stop at the same iteration)."""
+    def received(self, accelerator, iter_num: int) -> int:
+        """The signal any process got; with several processes, looked at when iter_num is a
+        multiple of `every` only (0 otherwise)."""
         if accelerator.num_processes == 1:
             return self.signum
+        if iter_num % self.every:
+            return 0
         return int(accelerator.gather(torch.tensor([self.signum], device=accelerator.device)).max().item())
 
 

@@ -4,6 +4,7 @@
     resolve_mixed_precision("auto", "cuda")  # 'bf16' on GPUs that support it, else 'fp16'
     resolve_mixed_precision("auto", "cpu")   # 'bf16' on CPUs with AMX, else 'no'
     should_compile(None, "mps")              # False: torch.compile by default on CUDA only
+    available_memory("cuda")                 # (bytes free on the GPU, "the GPU"); else RAM
 """
 
 import os
@@ -65,3 +66,13 @@ def should_compile(requested: bool | None, dev: str) -> bool:
     """torch.compile when asked; by default on CUDA only (on the CPU it gains a few percent after a
     long compile, and MPS support is partial)."""
     return requested if requested is not None else dev == "cuda"
+
+
+def available_memory(dev: str) -> tuple[int, str]:
+    """Bytes a model can still take on the device, and where that is: the current CUDA GPU's free
+    memory, else the machine's available RAM (CPU, and MPS's unified memory)."""
+    if dev == "cuda":
+        return torch.cuda.mem_get_info()[0], f"the GPU ({torch.cuda.get_device_name()})"
+    import psutil  # installed with accelerate
+
+    return psutil.virtual_memory().available, "this machine's RAM"

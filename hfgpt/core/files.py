@@ -6,6 +6,7 @@
     with temp_dir(parent, ".prepare-") as work:   # parent/.prepare-<host>-<pid>-XXXX, removed whatever happens
         ...
     sync_tree(folder)                             # flush every file and folder below it before a rename
+    freed = remove_dead_temp(parent, (".prepare-",))   # bytes of dead writers' leftovers removed
 
 Temporary names are unique per writer (a fixed name would let two commands writing the same
 file, e.g. `hfgpt.eval` during training, trample each other) and carry the writer's host and
@@ -41,6 +42,33 @@ def owner_alive(name: str) -> bool | None:
                 return True
             return True
     return None
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file below a folder (links are not followed)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(os.lstat(os.path.join(root, name)).st_size for root, _, files in os.walk(path) for name in files)
+
+
+def remove_dead_temp(folder: Path, prefixes: tuple[str, ...]) -> int:
+    """Remove the entries of `folder` whose names start with one of `prefixes` and whose writer
+    (owner_alive) is dead: what a killed command left. A live writer's, another host's and a name
+    without an owner are kept. Returns the bytes freed."""
+    freed = 0
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if not entry.name.startswith(prefixes) or owner_alive(entry.name) is not False:
+            continue
+        try:
+            size = size_of(entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another command removed it first
+            continue
+        freed += size
+    return freed
 
 
 def fsync_dir(folder: Path) -> None:

@@ -14,9 +14,9 @@ from it with resume_from=user/name). Never checkpoints/ itself, wandb/, hidden f
 While training, each push is a snapshot of those files in out_dir/.push-<host>-<pid>-<n> (hard links
 where a file is only ever replaced, never rewritten; copies of the files that grow) uploaded by one
 background thread, so the loop does not wait and the files cannot change under the upload. A push
-that is still queued when the next one comes is dropped for it. A failed upload is tried again (3
-tries) when another try may pass (no connection, a timeout, 5xx, 429), else reported at once (a
-4xx answer); training goes on and the local files are untouched. The last push is waited for and
+that is still queued when the next one comes is dropped for it. huggingface_hub tries a request
+again itself when another try may pass (no connection, a timeout, 5xx, 429); any other failure (a
+4xx answer) is reported at once. Training goes on and the local files are untouched. The last push is waited for and
 its commit URL printed; SIGINT or SIGTERM stop that wait at once. A pusher removes only its own
 snapshots and those of pushers that died. The token comes from HF_TOKEN or `hf auth login` and is
 never printed or written.
@@ -29,7 +29,6 @@ import os
 import queue
 import shutil
 import threading
-import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -51,8 +50,6 @@ PUSHED_DIRS = ("runs",)  # tensorboard's logs
 UNSAID = {"checkpoints", "wandb"}  # left out without a word: hfgpt's own, documented as local
 APPENDED = {"metrics.jsonl"}  # files that grow in place: copied, never linked
 SNAPSHOT_PREFIX = ".push-"
-RETRIES = 3  # tries per push
-RETRY_WAIT = 2.0  # seconds before the 2nd try; doubled before each next one
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:
@@ -115,17 +112,6 @@ def snapshot(out_dir: Path, dest: Path, checkpoint: Path | None) -> list[str]:
     return left
 
 
-def worth_retrying(e: BaseException) -> bool:
-    """Whether another try may pass: no connection or a timeout, a 5xx answer, 429 (too many
-    requests) or 408 (request timeout). Any other answer (401, 403, 404, 413, ...) comes again."""
-    import httpx2
-
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    if status is not None:
-        return status >= 500 or status in (408, 429)
-    return isinstance(e, (ConnectionError, TimeoutError, httpx2.TransportError))
-
-
 class Pusher:
     """Pushes one run's out_dir to one Hub repo, one commit per push, on a background thread."""
 
@@ -156,6 +142,7 @@ class Pusher:
         self.queued: list[tuple] = []  # (future, snapshot folder) not finished yet
         self.counter = itertools.count()
         self.said: set[str] = set()  # what was left out, already told
+        self.commit_url: str | None = None  # of the final push
         remove_dead_temp(self.out_dir, (SNAPSHOT_PREFIX,))  # snapshots of a pusher that was killed
         # One daemon worker, uploads in order: a stopped run exits without waiting for it.
         self.jobs: queue.Queue = queue.Queue()
@@ -197,19 +184,17 @@ class Pusher:
         return future
 
     def _upload(self, folder: Path, message: str, with_checkpoint: bool):
-        """Runs on the background worker: upload, tried again while worth it; None after a failure."""
+        """Runs on the background worker: upload; None after a failure. huggingface_hub tries a
+        request again itself when another try may pass (no connection, a timeout, 408, 429, 5xx:
+        5 more tries over about 25 s); any other answer (401, 403, 404, 413, ...) would come again,
+        so it is reported at once."""
         try:
-            for attempt in range(1, RETRIES + 1):
-                try:
-                    return self.api.upload_folder(repo_id=self.repo_id, folder_path=folder, commit_message=message,
-                                                  delete_patterns=[f"{LAST_CHECKPOINT}/*"] if with_checkpoint else None)
-                except Exception as e:  # whatever went wrong, training must go on
-                    if attempt == RETRIES or not worth_retrying(e):
-                        tries = f"after {attempt} tries " if attempt > 1 else ""
-                        tqdm.write(f"warning: push '{message}' to {self.repo_id} failed {tries}({reason(e)}); the files "
-                                   f"are safe in {self.out_dir}: push them later with {self.command()}")
-                        return None
-                    time.sleep(RETRY_WAIT * 2 ** (attempt - 1))
+            return self.api.upload_folder(repo_id=self.repo_id, folder_path=folder, commit_message=message,
+                                          delete_patterns=[f"{LAST_CHECKPOINT}/*"] if with_checkpoint else None)
+        except Exception as e:  # whatever went wrong, training must go on
+            tqdm.write(f"warning: push '{message}' to {self.repo_id} failed ({reason(e)}); the files are safe in "
+                       f"{self.out_dir}: push them later with {self.command()}")
+            return None
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -225,9 +210,9 @@ class Pusher:
             self.push(message)
 
     def finish(self, message: str, stopped: int = 0) -> int:
-        """The last push, waited for; its commit URL is printed. A failed push raises UserError, but
-        in a run a signal stopped (`stopped`, its number) it is reported and the run keeps the
-        signal's exit code. SIGINT or SIGTERM during the wait stop it at once, leaving the upload
+        """The last push, waited for; its commit URL is printed and kept in self.commit_url. A
+        failed push raises UserError, but in a run a signal stopped (`stopped`, its number) it is
+        reported and the run keeps the signal's exit code. SIGINT or SIGTERM during the wait stop it at once, leaving the upload
         unfinished (the files are safe in out_dir). Returns the signal that stopped the run, 0 if none."""
         found = latest(self.out_dir) if self.strategy == "checkpoint" else None
         last = self.push(message, found[0] if found else None)
@@ -250,5 +235,6 @@ class Pusher:
                 raise UserError(failure)
             tqdm.write(f"error: {failure}")
             return stopped
+        self.commit_url = info.commit_url
         print(f"pushed {self.out_dir} to {self.repo_id}: {info.commit_url}")
         return stopped

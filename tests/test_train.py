@@ -9,12 +9,14 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from transformers import GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.training import run as training_run
 from hfgpt.config import OptimConfig, load_recipe
+from hfgpt.core.errors import UserError
 from hfgpt.model.attention import float32_sdpa
+from hfgpt.model.gpt import check_fits, gpt2_parameters
 from hfgpt.training.optim import get_lr, make_optimizer
 from tests.conftest import PYTHON, ROOT, run_env
 
@@ -203,3 +205,13 @@ def test_accelerate_launch_two_cpu_processes(tiny_recipe, workdir):
     rng = [load_file(workdir / "two" / "checkpoints" / "iter-000060" / f"rng-{rank}.safetensors") for rank in (0, 1)]
     assert not torch.equal(rng[0]["batches"], rng[1]["batches"])  # each process has its own window stream
     assert (workdir / "two" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("shape", [dict(n_layer=2, n_head=2, n_embd=32, vocab_size=65, n_positions=32),
+                                   dict(n_layer=3, n_head=3, n_embd=48, vocab_size=300, n_positions=64, n_inner=100)])
+def test_the_memory_estimate_counts_every_parameter(shape):
+    config = GPT2Config(**shape)
+    assert gpt2_parameters(config) == GPT2LMHeadModel(config).num_parameters()
+    check_fits(config, available=gpt2_parameters(config) * 16, where="RAM")  # exactly enough
+    with pytest.raises(UserError, match=r"needs at least 0.0 GB \(16 bytes per parameter.* but RAM has 0.0 GB"):
+        check_fits(config, available=gpt2_parameters(config) * 16 - 1, where="RAM")

@@ -70,7 +70,8 @@ def check_fits(config: GPT2Config, available: float, where: str) -> None:
     n = gpt2_parameters(config)
     need = n * TRAIN_BYTES
     if need > available:
-        raise UserError(f"n_layer={config.n_layer}, n_embd={config.n_embd}: the model has {n / 1e6:,.1f}M parameters, "
+        count = f"{n / 1e9:,.1f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M"
+        raise UserError(f"n_layer={config.n_layer}, n_embd={config.n_embd}: the model has {count} parameters, "
                         f"and training it needs at least {need / 1e9:,.1f} GB ({TRAIN_BYTES} bytes per parameter: "
                         f"float32 weights, gradients and AdamW's two moments), but {where} has {available / 1e9:,.1f} GB "
                         "available: lower n_embd or n_layer")

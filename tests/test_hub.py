@@ -16,8 +16,9 @@ import time
 
 import pytest
 
+from tests import fault_injection
 from tests.conftest import PYTHON, run_env
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, client_env
 
 TOKEN = "hf_" + "TestOnlySecret" * 3  # the fake hub accepts this token and no other
 USER = "test-user"
@@ -33,18 +34,7 @@ def hub(tmp_path_factory):
 
 
 def hub_env(hub, home, path: str = "xet", token: str = TOKEN) -> dict:
-    env = run_env()
-    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        env[key] = "0"
-    env.update({
-        "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_TOKEN": token, "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-        **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")},
-    })
-    if path == "lfs":
-        env["HF_HUB_DISABLE_XET"] = "1"
-    return env
+    return client_env(hub, run_env(), home, token, path)
 
 
 def run(args: list[str], env: dict, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -321,3 +311,10 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
     else:
         assert proc.returncode == 143, stdout[-2000:] + stderr[-2000:]
         assert "error: the final push" in stdout + stderr and commits()
+
+
+def test_background_push_survives_random_kills(tmp_path, shakespeare_text):
+    """The CI-sized run of tests/fault_injection.py --target=push (python -m tests.fault_injection
+    --target=push --kills=10 runs longer)."""
+    got = fault_injection.run_push(tmp_path, shakespeare_text[:100_000], kills=3, seed=0, say=lambda message: None)
+    assert got["kills"] == 3 and got["commits"] >= 3

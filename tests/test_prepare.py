@@ -22,6 +22,7 @@ from hfgpt.data.prepare import prepare as prepare_data
 from hfgpt.data.shards import PREPARING, ShardWriter
 from hfgpt.data.sources import read_pieces
 from hfgpt.data.tokenizer import load_tokenizer
+from tests import fault_injection
 
 
 def run_prepare(workdir, **overrides):
@@ -212,3 +213,10 @@ def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text)
     (folder / "meta.json").unlink()  # a prepare stopped while publishing, long gone
     with pytest.raises(UserError, match="no meta.json: a prepare was stopped"):
         ensure_prepared(recipe)
+
+
+def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
+    """The CI-sized run of tests/fault_injection.py --target=prepare (python -m tests.fault_injection
+    --target=prepare --kills=10 runs longer)."""
+    got = fault_injection.run_prepare(tmp_path, shakespeare_text * 2, kills=3, seed=0, say=lambda message: None)
+    assert got["kills"] == 3 and got["files"] > 20

@@ -5,7 +5,7 @@ moments; run it again after each kill; check what is left once a run finishes.
     python -m tests.fault_injection --target=push --kills=10 --seed=0
 
 prepare: two URLs with the same file name, served slowly by a local server (tests/local_server.py),
-tokenized into many shards; each run takes at random the target recipe or one that makes other
+tokenized into many shards; the runs take in turn the target recipe and one that makes other
 token files, so a kill can land in a download, the tokenizing or the publishing over an older
 preparation. After every kill the dataset folder is complete or has no meta.json (meta.json's shards
 all there at their sizes, no other token file). After the last run: no temporary file or folder
@@ -91,7 +91,9 @@ def _prepare_state(folder: Path) -> str:
         assert (folder / "tokenizer" / "tokenizer.json").is_file()
     left = sorted({"its work folder" if name.startswith(".prepare-") else "a partial download"
                    if name.startswith("downloads/.") else name for name in _hidden(folder)})
-    return ("complete" if meta else "no meta.json") + (f", left {' and '.join(left)}" if left else "")
+    tokens = any(TOKEN_FILE.match(p.name) for p in folder.iterdir()) if folder.is_dir() else False
+    state = "complete" if meta else "token files without meta.json (mid-publish)" if tokens else "nothing published"
+    return state + (f"; left {' and '.join(left)}" if left else "")
 
 
 def _work_begins(proc: subprocess.Popen, folder: Path) -> float:
@@ -128,11 +130,11 @@ def run_prepare(workdir: Path, text: str, kills: int, seed: int, rate: float = 4
 
         folder, runs, killed, phases = workdir / "data" / "faults", 0, 0, Counter()
         while killed < kills:
-            which = rng.choice(["target", "other"])
+            which = ("target", "other")[runs % 2]  # each run has work: the other recipe's files are there
             proc = _start("hfgpt.prepare", [recipes[which]], workdir)
             runs += 1
             _work_begins(proc, folder)  # then a random moment of the work
-            time.sleep(rng.uniform(0, work))
+            time.sleep(rng.uniform(0, 1.2 * work))  # some runs finish: later kills land over a whole folder
             if _kill(proc):
                 killed += 1
                 phase = _prepare_state(folder)

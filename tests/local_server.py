@@ -10,10 +10,17 @@ import http.server
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
 from pathlib import Path
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-download: nothing to say
+            super().handle_error(request, client_address)
 
 
 class LocalServer:
@@ -64,7 +71,7 @@ class LocalServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

@@ -5,6 +5,8 @@ waits for a prepare publishing, and clean failures."""
 import json
 import os
 import shutil
+import socket
+import subprocess
 import threading
 import time
 
@@ -23,6 +25,7 @@ from hfgpt.data.shards import PREPARING, ShardWriter
 from hfgpt.data.sources import read_pieces
 from hfgpt.data.tokenizer import load_tokenizer
 from tests import fault_injection
+from tests.conftest import LocalServer
 
 
 def run_prepare(workdir, **overrides):
@@ -220,3 +223,27 @@ def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
     --target=prepare --kills=10 runs longer)."""
     got = fault_injection.run_prepare(tmp_path, shakespeare_text * 2, kills=3, seed=0, say=lambda message: None)
     assert got["kills"] == 3 and got["files"] > 20
+
+
+def test_what_a_killed_prepare_left_is_removed_and_a_running_ones_kept(workdir, shakespeare, capsys):
+    """Temporary names carry <host>-<pid>: a dead writer's work folder, meta.json being written and
+    partial download go; a live writer's partial download stays (another prepare is fetching it)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname().replace("-", "_")
+    folder = workdir / "data" / "left"
+    (folder / "downloads").mkdir(parents=True)
+    left = [folder / f".prepare-{host}-{dead.pid}-x1y2", folder / f".meta.json.{host}-{dead.pid}-ab12.tmp",
+            folder / "downloads" / f".0123456789ab-input.txt.{host}-{dead.pid}-cd34.tmp"]
+    live = folder / "downloads" / f".0123456789ab-input.txt.{host}-{os.getpid()}-ef56.tmp"
+    left[0].mkdir()
+    (left[0] / "train-00000.bin").write_bytes(bytes(2_000_000))
+    for path in left[1:] + [live]:
+        path.write_bytes(bytes(1000))
+    server = LocalServer(shakespeare.parent)
+    try:
+        assert prepare.main(["--dataset=left", f"--source={server.url}/input.txt", "--block_size=32"]) == 0
+    finally:
+        server.stop()
+    assert [p for p in left if p.exists()] == [] and live.exists()
+    assert f"removed 2.0 MB that a stopped prepare left in {folder.relative_to(workdir)}" in capsys.readouterr().out

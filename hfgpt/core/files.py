@@ -14,6 +14,7 @@ PID, so a later start can tell a dead writer's leftovers from a live one's (owne
 """
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -28,20 +29,20 @@ def owner_tag() -> str:
 
 
 def owner_alive(name: str) -> bool | None:
-    """Whether the writer named in a temporary name (...<host>-<pid>-...) still runs: None when the
-    name carries no owner or the owner is on another host (then nobody here can tell)."""
-    parts = name.lstrip(".").split("-")
-    for i in range(len(parts) - 1):
-        if parts[i] == socket.gethostname().replace("-", "_") and parts[i + 1].isdigit():
-            pid = int(parts[i + 1])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-    return None
+    """Whether the writer named in a temporary name (...<host>-<pid>-... or ...<host>-<pid>.tmp)
+    still runs: None when the name carries no owner or the owner is on another host (then nobody
+    here can tell)."""
+    host = socket.gethostname().replace("-", "_")
+    found = re.search(rf"(?:^|[.-]){re.escape(host)}-(\d+)(?=[-.]|$)", name)
+    if found is None:
+        return None
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def size_of(path: Path) -> int:

@@ -8,7 +8,7 @@ import pytest
 
 from hfgpt import eval as hfgpt_eval
 from hfgpt import prepare, train
-from hfgpt.data.sources import TRIES
+from hfgpt.data.downloads import TRIES
 from tests.conftest import LocalServer
 
 A_CHARS, B_CHARS = 30_000, 40_000
@@ -26,7 +26,7 @@ def served(tmp_path_factory, shakespeare_text):
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-    monkeypatch.setattr("hfgpt.data.sources.RETRY_WAIT", 0)
+    monkeypatch.setattr("hfgpt.data.downloads.RETRY_WAIT", 0)
 
 
 def prepared(workdir, *args: str) -> dict:

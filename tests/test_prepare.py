@@ -115,7 +115,7 @@ def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
 
 
 def test_unreachable_url_fails_cleanly(workdir, capsys, monkeypatch):
-    monkeypatch.setattr("hfgpt.data.sources.RETRY_WAIT", 0)
+    monkeypatch.setattr("hfgpt.data.downloads.RETRY_WAIT", 0)
     assert prepare.main(["--dataset=gone", "--source=http://127.0.0.1:9/input.txt"]) == 2
     err = capsys.readouterr().err
     assert "could not download http://127.0.0.1:9/input.txt" in err

@@ -15,7 +15,8 @@ are byte-identical to those of an uninterrupted prepare.
 push: a tiny training run with push_to_hub and hub_strategy: checkpoint (a push at every
 evaluation, with its checkpoint as last-checkpoint/) against tests/fake_hub.py (slow commits, so
 kills land during uploads), resumed with --init_from=resume after each kill. After the last run:
-no .push-* snapshot in out_dir; every commit on the Hub holds a whole model; the newest holds every
+no .push-* snapshot in out_dir and no temporary file in the client's HF_HOME (what hf_xet stages
+in the test's local CAS, the Hub's side, is counted); every commit on the Hub holds a whole model; the newest holds every
 file of out_dir and of the newest checkpoint, byte-identical (the card excepted: the Hub's names the
 repo); and the repo downloads back and loads and generates with transformers.
 
@@ -222,6 +223,8 @@ def run_push(workdir: Path, text: str, kills: int, seed: int, lfs: bool = False,
         hub.commit_delay = 0.0
 
         assert not list(out.glob(".push-*")) and not (out / ".cache").exists(), _hidden(out)
+        assert not _hidden(workdir / "hf-home"), _hidden(workdir / "hf-home")  # the client's cache
+        xet_left = _hidden(workdir / "xet-cas")  # hf_xet's own staging, in the test's local CAS
         commits = hub.history("model", repo)[1:]
         half = [c["title"] for c in commits if not WHOLE <= set(c["files"])]
         assert not half, f"commits without a whole model: {half}"
@@ -236,8 +239,9 @@ def run_push(workdir: Path, text: str, kills: int, seed: int, lfs: bool = False,
     assert loaded["weights"] == _sha256(out / "model.safetensors") and loaded["text"].startswith("\n")
     say(f"after {kills} kills and {runs} runs ({max_iters} iterations, {len(commits)} commits): no snapshot left, "
         f"every commit a whole model, the newest byte-identical to out_dir and {newest.name}; downloaded back, "
-        f"it loads ({loaded['params']:,} parameters) and generates")
-    return {"kills": kills, "runs": runs, "commits": len(commits), "files": len(files)}
+        f"it loads ({loaded['params']:,} parameters) and generates; hf_xet left {len(xet_left)} temporary "
+        "folders of killed uploads in the test's local CAS (its own staging, the Hub's side)")
+    return {"kills": kills, "runs": runs, "commits": len(commits), "files": len(files), "xet_left": xet_left}
 
 
 def _download_and_load(repo: str, env: dict, cwd: Path) -> dict:

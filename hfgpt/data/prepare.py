@@ -112,7 +112,8 @@ def prepare(recipe: Recipe) -> dict:
 def _prepare(recipe: Recipe, out: Path) -> dict:
     start = time.time()
     if freed := remove_dead_temp(out, LEFTOVERS):
-        print(f"removed {freed / 1e6:,.1f} MB that a stopped prepare left in {out}")
+        size = f"{freed / 1e6:,.1f} MB" if freed >= 100_000 else f"{freed:,} bytes"
+        print(f"removed {size} that a stopped prepare left in {out}")
     source = open_source(recipe, out)
     meta = wait_for_prepare(out)
     if _up_to_date(recipe, meta, source, out):

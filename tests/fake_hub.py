@@ -211,7 +211,11 @@ class _Handler(BaseHTTPRequestHandler):
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        size = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(size)
+        if len(body) < size:  # the client was killed mid-request
+            raise ConnectionResetError("the request body ended early")
+        return body
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype="application/json"):
         self.send_response(status)

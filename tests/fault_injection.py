@@ -93,7 +93,7 @@ def _prepare_state(folder: Path) -> str:
     left = sorted({"its work folder" if name.startswith(".prepare-") else "a partial download"
                    if name.startswith("downloads/.") else name for name in _hidden(folder)})
     tokens = any(TOKEN_FILE.match(p.name) for p in folder.iterdir()) if folder.is_dir() else False
-    state = "complete" if meta else "token files without meta.json (mid-publish)" if tokens else "nothing published"
+    state = "complete" if meta else "token files without meta.json (a publish was cut short)" if tokens else "nothing published"
     return state + (f"; left {' and '.join(left)}" if left else "")
 
 

@@ -8,8 +8,9 @@ The repo is created if missing. What goes up is out_dir's model folder (config, 
 tokenizer, README.md model card, loss.png, recipe.yaml, metrics.jsonl, training.json,
 eval_results.json), its tensorboard logs (runs/), and with --checkpoint (hub_strategy: checkpoint)
 the newest resumable checkpoint as last-checkpoint/ (resume from it with resume_from=user/name).
-Never checkpoints/ itself, wandb/ or hidden files. A failed upload is tried again (3 tries), then
-reported. The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
+Nothing else: never checkpoints/ itself, wandb/, hidden files, other files (named as left out) or a
+link out of out_dir. A failed upload is tried again only when another try may pass (no
+connection, a timeout, 5xx, 429: huggingface_hub does it), then reported. The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
 See hfgpt.hub.push for how pushes run during training.
 """
 
@@ -49,8 +50,8 @@ def main(parsed: Parsed) -> int:
     recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.is_file() else {}
     repo_id = options.hub_model_id or recipe.get("hub_model_id")
     pusher = Pusher(out_dir, repo_id, True if options.private else None, "checkpoint" if options.checkpoint else "end")
-    pusher.finish(options.message or f"hfgpt: push {out_dir.resolve().name}")
-    return 0
+    stopped = pusher.finish(options.message or f"hfgpt: push {out_dir.resolve().name}")
+    return 128 + stopped if stopped else 0
 
 
 if __name__ == "__main__":

@@ -5,14 +5,11 @@ HF_HOME points to a fresh folder, so only what a test puts in the cache is there
 """
 
 import atexit
-import functools
-import http.server
 import os
 import shutil
 import socket
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 _HOME = tempfile.mkdtemp(prefix="hfgpt-tests-hf-")
@@ -32,6 +29,8 @@ os.environ.pop("HF_TOKEN", None)
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+
+from tests.local_server import LocalServer  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HFGPT_SHARED", ROOT.parent / "shared"))
@@ -144,27 +143,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class LocalServer:
-    """A one-folder HTTP server on 127.0.0.1 that counts its requests."""
-
-    def __init__(self, folder):
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests += 1
-                return super().do_GET()
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()

@@ -12,8 +12,8 @@ Usage:
     ...
     hub.stop()
 
-Copied from ../shared/tools/fake_hub.py; add_files, commit_delay, fail_commits, history and the
-commits' "time" are hfgpt's additions.
+Copied from ../shared/tools/fake_hub.py; add_files, commit_delay, fail_commits, history, the
+commits' "time" and client_env are hfgpt's additions.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import re
+import sys
 import threading
 import time
 import uuid
@@ -118,7 +119,7 @@ class FakeHub:
             pass
 
         Handler.hub = hub
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd = _QuietServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread: threading.Thread | None = None
@@ -179,6 +180,12 @@ class FakeHub:
             return repo.add_commit("main", tree, f"add {len(files)} files", head)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # a client killed mid-request: nothing to say
+            super().handle_error(request, client_address)
+
+
 API = re.compile(r"^/api/(?P<t>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)(?P<rest>/.*)?$")
 RESOLVE = re.compile(r"^/(?:(?P<t>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 LFS_BATCH = re.compile(r"^/(?:(?P<t>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$")
@@ -204,7 +211,11 @@ class _Handler(BaseHTTPRequestHandler):
                     return b"".join(chunks)
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        size = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(size)
+        if len(body) < size:  # the client was killed mid-request
+            raise ConnectionResetError("the request body ended early")
+        return body
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None, ctype="application/json"):
         self.send_response(status)
@@ -438,6 +449,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(k, str(v))
             return self.end_headers()
         return self._send(200, data, headers, "application/octet-stream")
+
+
+def client_env(hub: FakeHub, env: dict, home, token: str, path: str = "xet") -> dict:
+    """`env` for a huggingface_hub client of this hub: online, its own HF_HOME, the token; proxies
+    point at a closed local port (loopback excepted), so a request meant for anywhere but
+    127.0.0.1 fails instead of leaving the machine. path='lfs' takes classic LFS instead of xet."""
+    env = dict(env)
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        env[key] = "0"
+    env.update({
+        "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_TOKEN": token, "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+        **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")},
+    })
+    if path == "lfs":
+        env["HF_HUB_DISABLE_XET"] = "1"
+    return env
 
 
 def _xet_hash_for_sha256(xet_dir: str | None, sha256: str) -> str | None:

@@ -149,3 +149,31 @@ def test_adding_a_key_is_one_field():
     with pytest.raises(Exception, match="block_size=0 must be at least 1"):
         load_recipe(None, ["--block_size=0"])
     assert sys.modules["hfgpt.config.recipe"].keys_that_shape("model") == ("block_size", "bias")
+
+
+def deep_pickle(depth: int) -> bytes:
+    """A pickle of {'a': {'a': ... {}}} nested `depth` deep, written opcode by opcode (pickle.dumps
+    itself would overflow the stack)."""
+    return b"\x80\x02" + (b"}X\x01\x00\x00\x00a") * depth + b"}" + b"s" * depth + b"."
+
+
+@pytest.mark.parametrize("case, message", [
+    ("--seed=-1", "seed=-1 must be at least 0"),
+    ("--n_embd=65536", "n_layer=2, n_embd=65536: the model has 103.1B parameters"),
+    ("nested meta.pkl", "meta.pkl holds something other than dicts of strings and ints"),
+])
+def test_one_line_errors_instead_of_tracebacks(tiny_recipe, workdir, capsys, case, message):
+    if case == "nested meta.pkl":
+        nano = workdir / "nano"
+        nano.mkdir()
+        for split in ("train", "val"):
+            (nano / f"{split}.bin").write_bytes(bytes(200))
+        (nano / "meta.pkl").write_bytes(deep_pickle(100_000))
+        code = prepare.main([f"--source={nano}", "--dataset=deep"])
+    else:
+        code = train.main([str(tiny_recipe()), case])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err[-2000:]
+    if case == "--n_embd=65536":  # the estimate (16 bytes per parameter) against the memory there is
+        assert re.search(r"needs at least 1,649\.\d GB .* but this machine's RAM has [\d,.]+ GB available", errors[0])

@@ -120,3 +120,10 @@ def test_eval_text_file_and_errors(trained, workdir, capsys):
     assert "--split=test" in errors[0] and "train, val" in errors[0]
     assert "nowhere/tiny/meta.json not found" in errors[1]
     assert "--block_size=64" in errors[2] and "no-such-folder" in errors[3]
+
+
+def test_an_unwritable_out_fails_before_the_evaluation(trained, monkeypatch, capsys):
+    monkeypatch.setattr("hfgpt.evaluation.score.evaluate_model", lambda *a, **k: pytest.fail("it evaluated first"))
+    assert hfgpt_eval.main([str(trained / "out"), "--out=/missing/dir/r.json"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "/missing/dir does not exist" in errors[0]

@@ -8,13 +8,17 @@ the machine; each test checks that the fake hub saw the requests.
 
 import hashlib
 import json
+import signal
+import socket
 import subprocess
 import textwrap
+import time
 
 import pytest
 
+from tests import fault_injection
 from tests.conftest import PYTHON, run_env
-from tests.fake_hub import FakeHub
+from tests.fake_hub import FakeHub, client_env
 
 TOKEN = "hf_" + "TestOnlySecret" * 3  # the fake hub accepts this token and no other
 USER = "test-user"
@@ -30,18 +34,7 @@ def hub(tmp_path_factory):
 
 
 def hub_env(hub, home, path: str = "xet", token: str = TOKEN) -> dict:
-    env = run_env()
-    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        env[key] = "0"
-    env.update({
-        "HF_ENDPOINT": hub.url, "HF_HOME": str(home), "HF_TOKEN": token, "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-        **{k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy")},
-    })
-    if path == "lfs":
-        env["HF_HUB_DISABLE_XET"] = "1"
-    return env
+    return client_env(hub, run_env(), home, token, path)
 
 
 def run(args: list[str], env: dict, cwd, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -145,7 +138,9 @@ def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, work
         from hfgpt import eval, push, train
         from hfgpt.model.gpt import load_model
         from hfgpt.hub.push import Pusher
-        first = Pusher("first", "{repo}").finish("first run").rsplit("/", 1)[1]  # its commit URL
+        pusher = Pusher("first", "{repo}")
+        pusher.finish("first run")
+        first = pusher.commit_url.rsplit("/", 1)[1]
         codes = [push.main(["out", "--hub_model_id={repo}"])]
         model = load_model("{repo}@" + first, block_size=32)  # as init_from: user/name@revision
         weights = load_file("first/model.safetensors")
@@ -164,18 +159,16 @@ def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, work
     assert_token_nowhere(workdir)
 
 
-def test_failed_pushes_are_retried_reported_and_never_stop_training(tiny_recipe, workdir, hub):
+def test_failed_pushes_are_reported_and_never_stop_training(tiny_recipe, workdir, hub):
     recipe = tiny_recipe(max_iters=10, eval_interval=5, log_interval=5, eval_iters=2, lr_decay_iters=10,
                          push_to_hub=True, hub_model_id=f"{USER}/flaky")
     env = hub_env(hub, workdir / "hf-home")
     script = f"""
         import json, sys
-        import hfgpt.hub.push
         from hfgpt import train
-        hfgpt.hub.push.RETRY_WAIT = 0.01
         print(json.dumps(train.main([{str(recipe)!r}] + sys.argv[1:])))
     """
-    hub.fail_commits = 4  # iteration 5: 3 tries fail; iteration 10: 1 fails, the 2nd try lands
+    hub.fail_commits = 1  # a 400: the iteration-5 push fails at once, the later ones land
     try:
         partly = run([PYTHON, "-c", textwrap.dedent(script)], env, workdir)
         hub.fail_commits = 1000  # nothing lands
@@ -191,7 +184,7 @@ def test_failed_pushes_are_retried_reported_and_never_stop_training(tiny_recipe,
     # the final push lands, unless the iteration-10 push already holds the same files (no empty commit)
     assert titles[-1] == "end of training: iter 10" or titles[-1].startswith("iter 10:"), titles
     reports = [line for line in (partly.stdout + partly.stderr).splitlines() if line.startswith("warning: push")]
-    assert len(reports) == 1 and "iter 5:" in reports[0]  # the push that failed 3 times was reported
+    assert len(reports) == 1 and "iter 5:" in reports[0] and "HTTP 400" in reports[0]  # reported, training went on
 
     assert never.stdout.strip().splitlines()[-1] == "2" and "error: the final push" in never.stderr
     assert (workdir / "out2" / "model.safetensors").is_file() and (workdir / "out2" / "checkpoints" / "iter-000010").is_dir()
@@ -202,3 +195,126 @@ def test_failed_pushes_are_retried_reported_and_never_stop_training(tiny_recipe,
     assert bad_token.returncode == 2 and "hf auth login" in bad_token.stderr
     assert not (workdir / "out3").exists()  # stopped before training
     assert_token_nowhere(workdir)
+
+
+def head_files(hub, repo: str) -> dict:
+    """path -> the fake hub's FileEntry, in the repo's newest commit."""
+    return hub.history("model", repo)[-1]["files"]
+
+
+def pid_of_a_dead_process() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_push_uploads_the_model_folder_only_and_keeps_others_snapshots(tiny_recipe, workdir, hub):
+    from hfgpt import train
+
+    assert train.main([str(tiny_recipe(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=1, lr_decay_iters=4,
+                                       log_with="tensorboard"))]) == 0
+    out, outside = workdir / "out", workdir / "private"
+    model_files = {p.name for p in out.iterdir() if p.is_file()}
+    runs = {str(p.relative_to(out)) for p in (out / "runs").rglob("*") if p.is_file()}
+    outside.mkdir()
+    (outside / "secret.txt").write_text("TOP-SECRET-CONTENT")
+    (out / "notes.txt").write_text("my notes")
+    (out / ".env").write_text("TOP-SECRET-CONTENT")
+    (out / "link.txt").symlink_to(outside / "secret.txt")
+    (out / "linked").symlink_to(outside)
+    (out / "runs" / "leak.txt").symlink_to(outside / "secret.txt")
+    host = socket.gethostname().replace("-", "_")
+    sleeper = subprocess.Popen(["sleep", "120"])  # another pusher, still running: its snapshot is pending
+    try:
+        live, dead = (out / f".push-{host}-{pid}-0" for pid in (sleeper.pid, pid_of_a_dead_process()))
+        for folder in (live, dead):
+            folder.mkdir()
+            (folder / "config.json").write_text("{}")
+        result = run([PYTHON, "-m", "hfgpt.push", "out", f"--hub_model_id={USER}/only"], hub_env(hub, workdir / "home"),
+                     workdir)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert live.is_dir() and not dead.exists()  # it cleaned only the dead pusher's snapshot
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    files = head_files(hub, f"{USER}/only")
+    assert set(files) == {".gitattributes"} | model_files | runs, set(files)
+    assert not [path for path, entry in files.items() if entry.data and b"TOP-SECRET" in entry.data]
+    left_out = [line for line in result.stdout.splitlines() if line.startswith("left out of the push")]
+    assert len(left_out) == 1 and all(name in left_out[0] for name in ("notes.txt", "link.txt", "linked", "leak.txt"))
+    assert ".env" not in left_out[0]
+
+
+@pytest.mark.parametrize("status, commits, code", [(400, 1, 2), (503, 2, 0)])
+def test_only_answers_that_may_change_are_tried_again(workdir, hub, status, commits, code):
+    """A 4xx answer comes again: reported at once. A 5xx (or 429, a dropped connection) may pass:
+    huggingface_hub tries again itself (after 1 s, then 2, 4, 8, 8)."""
+    repo = f"{USER}/retry-{status}"
+    (workdir / "out").mkdir()
+    (workdir / "out" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    hub.fail_commits, hub.fail_status = 1, status
+    try:
+        result = run([PYTHON, "-m", "hfgpt.push", "out", f"--hub_model_id={repo}"], hub_env(hub, workdir / "home"),
+                     workdir)
+    finally:
+        hub.fail_commits, hub.fail_status = 0, 400
+    assert result.returncode == code, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len([path for method, path in hub.requests if method == "POST" and path.endswith(f"{repo}/commit/main")]) \
+        == commits
+    if code:
+        assert "HTTP 400: Bad request for commit endpoint: commit refused" in result.stdout
+        assert "error: the final push" in result.stderr
+
+
+def test_offline_mode_is_named_not_the_token(workdir, monkeypatch, capsys):
+    from hfgpt import push
+
+    (workdir / "out").mkdir()
+    (workdir / "out" / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # the tests run with HF_HUB_OFFLINE=1
+    assert push.main(["out"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "offline mode (HF_HUB_OFFLINE=1" in errors[0] and "token" not in errors[0]
+
+
+@pytest.mark.parametrize("case", ["second SIGINT", "SIGTERM, push fails"])
+def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
+    """SIGINT stops training; a second SIGINT while the final push is awaited stops at once (130).
+    SIGTERM stops training; a final push that then fails is reported, and the exit code stays 143."""
+    repo = f"{USER}/signal-{case[:6].strip()}"
+    recipe = tiny_recipe(max_iters=100_000, eval_interval=100_000, log_interval=1, lr_decay_iters=100_000,
+                         push_to_hub=True, hub_model_id=repo, hub_strategy="end")
+    hub.commit_delay, hub.fail_commits = (60.0, 0) if case == "second SIGINT" else (0.0, 1000)
+    commits = lambda: [p for m, p in hub.requests if m == "POST" and p.endswith(f"{repo}/commit/main")]  # noqa: E731
+    try:
+        proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", str(recipe)], env=hub_env(hub, workdir / "home"),
+                                cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not (workdir / "out" / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT if case == "second SIGINT" else signal.SIGTERM)
+        if case == "second SIGINT":
+            while not commits() and time.time() < deadline:  # the final push is being awaited
+                time.sleep(0.1)
+            time.sleep(0.5)
+            second = time.time()
+            proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+        ended = time.time()
+    finally:
+        hub.commit_delay, hub.fail_commits = 0.0, 0
+    assert TOKEN not in stdout + stderr
+    assert (workdir / "out" / "checkpoints").is_dir()  # training stopped with a checkpoint
+    if case == "second SIGINT":
+        assert proc.returncode == 130 and ended - second < 10, (proc.returncode, ended - second, stderr[-2000:])
+        assert "SIGINT: stopped waiting for the push" in stdout + stderr
+    else:
+        assert proc.returncode == 143, stdout[-2000:] + stderr[-2000:]
+        assert "error: the final push" in stdout + stderr and commits()
+
+
+def test_background_push_survives_random_kills(tmp_path, shakespeare_text):
+    """The CI-sized run of tests/fault_injection.py --target=push (python -m tests.fault_injection
+    --target=push --kills=10 runs longer)."""
+    got = fault_injection.run_push(tmp_path, shakespeare_text[:100_000], kills=3, seed=0, say=lambda message: None)
+    assert got["kills"] == 3 and got["commits"] >= 3

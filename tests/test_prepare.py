@@ -1,20 +1,30 @@
-"""prepare: exact token files (nanoGPT's bytes for shakespeare_char, GPT-2's real ids), URL sources,
-uint32 for large vocabularies, no-op reruns, and clean failures."""
+"""prepare: exact token files (nanoGPT's bytes for shakespeare_char, GPT-2's real ids),
+uint32 for large vocabularies, no-op reruns, token files checked against meta.json, a train that
+waits for a prepare publishing, and clean failures."""
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Tokenizer, PreTrainedTokenizerFast
 
-from hfgpt import prepare
-from hfgpt.data.prepare import prepare as prepare_data
+from hfgpt import prepare, train
 from hfgpt.config import load_recipe
-from hfgpt.data.shards import ShardWriter
+from hfgpt.core.errors import UserError
+from hfgpt.core.files import temp_dir
+from hfgpt.data.prepare import ensure_prepared
+from hfgpt.data.prepare import prepare as prepare_data
+from hfgpt.data.shards import PREPARING, ShardWriter
 from hfgpt.data.sources import read_pieces
 from hfgpt.data.tokenizer import load_tokenizer
+from tests import fault_injection
 from tests.conftest import LocalServer
 
 
@@ -104,25 +114,8 @@ def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
     assert stored.tolist() == ids.tolist() and stored.max() > 65_535
 
 
-def test_url_source_is_downloaded_once(workdir, shakespeare, tmp_path_factory):
-    served = tmp_path_factory.mktemp("served")
-    shutil.copy(shakespeare, served / "input.txt")
-    server = LocalServer(served)
-    try:
-        url = f"{server.url}/input.txt"
-        folder, meta = run_prepare(workdir, dataset="web", source=url)
-        assert server.requests == 1
-        assert (folder / "input.txt").read_bytes() == shakespeare.read_bytes()
-        assert meta["source"] == url and meta["train_tokens"] == 1_003_854
-        assert not [p for p in folder.iterdir() if p.name.startswith(".")]
-        before = (folder / "meta.json").stat().st_mtime_ns
-        run_prepare(workdir, dataset="web", source=url)  # the copy is there: no download, nothing to redo
-        assert server.requests == 1 and (folder / "meta.json").stat().st_mtime_ns == before
-    finally:
-        server.stop()
-
-
-def test_unreachable_url_fails_cleanly(workdir, capsys):
+def test_unreachable_url_fails_cleanly(workdir, capsys, monkeypatch):
+    monkeypatch.setattr("hfgpt.data.downloads.RETRY_WAIT", 0)
     assert prepare.main(["--dataset=gone", "--source=http://127.0.0.1:9/input.txt"]) == 2
     err = capsys.readouterr().err
     assert "could not download http://127.0.0.1:9/input.txt" in err
@@ -183,3 +176,74 @@ def test_unknown_tokenizer_is_a_one_line_error(workdir, shakespeare, capsys):
     assert prepare.main(["--dataset=t", f"--source={shakespeare}", "--tokenizer=nobody/no-such-tokenizer"]) == 2
     err = capsys.readouterr().err.strip()
     assert "tokenizer 'nobody/no-such-tokenizer'" in err and "hf download" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("size", [1000, 1001], ids=["truncated", "odd bytes"])
+def test_token_files_are_checked_against_meta_json(tiny_recipe, workdir, capsys, size):
+    recipe = str(tiny_recipe(max_iters=2, eval_interval=2, eval_iters=1))
+    assert prepare.main([recipe]) == 0
+    train_bin = workdir / "data" / "tiny" / "train.bin"
+    whole = train_bin.read_bytes()
+    os.truncate(train_bin, size)
+    assert prepare.main([recipe]) == 0  # the source is there: prepared again, not "up to date"
+    assert train_bin.read_bytes() == whole
+    os.truncate(train_bin, size)
+    capsys.readouterr()
+    assert train.main([recipe, "--source=None"]) == 2  # no source to prepare from: one line, before training
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"train.bin holds {size:,} bytes, but meta.json lists {len(whole) // 2:,}" in errors[0]
+    assert not (workdir / "out").exists()
+
+
+def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text):
+    """A train without a source, started while a prepare publishes (meta.json not there yet, the
+    token files and tokenizer/ already are), waits for it instead of importing the half-published
+    folder as nanoGPT data; once that prepare is gone, a folder without meta.json is refused."""
+    (workdir / "t.txt").write_text(shakespeare_text[:50_000])
+    folder, meta = run_prepare(workdir, dataset="pub", source="t.txt", block_size=32)
+    recipe = load_recipe(None, ["--dataset=pub", "--block_size=32"])
+    got = {}
+    with temp_dir(folder, PREPARING) as work:  # this process is the prepare: its work folder is there
+        os.replace(folder / "meta.json", work / "meta.json")  # publish has removed meta.json ...
+        waiting = threading.Thread(target=lambda: got.update(meta=ensure_prepared(recipe)))
+        waiting.start()
+        time.sleep(1.5)
+        assert waiting.is_alive() and not got  # ... so the train waits
+        os.replace(work / "meta.json", folder / "meta.json")  # ... until publish puts the new one there
+    waiting.join(timeout=30)
+    assert got["meta"] == meta
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
+    (folder / "meta.json").unlink()  # a prepare stopped while publishing, long gone
+    with pytest.raises(UserError, match="no meta.json: a prepare was stopped"):
+        ensure_prepared(recipe)
+
+
+def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
+    """The CI-sized run of tests/fault_injection.py --target=prepare (python -m tests.fault_injection
+    --target=prepare --kills=10 runs longer)."""
+    got = fault_injection.run_prepare(tmp_path, shakespeare_text * 2, kills=3, seed=0, say=lambda message: None)
+    assert got["kills"] == 3 and got["files"] > 20
+
+
+def test_what_a_killed_prepare_left_is_removed_and_a_running_ones_kept(workdir, shakespeare, capsys):
+    """Temporary names carry <host>-<pid>: a dead writer's work folder, meta.json being written and
+    partial download go; a live writer's partial download stays (another prepare is fetching it)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    host = socket.gethostname().replace("-", "_")
+    folder = workdir / "data" / "left"
+    (folder / "downloads").mkdir(parents=True)
+    left = [folder / f".prepare-{host}-{dead.pid}-x1y2", folder / f".meta.json.{host}-{dead.pid}-ab12.tmp",
+            folder / "downloads" / f".0123456789ab-input.txt.{host}-{dead.pid}-cd34.tmp"]
+    live = folder / "downloads" / f".0123456789ab-input.txt.{host}-{os.getpid()}-ef56.tmp"
+    left[0].mkdir()
+    (left[0] / "train-00000.bin").write_bytes(bytes(2_000_000))
+    for path in left[1:] + [live]:
+        path.write_bytes(bytes(1000))
+    server = LocalServer(shakespeare.parent)
+    try:
+        assert prepare.main(["--dataset=left", f"--source={server.url}/input.txt", "--block_size=32"]) == 0
+    finally:
+        server.stop()
+    assert [p for p in left if p.exists()] == [] and live.exists()
+    assert f"removed 2.0 MB that a stopped prepare left in {folder.relative_to(workdir)}" in capsys.readouterr().out

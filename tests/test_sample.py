@@ -85,6 +85,8 @@ def test_prompt_from_file_and_same_seed_same_text(trained, tmp_path, capsys):
     (["--start=ROMEO é"], "does not know: 'é'"),
     (["--start=FILE:/nonexistent/prompt.txt"], "prompt file /nonexistent/prompt.txt not found"),
     (["--max_new_tokens=0"], "--max_new_tokens=0"),
+    (["--top_k=-5"], "--top_k=-5 must be at least 0"),
+    (["--temperature=nan"], "--temperature=nan must be a finite number"),
 ])
 def test_bad_arguments(trained, capsys, args, message):
     assert sample.main([str(trained), *args]) == 2

@@ -116,7 +116,7 @@ def test_url_of_a_jsonl_file_is_downloaded_once_and_trains(corpus, paragraphs, w
         server.stop()
     folder = workdir / "data" / "tiny"
     meta = json.loads((folder / "meta.json").read_text())
-    assert (folder / "rows.jsonl").read_bytes() == (corpus / "rows.jsonl").read_bytes()
+    assert [p.read_bytes() for p in (folder / "downloads").iterdir()] == [(corpus / "rows.jsonl").read_bytes()]
     assert meta["source"] == url and meta["source_sha256"] == hashlib.sha256((corpus / "rows.jsonl").read_bytes()).hexdigest()
     got = documents_of(folder, meta)
     assert sorted(got["train"] + got["val"]) == sorted(paragraphs[500:500 + N_ROWS])

@@ -8,12 +8,13 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.training import run as training_run
 from hfgpt.config import OptimConfig, load_recipe
-from hfgpt.model.gpt import causal_lm
+from hfgpt.core.errors import UserError
+from hfgpt.model.gpt import causal_lm, check_fits, gpt2_parameters
 from hfgpt.training.optim import get_lr, make_optimizer
 from tests.conftest import PYTHON, run_env
 
@@ -163,3 +164,13 @@ def test_weight_decay_only_on_matrices():
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and [p.dim() for p in decay["params"]] == [2]
     assert no_decay["weight_decay"] == 0.0 and sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("shape", [dict(n_layer=2, n_head=2, n_embd=32, vocab_size=65, n_positions=32),
+                                   dict(n_layer=3, n_head=3, n_embd=48, vocab_size=300, n_positions=64, n_inner=100)])
+def test_the_memory_estimate_counts_every_parameter(shape):
+    config = GPT2Config(**shape)
+    assert gpt2_parameters(config) == GPT2LMHeadModel(config).num_parameters()
+    check_fits(config, available=gpt2_parameters(config) * 16, where="RAM")  # exactly enough
+    with pytest.raises(UserError, match=r"needs at least 0.0 GB \(16 bytes per parameter.* but RAM has 0.0 GB"):
+        check_fits(config, available=gpt2_parameters(config) * 16 - 1, where="RAM")

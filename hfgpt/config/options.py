@@ -12,7 +12,9 @@ The docstring under a field is its help text. `option` records what a check or a
 needs: choices, a range (min, max, inclusive; above, exclusive), finite, whether the option is
 positional, and for recipe keys what they shape (`shapes="data"`: the token files, so a change
 prepares the data again; `shapes="model"`: the model, so a resume refuses a change;
-`shapes="new_model"`: only a model built from scratch) and which steps read them. Values from YAML and the command line are converted to the declared type.
+`shapes="new_model"`: only a model built from scratch), which steps read them, and whether its
+values may be URLs (`urls=True`: saved and shown without their query string and user:password@,
+where presigned URLs keep their secrets). Values from YAML and the command line are converted to the declared type.
 """
 
 import ast
@@ -31,10 +33,10 @@ NONE_WORDS = ("none", "null", "~", "")
 
 def option(default=MISSING, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
            above: float | None = None, below: float | None = None, finite: bool = False, positional: bool = False, shapes: str | None = None,
-           steps: tuple[str, ...] | None = None):
+           steps: tuple[str, ...] | None = None, urls: bool = False):
     """A dataclass field carrying its rules (see the module docstring)."""
     metadata = {"choices": choices, "min": min, "max": max, "above": above, "below": below, "finite": finite or None,
-                "positional": positional, "shapes": shapes, "steps": steps}
+                "positional": positional, "shapes": shapes, "steps": steps, "urls": urls}
     metadata = {k: v for k, v in metadata.items() if v is not None and v is not False}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from hfgpt.config.options import option
-from hfgpt.core.names import HUB_ID
+from hfgpt.core.names import HUB_ID, is_url, shown_url
 
 # The trackers Accelerate knows by name (accelerate.tracking.LOGGER_TYPE_TO_CLASS).
 TRACKERS = ("tensorboard", "wandb", "aim", "clearml", "comet_ml", "dvclive", "mlflow", "swanlab", "trackio")
@@ -32,7 +32,7 @@ class DataConfig:
     """Name of the dataset: its token files, meta.json and tokenizer live in data_dir/dataset/."""
     data_dir: str = option("data")
     """Folder that holds one subfolder per dataset."""
-    source: str | list[str] | None = option(None, shapes="data")
+    source: str | list[str] | None = option(None, shapes="data", urls=True)
     """Text to prepare: a text file, folder, glob, .jsonl/.json/.csv/.parquet file, http(s) URL, Hub dataset id or nanoGPT data folder; or a list of these ([a.txt, docs/])."""
     file_glob: str | list[str] = option("**/*.txt", shapes="data")
     """Files a folder source contributes, matched below it (e.g. ['**/*.md', '**/*.py'])."""
@@ -195,8 +195,10 @@ class Recipe:
     hub: HubConfig = field(default_factory=HubConfig)
 
     def to_dict(self) -> dict:
-        """The flat key -> value form a recipe file uses."""
-        return {k: v for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+        """The flat key -> value form a recipe file uses, as it is saved (recipe.yaml, state.json,
+        meta.json, trackers) and shown: URLs without their secrets (option urls=True)."""
+        return {k: shown_urls(v) if FIELDS[k].metadata.get("urls") else v
+                for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
 
     def get(self, key: str):
         return getattr(getattr(self, KEYS[key]), key)
@@ -205,6 +207,13 @@ class Recipe:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
 KEYS = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 FIELDS = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+
+
+def shown_urls(value):
+    """A value, or each entry of a list, with every URL through shown_url."""
+    if isinstance(value, list):
+        return [shown_urls(v) for v in value]
+    return shown_url(value) if isinstance(value, str) and is_url(value) else value
 
 
 def keys_that_shape(what: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@
     should_compile(None, "mps")              # False: torch.compile by default on CUDA only
     states = rng_states()                    # the CPU generator and CUDA's or MPS's, as tensors
     with forked_rng(torch.device("mps")): ...  # those generators are restored on exit
+    available_memory("cuda")                 # (bytes free on the GPU, "the GPU"); else RAM
 """
 
 import os
@@ -105,3 +106,13 @@ def forked_rng(device: torch.device):
     else:
         with torch.random.fork_rng(devices=[]):
             yield
+
+
+def available_memory(dev: str) -> tuple[int, str]:
+    """Bytes a model can still take on the device, and where that is: the current CUDA GPU's free
+    memory, else the machine's available RAM (CPU, and MPS's unified memory)."""
+    if dev == "cuda":
+        return torch.cuda.mem_get_info()[0], f"the GPU ({torch.cuda.get_device_name()})"
+    import psutil  # installed with accelerate
+
+    return psutil.virtual_memory().available, "this machine's RAM"

@@ -6,6 +6,7 @@
     with temp_dir(parent, ".prepare-") as work:   # parent/.prepare-<host>-<pid>-XXXX, removed whatever happens
         ...
     sync_tree(folder)                             # flush every file and folder below it before a rename
+    freed = remove_dead_temp(parent, (".prepare-",))   # bytes of dead writers' leftovers removed
 
 Temporary names are unique per writer (a fixed name would let two commands writing the same
 file, e.g. `hfgpt.eval` during training, trample each other) and carry the writer's host and
@@ -13,6 +14,7 @@ PID, so a later start can tell a dead writer's leftovers from a live one's (owne
 """
 
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -27,20 +29,47 @@ def owner_tag() -> str:
 
 
 def owner_alive(name: str) -> bool | None:
-    """Whether the writer named in a temporary name (...<host>-<pid>-...) still runs: None when the
-    name carries no owner or the owner is on another host (then nobody here can tell)."""
-    parts = name.lstrip(".").split("-")
-    for i in range(len(parts) - 1):
-        if parts[i] == socket.gethostname().replace("-", "_") and parts[i + 1].isdigit():
-            pid = int(parts[i + 1])
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-    return None
+    """Whether the writer named in a temporary name (...<host>-<pid>-... or ...<host>-<pid>.tmp)
+    still runs: None when the name carries no owner or the owner is on another host (then nobody
+    here can tell)."""
+    host = socket.gethostname().replace("-", "_")
+    found = re.search(rf"(?:^|[.-]){re.escape(host)}-(\d+)(?=[-.]|$)", name)
+    if found is None:
+        return None
+    try:
+        os.kill(int(found[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def size_of(path: Path) -> int:
+    """Bytes of a file, or of every file below a folder (links are not followed)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(os.lstat(os.path.join(root, name)).st_size for root, _, files in os.walk(path) for name in files)
+
+
+def remove_dead_temp(folder: Path, prefixes: tuple[str, ...]) -> int:
+    """Remove the entries of `folder` whose names start with one of `prefixes` and whose writer
+    (owner_alive) is dead: what a killed command left. A live writer's, another host's and a name
+    without an owner are kept. Returns the bytes freed."""
+    freed = 0
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if not entry.name.startswith(prefixes) or owner_alive(entry.name) is not False:
+            continue
+        try:
+            size = size_of(entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another command removed it first
+            continue
+        freed += size
+    return freed
 
 
 def fsync_dir(folder: Path) -> None:

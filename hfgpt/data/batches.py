@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hfgpt.core.errors import UserError
-from hfgpt.data.meta import check_split_size
+from hfgpt.data.meta import check_split_size, file_problem
 
 
 class TokenShards:
@@ -33,12 +33,13 @@ class TokenShards:
 
 
 def load_tokens(folder: Path, meta: dict, split: str, block_size: int | None = None) -> TokenShards:
-    """The split's shards as listed in meta.json; with block_size, checked to hold a training window."""
+    """The split's shards as listed in meta.json, each checked to have the size meta.json gives it;
+    with block_size, checked to hold a training window."""
     arrays = []
     for entry in meta["shards"][split]:
         path = folder / entry["file"]
-        if not path.exists():
-            raise UserError(f"{path} not found: run python -m hfgpt.prepare RECIPE to make it again")
+        if problem := file_problem(path, entry["tokens"], meta["dtype"]):
+            raise UserError(f"{problem}: run python -m hfgpt.prepare RECIPE (with its source) to make {folder} again")
         arrays.append(np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r"))
     tokens = TokenShards(arrays)
     if block_size is not None:

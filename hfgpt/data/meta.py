@@ -4,6 +4,7 @@ the mark that the folder is complete.
     meta = new_meta(recipe, tokenizer, shards, split="contiguous", dtype="uint16", **source_facts)
     write_meta(folder, meta)
     meta = read_meta(folder)                    # None when the folder has none
+    shard_problem(folder, meta)                 # None when every token file has the size meta.json gives it
     check_split_size(n_tokens, "val", block_size, folder, share=0.1)
 """
 
@@ -47,6 +48,26 @@ def new_meta(recipe: Recipe, tokenizer, shards: dict[str, list[dict]], split: st
         "split": split,
         **facts,
     }
+
+
+def file_problem(path: Path, tokens: int, dtype: str) -> str | None:
+    """What is wrong with one token file that should hold `tokens` ids of `dtype`, or None."""
+    if not path.is_file():
+        return f"{path} is missing"
+    size, want = path.stat().st_size, tokens * np.dtype(dtype).itemsize
+    if size != want:
+        return f"{path} holds {size:,} bytes, but meta.json lists {tokens:,} {dtype} tokens ({want:,} bytes)"
+    return None
+
+
+def shard_problem(folder: Path, meta: dict) -> str | None:
+    """The first token file of meta.json that is missing or not of its size (truncated, grown,
+    replaced), or None: a cheap check (no file is read) that prepare and train make every time."""
+    for entries in meta["shards"].values():
+        for entry in entries:
+            if problem := file_problem(folder / entry["file"], entry["tokens"], meta["dtype"]):
+                return problem
+    return None
 
 
 def check_split_size(have: int, split: str, block_size: int, folder: Path, share: float | None = None) -> None:

@@ -20,7 +20,7 @@ from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import temp_dir
 from hfgpt.data.meta import new_meta, write_meta
-from hfgpt.data.shards import publish
+from hfgpt.data.shards import PREPARING, publish
 from hfgpt.data.sources import stamp_of
 from hfgpt.data.tokenizer import char_tokenizer_from_stoi, load_tokenizer
 
@@ -41,7 +41,7 @@ def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
         tokenizer, name = load_tokenizer(recipe.data.tokenizer), recipe.data.tokenizer
     shards = {split: [{"file": f"{split}.bin", "tokens": _count(src / f"{split}.bin", len(tokenizer))}]
               for split in ("train", "val")}
-    with temp_dir(out, ".prepare-") as work:
+    with temp_dir(out, PREPARING) as work:
         if src.resolve() != out.resolve():
             for split in ("train", "val"):
                 shutil.copyfile(src / f"{split}.bin", work / f"{split}.bin")

@@ -20,15 +20,19 @@ import numpy as np
 
 from hfgpt.config import Recipe, keys_that_shape
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import temp_dir
+from hfgpt.core.files import owner_tag, remove_dead_temp, temp_dir
 from hfgpt.data import nanogpt_data
 from hfgpt.data.encode import encoder_for, write_tokens
-from hfgpt.data.meta import check_split_size, new_meta, read_meta, write_meta
-from hfgpt.data.shards import ShardWriter, move_tail, publish
+from hfgpt.data.meta import META, check_split_size, new_meta, read_meta, shard_problem, write_meta
+from hfgpt.data.shards import PREPARING, ShardWriter, move_tail, preparing, publish
 from hfgpt.data.sources import Source, is_nanogpt_dir, open_source, stamp_of
 from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokenizer, train_bpe
 
 DRAW_BLOCK = 1 << 16  # documents per seeded block of validation draws when their number is unknown
+WAIT = 0.5  # seconds between looks at a folder another prepare is writing
+# What a killed prepare leaves in the dataset folder: its work folder, a meta.json being written,
+# the probe of _make_dir, a tokenizer/ set aside by replace_dir (each name carries <host>-<pid>).
+LEFTOVERS = (PREPARING, f".{META}.", ".write-test-", ".old-")
 
 
 def dataset_dir(recipe: Recipe) -> Path:
@@ -37,8 +41,10 @@ def dataset_dir(recipe: Recipe) -> Path:
 
 def settings(recipe: Recipe, split: str | None) -> dict:
     """The recipe's values that the files depend on (the keys that shape the data: meta.json records
-    them, a change prepares again); seed only picks documents, vocab_size only sizes bpe."""
-    values = {k: recipe.get(k) for k in keys_that_shape("data")}
+    them as saved, URLs without secrets; a change prepares again); seed only picks documents,
+    vocab_size only sizes bpe."""
+    saved = recipe.to_dict()
+    values = {k: saved[k] for k in keys_that_shape("data")}
     if recipe.data.tokenizer != "bpe":
         del values["vocab_size"]
     if split == "documents":
@@ -52,9 +58,12 @@ def _changed(recipe: Recipe, meta: dict) -> list[str]:
 
 
 def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) -> bool:
-    """Same settings and same source content (files compared by size and mtime, then by sha256)."""
-    if meta is None or "shards" not in meta or not all(
-            (out / e["file"]).exists() for entries in meta["shards"].values() for e in entries):
+    """Every token file of the size meta.json gives it, the same settings and the same source
+    content (files compared by size and mtime, then by sha256)."""
+    if meta is None or "shards" not in meta:
+        return False
+    if problem := shard_problem(out, meta):
+        print(f"{problem}: preparing {out} again")
         return False
     changed = _changed(recipe, meta)
     if changed:
@@ -77,7 +86,7 @@ def _make_dir(out: Path) -> bool:
     existed = out.is_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        fd, probe = tempfile.mkstemp(dir=out, prefix=f".write-test-{owner_tag()}-")
         os.close(fd)
         os.remove(probe)
     except OSError as e:
@@ -102,14 +111,17 @@ def prepare(recipe: Recipe) -> dict:
 
 def _prepare(recipe: Recipe, out: Path) -> dict:
     start = time.time()
+    if freed := remove_dead_temp(out, LEFTOVERS):
+        size = f"{freed / 1e6:,.1f} MB" if freed >= 100_000 else f"{freed:,} bytes"
+        print(f"removed {size} that a stopped prepare left in {out}")
     source = open_source(recipe, out)
-    meta = read_meta(out)
+    meta = wait_for_prepare(out)
     if _up_to_date(recipe, meta, source, out):
         print(f"{out} is up to date with {source.label} (tokenizer {recipe.data.tokenizer}): nothing to do")
         return meta
     if source.nanogpt_dir is not None:
         return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out)
-    with temp_dir(out, ".prepare-") as work:
+    with temp_dir(out, PREPARING) as work:
         meta = _tokenize_source(recipe, source, work, out)
         publish(work, out)
     elapsed = time.time() - start
@@ -201,15 +213,30 @@ def _training_text(source: Source, is_val, val_fraction: float) -> Iterator[str]
                 yield piece
 
 
+def wait_for_prepare(out: Path) -> dict | None:
+    """The folder's meta.json, after waiting for a prepare that is writing it now (another process
+    publishing there, whose half-published files are no dataset yet)."""
+    said = False
+    while (work := preparing(out)) is not None:
+        if not said:
+            print(f"waiting for the prepare that is writing {out} (its work folder {work.name}) to finish")
+            said = True
+        time.sleep(WAIT)
+    return read_meta(out)
+
+
 def ensure_prepared(recipe: Recipe) -> dict:
     """The dataset's meta.json, preparing the data first when it is missing or made differently."""
     out = dataset_dir(recipe)
     if recipe.data.source is not None:
         return prepare(recipe)
-    meta = read_meta(out)
+    meta = wait_for_prepare(out)
     if meta is not None:
         return meta
     if is_nanogpt_dir(out):
         return nanogpt_data.import_dir(recipe, out, out)
+    if (out / "tokenizer").is_dir():
+        raise UserError(f"{out} holds hfgpt's tokenizer/ but no meta.json: a prepare was stopped before it finished; "
+                        "set source: to the text and run python -m hfgpt.prepare RECIPE again")
     raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
                     f"(a file, folder, URL or Hub dataset), or run python -m hfgpt.prepare RECIPE")

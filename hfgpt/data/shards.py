@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfgpt.core.files import fsync_dir, replace_dir, sync_tree
+from hfgpt.core.files import fsync_dir, owner_alive, replace_dir, sync_tree
 
 COPY_TOKENS = 1 << 22  # tokens per read when moving a stream's tail into val
 
@@ -92,6 +92,12 @@ def move_tail(stream: ShardWriter, val: ShardWriter, n_val: int) -> None:
 
 
 TOKEN_FILE = re.compile(r"^(train|val)(-\d{5})?\.bin$")
+PREPARING = ".prepare-"  # prefix of the temporary folder a prepare writes in (make_temp_dir adds <host>-<pid>)
+
+
+def preparing(out: Path) -> Path | None:
+    """The temporary folder of a prepare that is writing `out` now (its owner alive), or None."""
+    return next((p for p in out.glob(f"{PREPARING}*") if owner_alive(p.name)), None) if out.is_dir() else None
 
 
 def publish(work: Path, out: Path) -> None:

@@ -8,7 +8,8 @@
   - a text file (one document), a folder (its files matching `file_glob`, sorted), or a glob;
   - a .jsonl/.json/.csv/.parquet file (one document per row of `text_column`), loaded with
     `datasets.load_dataset` into a temporary cache, or streamed with `streaming: true` (hfgpt.tables);
-  - an http(s) URL, downloaded once into the dataset folder and then read as a file;
+  - an http(s) URL, downloaded once into dataset_dir/downloads/ and then read as a file; a copy the
+    user put at dataset_dir/<its file name> is used as is (hfgpt.data.downloads);
   - a Hub dataset id: `datasets.load_dataset(id, source_config, split=source_split, streaming=streaming)`;
   - a nanoGPT data folder (train.bin + val.bin, maybe meta.pkl), used as it is (hfgpt.nanogpt).
 """
@@ -17,38 +18,29 @@ import codecs
 import glob
 import hashlib
 import os
-import shutil
-import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
-from hfgpt.core.names import is_hub_id, is_url
+from hfgpt.core.names import is_hub_id, is_url, shown_url
+from hfgpt.data.downloads import fetch_url
+from hfgpt.data.meta import META
+from hfgpt.data.shards import preparing
 from hfgpt.data.tables import TABLES, Table
 
 PIECE_CHARS = 1 << 20  # text per piece of a text file; bounds the memory of one tokenizer call
 
 
 def is_nanogpt_dir(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "train.bin").is_file() and (folder / "val.bin").is_file()
-
-
-def download(url: str, dest: Path) -> None:
-    """Fetch `url` into `dest` through a temporary file, so a broken download leaves nothing."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    print(f"downloading {url} -> {dest}")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, f, length=1 << 20)
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise UserError(f"could not download {url} ({e}): download it yourself to {dest} and run again") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """train.bin and val.bin as nanoGPT's prepare scripts leave them; not hfgpt's own dataset folder
+    caught without its meta.json: while a prepare publishes there (its live work folder is there),
+    or after one was stopped midway (hfgpt's tokenizer/ is there, and no nanoGPT meta.pkl)."""
+    if not (folder.is_dir() and (folder / "train.bin").is_file() and (folder / "val.bin").is_file()):
+        return False
+    if (folder / "meta.pkl").exists() or (folder / META).exists():
+        return True
+    return not (folder / "tokenizer").is_dir() and preparing(folder) is None
 
 
 def stamp_of(paths: list[Path]) -> str:
@@ -191,11 +183,9 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
         entry = str(entry)
         shown.append(entry)
         if is_url(entry):
-            path = dataset_dir / (Path(urllib.parse.urlsplit(entry).path).name or "input.txt")
-            if not path.exists():
-                download(entry, path)
+            path = fetch_url(entry, [str(e) for e in entries if is_url(str(e))], dataset_dir)
             shown[-1] = str(path)
-            parts += _file_parts(entry, [path], recipe)
+            parts += _file_parts(shown_url(entry), [path], recipe)
             continue
         path = Path(entry).expanduser()
         if is_nanogpt_dir(path):
@@ -220,7 +210,7 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
         raise UserError(f"source {nanogpt} is a nanoGPT data folder (train.bin, val.bin): it is used as it is, "
                         "so it cannot be combined with other sources in a list")
     if nanogpt is None and not any(p.n_documents != 0 for p in parts):
-        raise UserError(f"source {recipe.data.source} holds only empty files: give files with text in them")
+        raise UserError(f"source {recipe.to_dict()['source']} holds only empty files: give files with text in them")
     return Source(parts, nanogpt, ", ".join(shown))
 
 

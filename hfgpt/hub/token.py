@@ -15,5 +15,11 @@ def redact(text: str) -> str:
 
 
 def reason(e: BaseException) -> str:
-    """The first line of an exception, for a one-line error message (token removed)."""
-    return redact(first_line(e))
+    """The first line of an exception, for a one-line error message (token removed); for an HTTP
+    answer, with its status and the server's own message."""
+    text = first_line(e)
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is not None:
+        said = (getattr(e, "server_message", None) or "").strip().splitlines()
+        text = f"HTTP {status}: {text.rstrip(': ')}" + (f": {said[0]}" if said and said[0] not in text else "")
+    return redact(text)

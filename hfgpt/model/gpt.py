@@ -4,6 +4,7 @@ the Hub or a folder and cropped to block_size.
     model = build_model(recipe.model, vocab_size=67, eot_token_id=65)
     model = load_model("gpt2-medium", block_size=256, dropout=0.1)
     model = load_model("user/my-model@v1", block_size=256)    # a branch, tag or commit of a Hub repo
+    check_fits(config, available=16e9, where="RAM")           # UserError when training it cannot fit
     loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
     loss = NextTokenLoss(model)(x, y)    # the same, as a module: what training compiles and prepares
     gpt = causal_lm(prepared)            # the causal LM inside DDP / torch.compile / NextTokenLoss
@@ -24,6 +25,7 @@ SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 200}
 # (GPT-2's 50257 -> 50304, as nanoGPT): GPU matmuls run faster on such shapes. Small vocabularies
 # (char, byte) stay exact, where padding would only add work.
 VOCAB_MULTIPLE, PAD_VOCAB_ABOVE = 64, 1024
+TRAIN_BYTES = 4 * 4  # per parameter in training: float32 weight, gradient, AdamW's exp_avg and exp_avg_sq
 
 
 def padded_vocab_size(vocab_size: int) -> int:
@@ -56,12 +58,40 @@ def gpt2_config(*, n_layer: int, n_head: int, n_embd: int, block_size: int, drop
     )
 
 
-def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None) -> GPT2LMHeadModel:
+def gpt2_parameters(config: GPT2Config) -> int:
+    """Parameters of a GPT2LMHeadModel with this config, counted without building it (the output
+    layer shares the token embedding)."""
+    e, inner = config.n_embd, config.n_inner or 4 * config.n_embd
+    # per block: two LayerNorms, attention's qkv and output projections, the MLP's two layers (with biases)
+    block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * inner + inner) + (inner * e + e)
+    return (config.vocab_size + config.n_positions) * e + config.n_layer * block + 2 * e
+
+
+def check_fits(config: GPT2Config, available: float, where: str) -> None:
+    """Refuse, before building it, a model whose training cannot fit in `available` bytes: float32
+    weights, gradients and AdamW's two moments take TRAIN_BYTES per parameter, activations come on
+    top, so this is a lower bound and only a model that surely cannot fit is refused."""
+    n = gpt2_parameters(config)
+    need = n * TRAIN_BYTES
+    if need > available:
+        count = f"{n / 1e9:,.1f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M"
+        raise UserError(f"n_layer={config.n_layer}, n_embd={config.n_embd}: the model has {count} parameters, "
+                        f"and training it needs at least {need / 1e9:,.1f} GB ({TRAIN_BYTES} bytes per parameter: "
+                        f"float32 weights, gradients and AdamW's two moments), but {where} has {available / 1e9:,.1f} GB "
+                        "available: lower n_embd or n_layer")
+
+
+def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None,
+                memory: tuple[float, str] | None = None) -> GPT2LMHeadModel:
     """A new GPT2LMHeadModel with GPT-2's initialisation (the same as nanoGPT's). Padded ids (see
-    VOCAB_MULTIPLE) never occur in the data and are suppressed in generation, so none is sampled."""
+    VOCAB_MULTIPLE) never occur in the data and are suppressed in generation, so none is sampled.
+    With `memory` (bytes available, where), a model that cannot train there is refused first."""
     padded = padded_vocab_size(vocab_size)
-    model = GPT2LMHeadModel(gpt2_config(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-                                        dropout=m.dropout, vocab_size=padded, eot_token_id=eot_token_id))
+    config = gpt2_config(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
+                         dropout=m.dropout, vocab_size=padded, eot_token_id=eot_token_id)
+    if memory is not None:
+        check_fits(config, *memory)
+    model = GPT2LMHeadModel(config)
     if not m.bias:
         zero_biases(model)
     set_generation_defaults(model, m.block_size, eot_token_id)

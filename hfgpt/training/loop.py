@@ -82,8 +82,9 @@ def train(recipe: Recipe) -> dict:
     if not stopped:
         progress.summary(state)
     accelerator.end_training()
-    if pusher:
-        pusher.finish(f"end of training: iter {state.iter}" if not stopped else f"stopped at iter {state.iter}")
+    if pusher:  # a failed push after a signal is reported, and the signal's exit code kept
+        stopped = pusher.finish(f"end of training: iter {state.iter}" if not stopped else f"stopped at iter {state.iter}",
+                                stopped)
     last_eval = {"iter": state.eval_iter, "train_loss": state.train_loss, "val_loss": state.val_loss}
     return {**(last_eval if state.eval_iter is not None else {}), "best_val_loss": state.best_val_loss,
             "iters": state.iter, "signal": stopped}

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
 from hfgpt.config import Recipe
-from hfgpt.core.device import device_type, resolve_mixed_precision, should_compile
+from hfgpt.core.device import available_memory, device_type, resolve_mixed_precision, should_compile
 from hfgpt.core.errors import UserError
 from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
 from hfgpt.data.prepare import dataset_dir, ensure_prepared
@@ -74,7 +74,8 @@ def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = 
     being resumed) and checked against the tokenizer."""
     m = recipe.model
     if checkpoint is None and m.init_from == "scratch":
-        return build_model(m, vocab_size=meta["vocab_size"], eot_token_id=meta.get("eot_token_id"))
+        return build_model(m, vocab_size=meta["vocab_size"], eot_token_id=meta.get("eot_token_id"),
+                           memory=available_memory(device_type(recipe.system.device)))
     source = str(checkpoint) if checkpoint is not None else m.init_from
     model = load_model(source, m.block_size, m.dropout)
     rows = model.get_input_embeddings().num_embeddings

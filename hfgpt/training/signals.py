@@ -4,6 +4,8 @@ returns, and the command exits 128 + the signal number (130, 143).
     with StopSignal(every=log_interval) as stop:
         while ...:
             if stop.received(accelerator, iter_num): ...
+    with RaiseOnSignal():     # a wait that must end at once: the signal raises Interrupted(signum)
+        future.result()
 
 With several processes every process must stop at the same iteration, so their flags are
 gathered: an all-gather and a device-to-host read. That happens only at multiples of `every`
@@ -12,6 +14,7 @@ on every process; a signal takes effect within `every` iterations.
 """
 
 import signal
+import threading
 
 import torch
 
@@ -48,3 +51,23 @@ class StopSignal:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal_name(signum))
+        self.signum = signum
+
+
+class RaiseOnSignal(StopSignal):
+    """While active, SIGINT and SIGTERM raise Interrupted(signum) in the main thread: for a wait
+    that must end at once (the final push). Elsewhere than the main thread it does nothing."""
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            return super().__enter__()
+        self.previous = {}
+        return self
+
+    def _handle(self, signum, frame):
+        raise Interrupted(signum)

@@ -9,6 +9,7 @@ import functools
 import http.server
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -136,6 +137,15 @@ def run_env() -> dict:
 
 
 PYTHON = sys.executable
+
+
+def dead_owner() -> str:
+    """<host>-<pid> of a process that has ended, as the temporary names of a killed writer carry it."""
+    from hfgpt.core.files import owner_tag
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{owner_tag().rsplit('-', 1)[0]}-{proc.pid}"
 
 
 class LocalServer:

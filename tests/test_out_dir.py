@@ -62,12 +62,12 @@ def test_refusal_offers_resume_and_overwrite(tiny_recipe, workdir, capsys):
 
 def test_two_processes_of_a_multi_process_run_refuse_together(tiny_recipe, workdir):
     (workdir / "out").mkdir()
-    (workdir / "out" / "config.json").write_text("{}")
+    (workdir / "out" / "config.json").write_text('{"model_type": "gpt2"}')
     cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
            "--num_processes", "2", "-m", "hfgpt.train", str(tiny_recipe(**SHORT, gradient_accumulation_steps=2))]
     result = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=workdir, timeout=300)
     assert result.returncode != 0  # and within the timeout: no process waits for the other
-    assert "traceback : error: out_dir=" in result.stderr and "holds another run (config.json)" in result.stderr
+    assert "traceback : error: out_dir=" in result.stderr and "holds another run (model)" in result.stderr
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["config.json"]
 
 

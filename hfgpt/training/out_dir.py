@@ -24,7 +24,7 @@ from accelerate.utils import broadcast_object_list
 
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import LOCK, holder_text, hold_lock, remove_dead_temp, remove_tree, size_text
+from hfgpt.core.files import LOCK, holder_text, hold_lock, read_json, remove_dead_temp, remove_tree, size_text
 from hfgpt.hub.card import CARD, EVAL_RESULTS, FACTS, PLOT
 from hfgpt.training.checkpoint import checkpoint_dir
 
@@ -47,12 +47,19 @@ def usable_folder(out: Path) -> None:
             raise UserError(f"out_dir={out}: {path} is a file, not a folder{below}: give a folder, e.g. --out_dir=out")
 
 
+def holds_model(out: Path) -> bool:
+    """Whether out_dir holds a saved model (weights, or a transformers config naming its model_type)."""
+    return (out / "model.safetensors").is_file() or (out / "model.safetensors.index.json").is_file() or \
+        "model_type" in read_json(out / "config.json")
+
+
 def earlier_run(out: Path) -> list[str]:
     """What makes out_dir another run's: its model, checkpoints and metrics (nothing when it is new)."""
-    found = [name for name in ("config.json", "model.safetensors", METRICS) if (out / name).is_file()]
+    found = (["model"] if holds_model(out) else []) + ([METRICS] if (out / METRICS).is_file() else [])
     ckpts = checkpoint_dir(out)
-    if ckpts.is_dir() and any(not p.name.startswith(".") for p in ckpts.iterdir()):
-        found.append(f"{ckpts.name}/ ({', '.join(sorted(p.name for p in ckpts.iterdir() if not p.name.startswith('.')))})")
+    names = sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) if ckpts.is_dir() else []
+    if names:
+        found.append(f"{ckpts.name}/ ({', '.join(names) if len(names) <= 3 else f'{names[0]}, ..., {names[-1]}'})")
     return found
 
 
@@ -65,11 +72,12 @@ def is_hfgpt_card(path: Path) -> bool:
 
 
 def remove_earlier_run(out: Path) -> tuple[list[str], list[str]]:
-    """Delete the files hfgpt writes in out_dir; returns (removed, kept) names."""
-    removed = []
+    """Delete the files hfgpt writes in out_dir; returns (removed, kept) names. The model folder's
+    files go only when out_dir holds a model, the card only when it is hfgpt's."""
+    removed, model = [], holds_model(out)
     for path in sorted(out.iterdir()):
         name = path.name
-        ours = (name in MODEL_FILES or path.match(SHARDS) or name in (METRICS, PLOT)
+        ours = ((model and (name in MODEL_FILES or path.match(SHARDS))) or name in (METRICS, PLOT)
                 or (name == CARD and is_hfgpt_card(path)))
         if path.is_file() and not path.is_symlink() and ours:
             path.unlink()
@@ -82,16 +90,18 @@ def remove_earlier_run(out: Path) -> tuple[list[str], list[str]]:
     return removed, kept
 
 
-def inside(path: str, folder: Path) -> bool:
-    p = Path(path)
-    return p.exists() and (p.resolve() == folder.resolve() or folder.resolve() in p.resolve().parents)
+def inside(init_from: str, folder: Path) -> bool:
+    """Whether init_from is a local folder that is `folder` or lies below it."""
+    p = Path(init_from)
+    return init_from not in ("scratch", "resume") and p.exists() and (
+        p.resolve() == folder.resolve() or folder.resolve() in p.resolve().parents)
 
 
 def prepare_out_dir(recipe: Recipe) -> None:
     """The main process's checks and clean-up, with out_dir's lock held (see the module docstring)."""
     out, init_from = Path(recipe.train.out_dir), recipe.model.init_from
     found = earlier_run(out) if init_from != "resume" else []
-    if init_from != "resume" and inside(init_from, out):
+    if inside(init_from, out):
         raise UserError(f"init_from={init_from} is inside out_dir={out}: a new run there would replace the model "
                         "it starts from; write it to another --out_dir (or continue that run with --init_from=resume)")
     if found and not recipe.train.overwrite_out_dir:
@@ -103,7 +113,7 @@ def prepare_out_dir(recipe: Recipe) -> None:
     if found:
         removed, kept = remove_earlier_run(out)
         print(f"overwrite_out_dir: removed the earlier run's {', '.join(removed)} from {out}"
-              + (f" (kept {', '.join(kept)}: not written by hfgpt)" if kept else ""))
+              + (f" (kept {', '.join(kept)})" if kept else ""))
 
 
 @contextmanager
@@ -131,12 +141,18 @@ def take(recipe: Recipe) -> Iterator[None]:
     usable_folder(out)
     hint = ("wait for it to end, or train into another --out_dir (python -m hfgpt.eval and hfgpt.sample can read "
             f"{out} meanwhile)")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"out_dir={out} cannot be created ({e.strerror}): give a writable folder") from None
-    with hold_lock(out, hint) as stale:
-        if stale:
-            print(f"took over {out / LOCK} from a run that ended without releasing it ({holder_text(stale)})")
-        prepare_out_dir(recipe)
-        yield
+    try:
+        with hold_lock(out, hint) as stale:
+            if stale:
+                print(f"took over {out / LOCK} from a run that ended without releasing it ({holder_text(stale)})")
+            prepare_out_dir(recipe)
+            yield
+    except BaseException:
+        if created and not any(out.iterdir()):  # a run that failed before writing anything leaves no folder
+            out.rmdir()
+        raise

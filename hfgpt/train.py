@@ -3,6 +3,7 @@
     hfgpt train recipes/shakespeare_char_cpu.yaml
     python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --max_iters=3000
     python -m hfgpt.train --config recipes/shakespeare_char_cpu.yaml --eval_only=True --init_from=resume
+    python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --overwrite_out_dir=True   # start over where a run was
     accelerate launch --config_file accelerate_config.yaml -m hfgpt.train recipes/shakespeare_char.yaml
     accelerate launch --multi_gpu --num_processes 2 -m hfgpt.train recipes/shakespeare_char_cpu.yaml  # 2 CPU processes
 
@@ -14,7 +15,9 @@ checkpoint to out_dir/checkpoints/. SIGINT or SIGTERM finish the iteration, chec
 130 or 143; init_from=resume continues exactly where the run stopped. out_dir/metrics.jsonl holds
 one JSON object per log line and per evaluation, also sent to the trackers of log_with; loss.png
 is redrawn at each evaluation, and every saved model folder gets a README.md model card. With
-push_to_hub the saves go to the Hub in the background (hfgpt.hub.push).
+push_to_hub the saves go to the Hub in the background (hfgpt.hub.push). One run at a time holds
+out_dir, and a new run does not replace another run's results there unless overwrite_out_dir is set
+(hfgpt.training.out_dir).
 """
 
 import os

@@ -8,6 +8,7 @@ import atexit
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -143,3 +144,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def dead_owner() -> str:
+    """<host>-<pid> of a process that has ended, as the temporary names of a killed writer carry it."""
+    from hfgpt.core.files import owner_tag
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{owner_tag().rsplit('-', 1)[0]}-{proc.pid}"

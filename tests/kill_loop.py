@@ -1,9 +1,17 @@
-"""Kill a training run with SIGKILL at random moments, resume it each time, and check that it ends
-exactly where an uninterrupted run ends (same per-iteration losses, bitwise-equal weights).
+"""Kill a training run with SIGKILL at random moments, half of them while a checkpoint or the model is
+being saved, rerun it each time, and check that it ends exactly where an uninterrupted run ends.
 
-    python -m tests.kill_loop --kills=10 --seed=0          # from the repository root
+    python -m tests.kill_loop --kills=10 --seed=0          # from the repository root; --kills=100 runs longer
 
-Used by tests/test_checkpoint.py with fewer kills.
+After every kill: each checkpoint in out_dir/checkpoints is whole (every file loads) or absent, and
+the model in out_dir loads. At the end: no temporary file or folder anywhere in out_dir (the lock
+released too), every iteration logged once with the uninterrupted run's loss, and the final weights
+(checkpoint and out_dir) bitwise equal to the uninterrupted run's.
+
+Each run is a child forked from this process after it has imported hfgpt (and torch), so a start
+costs a fraction of a second instead of a fresh interpreter's imports; the child is a real process,
+killed by a real SIGKILL while it writes real files. tests/test_checkpoint.py runs this with 10
+kills as a subprocess.
 """
 
 import argparse
@@ -11,107 +19,224 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from safetensors.torch import load_file
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # this tiny model gains nothing from more; a busy machine loses 10x
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import yaml  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+import hfgpt.training.loop  # noqa: E402,F401  (imported before forking: the children start warm)
+from hfgpt import prepare, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {
     "dataset": "kill", "tokenizer": "char", "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64,
-    "batch_size": 16, "gradient_accumulation_steps": 1, "max_iters": 300, "eval_interval": 10, "eval_iters": 2,
-    "log_interval": 1, "learning_rate": 3e-3, "warmup_iters": 10, "lr_decay_iters": 300, "min_lr": 3e-4,
-    "dropout": 0.1, "device": "cpu", "compile": False, "keep_last": 2,
+    "batch_size": 16, "gradient_accumulation_steps": 1, "max_iters": 100, "eval_interval": 5, "eval_iters": 2,
+    "log_interval": 1, "learning_rate": 3e-3, "warmup_iters": 5, "lr_decay_iters": 100, "min_lr": 3e-4,
+    "dropout": 0.1, "device": "cpu", "mixed_precision": "no", "compile": False, "keep_last": 2,
 }
 
 
-def _env() -> dict:
-    # one thread: this tiny model gains nothing from more, and a busy machine would slow it 10x
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
+def start(command, args: list[str], log: Path) -> int:
+    """Fork a child that runs `command.main(args)` with its output in `log`; returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        code = command.main(args)
+    finally:
+        os._exit(code)
 
 
-def _train(workdir: Path, recipe: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hfgpt.train", str(recipe), *args], cwd=workdir, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+EXITED: dict[int, int] = {}  # pid -> exit code of children reaped by running()
 
 
-def _losses(out_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = {}
-    for row in rows:
+def wait(pid: int) -> int:
+    if pid not in EXITED:
+        EXITED[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return EXITED[pid]
+
+
+def running(pid: int) -> bool:
+    if pid in EXITED:
+        return False
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        EXITED[pid] = os.waitstatus_to_exitcode(status)
+    return not done
+
+
+def last_logged(out: Path) -> int:
+    """The last iteration in metrics.jsonl with a training loss (0 when none)."""
+    path = out / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
         if "loss" in row:
-            assert row["iter"] not in losses, f"iteration {row['iter']} logged twice"
-            losses[row["iter"]] = row["loss"]
-    return losses
+            return row["iter"]
+    return 0
 
 
-def _logged(out_dir: Path) -> int:
-    path = out_dir / "metrics.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if '"loss"' in line) if path.exists() else 0
+def saving(out: Path, what: tuple[str, ...] = ("model", "checkpoint")) -> bool:
+    """Whether the model (out_dir/.saving-*) or a checkpoint (checkpoints/.tmp-iter-*) is being saved."""
+    places = {"model": (out, ".saving-"), "checkpoint": (out / "checkpoints", ".tmp-iter-")}
+    for folder, prefix in (places[w] for w in what):
+        try:
+            if any(e.name.startswith(prefix) for e in os.scandir(folder)):
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
-def run(workdir: Path, text: str, kills: int, seed: int, max_iters: int = 300, say=print) -> None:
-    rng = random.Random(seed)
+def check_whole(out: Path) -> list[str]:
+    """Every checkpoint whole (each file loads) and the model in out_dir loadable; returns the names."""
+    ckpts = out / "checkpoints"
+    names = sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) if ckpts.is_dir() else []
+    for name in names:
+        folder = ckpts / name
+        state = json.loads((folder / "state.json").read_text())  # a folder without it is half a checkpoint
+        assert name == f"iter-{state['iter']:06d}", name
+        for f in ("model.safetensors", "optimizer.safetensors", "rng-0.safetensors"):
+            load_file(folder / f)
+        for f in ("optimizer.json", "config.json"):
+            json.loads((folder / f).read_text())
+    if (out / "model.safetensors").exists():
+        load_file(out / "model.safetensors")
+        json.loads((out / "config.json").read_text())
+    return names
+
+
+def losses(out: Path) -> dict[int, float]:
+    found = {}
+    for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in row:
+            assert row["iter"] not in found, f"iteration {row['iter']} logged twice"
+            found[row["iter"]] = row["loss"]
+    return found
+
+
+def next_args(out: Path) -> list[str]:
+    """What a user reruns: resume when a checkpoint exists, else start over the run that left only a log."""
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any((p / "state.json").exists() for p in ckpts.iterdir()):
+        return ["--init_from=resume"]
+    return ["--overwrite_out_dir=True"] if (out / "metrics.jsonl").exists() or (out / "config.json").exists() else []
+
+
+def newest(out: Path) -> int:
+    """The iteration of the newest published checkpoint (-1 when none)."""
+    ckpts = out / "checkpoints"
+    names = [p.name for p in ckpts.iterdir() if p.name.startswith("iter-")] if ckpts.is_dir() else []
+    return max((int(n.split("-")[1]) for n in names), default=-1)
+
+
+def kill_when(pid: int, out: Path, mode: str, rng: random.Random) -> str | None:
+    """SIGKILL the child: while it saves the model or a checkpoint (after letting 0-2 checkpoints
+    through), a few iterations into training, or during start-up. Returns what it was doing, or
+    None when it finished first."""
+    deadline = time.time() + 120
+    if mode in ("model", "checkpoint"):
+        let_through, first = rng.randint(0, 2), newest(out)
+        while running(pid) and time.time() < deadline:
+            if newest(out) > first:
+                first, let_through = newest(out), let_through - 1
+            if let_through <= 0 and saving(out, (mode,)):
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.01))  # somewhere in the save: files, rename, prune, card
+    elif mode == "training":
+        target = max(newest(out), 0) + rng.randint(1, 8)
+        while running(pid) and last_logged(out) < target and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.02))
+    else:  # start-up: setup, the lock, the leftovers, the resume
+        time.sleep(rng.uniform(0.0, 1.0))
+    what = ("while saving the model" if saving(out, ("model",)) else
+            "while saving a checkpoint" if saving(out, ("checkpoint",)) else f"outside a save ({mode} kill)")
+    if not running(pid):
+        return None
+    os.kill(pid, signal.SIGKILL)
+    wait(pid)
+    return what
+
+
+def run(workdir: Path, text: str, kills: int, seed: int, max_iters: int | None = None, say=print) -> dict:
+    """The kill loop in `workdir`; max_iters defaults to enough iterations for every kill to land."""
+    rng, max_iters = random.Random(seed), max_iters or 6 * kills + 40
+    os.chdir(workdir)
     (workdir / "text.txt").write_text(text, encoding="utf-8")
-    paths = {}
+    recipes = {}
     for name in ("straight", "killed"):
-        paths[name] = workdir / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump({**RECIPE, "source": str(workdir / "text.txt"), "out_dir": f"out-{name}",
-                                               "max_iters": max_iters, "lr_decay_iters": max_iters}))
+        recipes[name] = workdir / f"{name}.yaml"
+        recipes[name].write_text(yaml.safe_dump({**RECIPE, "source": str(workdir / "text.txt"), "out_dir": f"out-{name}",
+                                                 "max_iters": max_iters, "lr_decay_iters": max_iters}))
+    t0 = time.time()
+    assert wait(start(prepare, [str(recipes["straight"])], workdir / "prepare.log")) == 0, "prepare failed"
+    straight = start(train, [str(recipes["straight"])], workdir / "straight.log")  # alongside the killed line
 
-    start = time.time()
-    assert _train(workdir, paths["straight"]).wait() == 0, "the uninterrupted run failed"
-    say(f"uninterrupted run: {time.time() - start:.1f}s")
-
-    out, attempts, done = workdir / "out-killed", 0, False
-    while not done:
-        resume = ["--init_from=resume"] if (out / "checkpoints").exists() and any(
-            (p / "state.json").exists() for p in (out / "checkpoints").iterdir()) else []
-        proc = _train(workdir, paths["killed"], *resume)
+    out, attempts, during_save = workdir / "out-killed", 0, 0
+    while True:
         attempts += 1
-        if attempts <= kills:
-            # wait until training has begun (or a random moment after start-up), then SIGKILL
-            begun = _logged(out)
-            deadline = time.time() + 60
-            while proc.poll() is None and _logged(out) <= begun and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            ckpts = sorted(p.name for p in (out / "checkpoints").iterdir()) if (out / "checkpoints").exists() else []
-            say(f"kill {attempts}: killed at ~iteration {_logged(out)}; checkpoints on disk: {ckpts}")
-        else:
-            code = proc.wait()
-            assert code == 0, f"the final resumed run exited {code}"
-            done = True
+        log = workdir / f"attempt-{attempts}.log"
+        pid = start(train, [str(recipes["killed"]), *next_args(out)], log)
+        if attempts > kills:
+            code = wait(pid)
+            assert code == 0, f"the final run exited {code}: {log.read_text()[-3000:]}"
+            break
+        mode = rng.choice(["model", "checkpoint", "model", "checkpoint", "training", "start-up"])
+        what = kill_when(pid, out, mode, rng)
+        if what is None:  # it reached max_iters before its kill
+            assert wait(pid) == 0, f"run {attempts} exited {wait(pid)}: {log.read_text()[-3000:]}"
+            say(f"run {attempts} finished before its kill")
+            kills = attempts - 1
+            break
+        during_save += what.startswith("while saving")
+        names = check_whole(out)
+        say(f"kill {attempts} {what} at ~iteration {last_logged(out)}; checkpoints: {', '.join(names) or 'none'}")
+    assert wait(straight) == 0, f"the uninterrupted run failed: {(workdir / 'straight.log').read_text()[-3000:]}"
 
-    straight, killed = _losses(workdir / "out-straight"), _losses(out)
-    assert sorted(killed) == list(range(1, max_iters + 1)), "iterations missing or repeated"
-    assert killed == straight, "per-iteration losses differ from the uninterrupted run"
-    final = f"iter-{max_iters:06d}"
-    a = load_file(workdir / "out-straight" / "checkpoints" / final / "model.safetensors")
-    b = load_file(out / "checkpoints" / final / "model.safetensors")
-    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), "final weights differ"
-    say(f"after {kills} kills and {attempts} starts: {len(killed)} iterations, losses identical to the "
-        "uninterrupted run, final weights bitwise equal")
+    check_whole(out)
+    hidden = [str(p.relative_to(out)) for p in out.rglob(".*")]
+    assert not hidden, f"left in {out}: {hidden}"
+    a, b = losses(workdir / "out-straight"), losses(out)
+    assert sorted(b) == list(range(1, max_iters + 1)), "iterations missing or repeated"
+    assert a == b, "per-iteration losses differ from the uninterrupted run"
+    for folder in (Path("checkpoints") / f"iter-{max_iters:06d}", Path(".")):
+        x, y = load_file(workdir / "out-straight" / folder / "model.safetensors"), load_file(out / folder / "model.safetensors")
+        assert x.keys() == y.keys() and all((x[k] == y[k]).all() for k in x), f"weights differ in {folder}"
+    result = {"kills": kills, "during_save": during_save, "starts": attempts, "iterations": len(b),
+              "seconds": round(time.time() - t0, 1)}
+    say(f"after {kills} kills ({during_save} during a save) and {attempts} starts: {len(b)} iterations, losses "
+        f"identical to the uninterrupted run, final weights bitwise equal, nothing left behind ({result['seconds']}s)")
+    return result
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kills", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_iters", type=int, default=300)
+    p.add_argument("--max_iters", type=int, default=None, help="default: 6 x kills + 40")
     p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     args = p.parse_args(argv)
     text = Path(args.text).read_text(encoding="utf-8")[:200_000]
     with tempfile.TemporaryDirectory() as d:
-        run(Path(d), text, args.kills, args.seed, args.max_iters)
+        result = run(Path(d), text, args.kills, args.seed, args.max_iters)
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 

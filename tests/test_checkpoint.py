@@ -1,22 +1,28 @@
 """Checkpoints: exact resume, crash safety (incomplete checkpoints, SIGTERM, SIGKILL), NaN stops,
 no pickles."""
 
+import errno
 import json
+import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hfgpt import train
+from hfgpt.core import files
 from hfgpt.model import gpt
-from hfgpt.training import checkpoint
+from hfgpt.training import checkpoint, loop as training_loop, run as training_run
 from hfgpt.training.checkpoint import flatten, list_checkpoints, unflatten
+from hfgpt.training.metrics import read_metrics
 from hfgpt.training.signals import StopSignal
-from tests import kill_loop
-from tests.conftest import PYTHON, run_env
+from tests.conftest import PYTHON, ROOT, dead_owner, run_env
 
 
 def losses_by_iter(out_dir):
@@ -83,15 +89,16 @@ def test_resume_skips_incomplete_checkpoints(tiny_recipe, workdir):
     recipe = tiny_recipe(**SPLIT)
     assert train.main([str(recipe), "--max_iters=20"]) == 0
     ckpts = workdir / "out" / "checkpoints"
-    (ckpts / ".tmp-iter-000030").mkdir()  # killed while writing
-    (ckpts / ".tmp-iter-000030" / "model.safetensors").write_bytes(b"partial")
+    partial = ckpts / f".tmp-iter-000030-{dead_owner()}-x1y2"  # its writer was killed while writing
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"partial")
     (ckpts / "iter-000090").mkdir()  # a folder without state.json is no checkpoint
     (ckpts / "iter-000090" / "model.safetensors").write_bytes(b"junk")
     assert checkpoint.latest(workdir / "out")[1]["iter"] == 20
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=30"]) == 0
     logs, _ = losses_by_iter(workdir / "out")
     assert [i for i, _ in logs] == list(range(1, 31))
-    assert not (ckpts / ".tmp-iter-000030").exists()
+    assert not partial.exists()
     assert checkpoint.latest(workdir / "out")[1]["iter"] == 30
 
 
@@ -178,8 +185,13 @@ def test_stop_signal_is_gathered_every_log_interval_only():
         assert alone.received(one, 3) == signal.SIGTERM and one.gathers == 0  # one process: at once, no gather
 
 
-def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, shakespeare_text):
-    kill_loop.run(tmp_path, shakespeare_text[:200_000], kills=2, seed=1, max_iters=100, say=lambda message: None)
+def test_sigkill_at_random_moments_and_during_saves_then_resume_is_exact(shakespeare):
+    """tests/kill_loop.py with 10 kills, in its own process (it forks the runs it kills)."""
+    result = subprocess.run([PYTHON, "-m", "tests.kill_loop", "--kills=10", "--seed=1", "--max_iters=60", "--json",
+                             f"--text={shakespeare}"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["kills"] == 10 and summary["during_save"] >= 3 and summary["iterations"] == 60
 
 
 @pytest.mark.parametrize("obj", [
@@ -202,3 +214,238 @@ def test_state_flatten_round_trip(obj):
         return a == b
 
     assert same(obj, back)
+
+
+# --- the second run, the broken file (issue 9) ----------------------------------------------------
+
+def test_a_rewound_run_sets_the_newer_checkpoints_aside(tiny_recipe, workdir, capsys):
+    recipe, ckpts = tiny_recipe(**SPLIT), workdir / "out" / "checkpoints"
+    assert train.main([str(recipe), "--max_iters=20"]) == 0
+    assert train.main([str(recipe), "--init_from=resume", f"--resume_from={ckpts / 'iter-000010'}", "--max_iters=15"]) == 0
+    assert "set aside the newer checkpoints iter-000020" in capsys.readouterr().out
+    assert [s["iter"] for _, s in list_checkpoints(workdir / "out")] == [10, 15]
+    abandoned = [p for p in ckpts.iterdir() if p.name.startswith("abandoned-")]
+    assert len(abandoned) == 1 and (abandoned[0] / "iter-000020" / "state.json").is_file()  # kept, never "latest"
+    assert train.main([str(recipe), "--init_from=resume", "--max_iters=20"]) == 0  # continues 15, the rewound line
+    logs, evals = losses_by_iter(workdir / "out")
+    assert [i for i, _ in logs] == list(range(1, 21))
+    assert checkpoint.latest(workdir / "out")[1]["iter"] == 20
+
+
+CORRUPT = {
+    "truncated model.safetensors": ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:1000])),
+    "invalid optimizer.json": ("optimizer.json", lambda p: p.write_text('{"state": ')),
+    "state.json without recipe": ("state.json", lambda p: p.write_text(json.dumps(
+        {k: v for k, v in json.loads(p.read_text()).items() if k != "recipe"}))),
+}
+
+
+@pytest.mark.parametrize("damage", CORRUPT)
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny_recipe, workdir, capsys, damage):
+    recipe, ckpts = tiny_recipe(**SPLIT), workdir / "out" / "checkpoints"
+    assert train.main([str(recipe), "--max_iters=20"]) == 0
+    name, corrupt = CORRUPT[damage]
+    corrupt(ckpts / "iter-000020" / name)
+    assert train.main([str(recipe), "--init_from=resume", f"--resume_from={ckpts / 'iter-000020'}"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "iter-000020" in errors[0] and name in errors[0]
+    assert train.main([str(recipe), "--init_from=resume", "--max_iters=30"]) == 0
+    assert f"iter-000020 cannot be resumed ({name}" in capsys.readouterr().out
+    logs, _ = losses_by_iter(workdir / "out")
+    assert [i for i, _ in logs] == list(range(1, 31))  # 11-20 again, from iteration 10
+    assert [s["iter"] for _, s in list_checkpoints(workdir / "out")] == [10, 20, 30]
+    assert checkpoint.broken(*list_checkpoints(workdir / "out")[1]) is None  # iter-000020 written anew, whole
+
+
+def test_a_partial_last_metrics_line_is_dropped_on_resume(tiny_recipe, workdir, capsys):
+    recipe, metrics = tiny_recipe(**SPLIT), workdir / "out" / "metrics.jsonl"
+    assert train.main([str(recipe), "--max_iters=10"]) == 0
+    with metrics.open("a") as f:
+        f.write('{"iter": 11, "loss": 3.1, "l')  # killed while writing this line
+    assert len(read_metrics(metrics)) == len(metrics.read_text().splitlines()) - 1  # readers skip it (the plot)
+    assert train.main([str(recipe), "--init_from=resume", "--max_iters=20"]) == 0
+    assert "dropped 1 unreadable line" in capsys.readouterr().out
+    logs, evals = losses_by_iter(workdir / "out")  # every line parses again
+    assert [i for i, _ in logs] == list(range(1, 21)) and [i for i, _ in evals] == [0, 10, 20]
+
+
+def test_a_signal_during_an_evaluation_keeps_its_losses(tiny_recipe, workdir, monkeypatch):
+    real, calls = training_loop.estimate_loss, []
+
+    def evaluate(model, splits, recipe, accelerator):
+        losses = real(model, splits, recipe, accelerator)
+        calls.append(1)
+        if len(calls) == 2:  # SIGTERM arrives during the evaluation at iteration 10
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(training_loop, "estimate_loss", evaluate)
+    assert train.main([str(tiny_recipe(**SPLIT))]) == 143
+    folder, state = checkpoint.latest(workdir / "out")
+    _, evals = losses_by_iter(workdir / "out")
+    assert state["iter"] == 10 and state["val_loss"] is not None and evals[-1] == (10, state["val_loss"])
+    assert checkpoint.best(workdir / "out")[1]["iter"] == 10
+
+
+def test_eval_only_with_resume_evaluates_the_checkpoint_and_writes_no_checkpoint(tiny_recipe, workdir, capsys):
+    recipe, out = tiny_recipe(**SPLIT), workdir / "out"
+    assert train.main([str(recipe), "--max_iters=20"]) == 0
+    capsys.readouterr()
+    saved = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl"
+             and p.name != "loss.png"}
+    rows = read_metrics(out / "metrics.jsonl")
+    assert train.main([str(recipe), "--init_from=resume", "--eval_only=True",
+                       f"--resume_from={out / 'checkpoints' / 'iter-000010'}"]) == 0
+    said = capsys.readouterr().out
+    after = read_metrics(out / "metrics.jsonl")
+    assert after[:-1] == rows  # the run's log is kept whole (rows past iteration 10 too)
+    assert after[-1]["iter"] == 10 and after[-1]["train_loss"] > 0 and after[-1]["val_loss"] > 0
+    assert f"iter 10: train loss {after[-1]['train_loss']:.4f}, val loss {after[-1]['val_loss']:.4f}" in said
+    assert {p: p.stat().st_mtime_ns for p in saved} == saved  # no checkpoint, model or card written
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter-000010", "iter-000020"]
+
+
+def full_disk(path: Path):
+    """What a full disk does to a writer: part of the file, then the error."""
+    path.write_bytes(b"\0" * 1000)
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+@pytest.mark.parametrize("save", ["checkpoint", "model"])
+def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_recipe, workdir, monkeypatch,
+                                                                          capsys, save):
+    recipe, out = tiny_recipe(**{**SPLIT, "max_iters": 20}), workdir / "out"
+    if save == "checkpoint":  # the optimizer of the second checkpoint, as safetensors reports it
+        real = checkpoint.save_file
+
+        def writer(tensors, path, *args, **kwargs):
+            if path.parent.name.startswith(".tmp-iter-000020") and path.name == "optimizer.safetensors":
+                path.write_bytes(b"\0" * 1000)
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            return real(tensors, path, *args, **kwargs)
+
+        monkeypatch.setattr(checkpoint, "save_file", writer)
+    else:  # the model folder saved at the second evaluation
+        real, calls = checkpoint.write_model_files, []
+
+        def writer(model, state_dict, tokenizer, folder, recipe=None):
+            calls.append(folder.name)
+            if sum(name.startswith(".saving-") for name in calls) == 2:
+                full_disk(folder / "model.safetensors")
+            return real(model, state_dict, tokenizer, folder, recipe)
+
+        monkeypatch.setattr(checkpoint, "write_model_files", writer)
+    assert train.main([str(recipe)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    where = out / "checkpoints" if save == "checkpoint" else out
+    assert len(errors) == 1 and f"no space left on the device of {where} (this save needs about " in errors[0]
+    assert not [p for p in [*out.iterdir(), *(out / "checkpoints").iterdir()] if p.name.startswith(".")]
+    folder, state = checkpoint.latest(out)
+    assert state["iter"] == 10 and checkpoint.broken(folder, state) is None
+    monkeypatch.undo()  # space freed: the run continues from iteration 10
+    assert train.main([str(recipe), "--init_from=resume"]) == 0
+    assert checkpoint.latest(out)[1]["iter"] == 20
+
+
+def can_mount_tmpfs() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs user namespaces to mount a small tmpfs; the simulated "
+                                                   "full disk above tests the same path everywhere")
+def test_a_really_full_disk(tiny_recipe, workdir):
+    """out_dir on a 1 MB tmpfs (in a private mount namespace): the run stops at the save that does not
+    fit, with one line; what is left there is whole."""
+    recipe = tiny_recipe(max_iters=1000, eval_interval=5, lr_decay_iters=1000, keep_last=None)
+    (workdir / "small").mkdir()
+    look = ("import json, pathlib, sys; from hfgpt.training.checkpoint import list_checkpoints, broken; "
+            "out = pathlib.Path('small/out'); print(json.dumps({'hidden': [str(p) for p in out.rglob('.*')], "
+            "'checkpoints': [(s['iter'], broken(f, s)) for f, s in list_checkpoints(out)]}))")
+    script = (f"mount -t tmpfs -o size=1m tmpfs small && {PYTHON} -m hfgpt.train {recipe} --out_dir=small/out; "
+              f"echo code=$?; {PYTHON} -c \"{look}\"")
+    result = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=workdir,
+                            env=run_env(), capture_output=True, text=True, timeout=300)
+    lines = result.stdout.strip().splitlines()
+    assert "code=2" in lines, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device of small/out" in errors[0]
+    left = json.loads(lines[-1])
+    assert left["hidden"] == [] and left["checkpoints"] and all(why is None for _, why in left["checkpoints"])
+
+
+def test_a_checkpoint_and_a_model_are_on_disk_before_they_are_published(tiny_recipe, workdir, monkeypatch):
+    events, real_fsync, real_replace, real_exchange = [], os.fsync, os.replace, files._exchange
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(how):
+        def call(a, b):
+            events.append(("rename", str(a), str(b)))
+            return how(a, b)
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", rename(real_replace))
+    monkeypatch.setattr(files, "_exchange", rename(real_exchange))
+    assert train.main([str(tiny_recipe(max_iters=5, eval_interval=5, warmup_iters=1, lr_decay_iters=5))]) == 0
+    monkeypatch.undo()
+
+    out = workdir / "out"
+    final = out / "checkpoints" / "iter-000005"
+    publish = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(final))
+    tmp = events[publish][1]
+    assert Path(tmp).name.startswith(f".tmp-iter-000005-{files.owner_tag()}-")  # named after its writer
+    synced = {e[1] for e in events[:publish] if e[0] == "fsync"}
+    written = {f"{tmp}/{p.name}" for p in final.iterdir() if p.name not in ("README.md", "training.json")}
+    assert written | {tmp, str(out / "metrics.jsonl")} <= synced  # (the card comes after, atomically)
+    assert ("fsync", str(out / "checkpoints")) in events[publish:]  # the rename itself
+    moved = [(i, e[1]) for i, e in enumerate(events) if e[0] == "rename" and Path(e[2]).parent == out
+             and Path(e[1]).parent.name.startswith(".saving-")]
+    assert {Path(src).name for _, src in moved} >= {"config.json", "model.safetensors", "tokenizer.json"}
+    for i, src in moved:  # every model file was flushed before it was moved into out_dir
+        assert ("fsync", src) in events[:i]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_dir_never_loses_both_copies(tmp_path, monkeypatch, exchange):
+    final, new = tmp_path / "iter-000010", tmp_path / ".tmp-iter-000010-new"
+    for folder, text in ((final, "old"), (new, "new")):
+        folder.mkdir()
+        (folder / "state.json").write_text(text)
+    if exchange:  # Linux: swapped in one step; after every step `final` is whole
+        seen, real_exchange, real_rmtree = [], files._exchange, shutil.rmtree
+
+        def look(how):
+            def call(*args, **kwargs):
+                result = how(*args, **kwargs)
+                seen.append((final / "state.json").read_text())
+                return result
+            return call
+
+        monkeypatch.setattr(files, "_exchange", look(real_exchange))
+        monkeypatch.setattr(shutil, "rmtree", look(real_rmtree))
+        files.replace_dir(new, final)
+        assert seen and set(seen) == {"new"} and not new.exists()
+        return
+    # elsewhere the old copy is renamed aside first: a kill right then leaves it aside, and the next
+    # start puts it back
+    monkeypatch.setattr(files, "_exchange", lambda a, b: False)
+    dead = dead_owner()
+    monkeypatch.setattr(files, "owner_tag", lambda: dead)  # as if this writer had died
+    real_replace = os.replace
+
+    def killed_after_one_rename(a, b):
+        real_replace(a, b)
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(os, "replace", killed_after_one_rename)
+    with pytest.raises(SystemExit):
+        files.replace_dir(new, final)
+    monkeypatch.undo()
+    assert not final.exists()
+    files.remove_dead_temp(tmp_path, (".old-", ".tmp-"))
+    assert (final / "state.json").read_text() == "old"

@@ -178,7 +178,8 @@ def test_nanogpt_data_folder_trains_as_is(workdir, shakespeare_text, where):
     assert tok("ROMEO:")["input_ids"] == [stoi[c] for c in "ROMEO:"]
     assert tok.eos_token_id == len(stoi) == meta["eot_token_id"]
     assert (workdir / "out" / "model.safetensors").exists()
-    assert train.main(quick(workdir, **({} if where == "in place" else {"source": str(nano)}))) == 0  # no-op import
+    assert train.main(quick(workdir, **({} if where == "in place" else {"source": str(nano)}))
+                      + ["--overwrite_out_dir=True"]) == 0  # no-op import
 
 
 class Smuggler:

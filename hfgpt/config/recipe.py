@@ -110,7 +110,9 @@ class TrainConfig:
 
     STEPS: ClassVar = ("train",)
     out_dir: str = option("out")
-    """Folder for the trained model (a standard Hugging Face model folder) and metrics.jsonl."""
+    """Folder for the trained model (a standard Hugging Face model folder) and metrics.jsonl; one run at a time (out_dir/.lock)."""
+    overwrite_out_dir: bool = option(False)
+    """Let a new run (init_from other than resume) replace another run in out_dir: its model, checkpoints, metrics and plot are removed first; without it such a run stops."""
     batch_size: int = option(12, min=1)
     """Windows per micro-batch on each process."""
     gradient_accumulation_steps: int = option(40, min=1)
@@ -240,6 +242,10 @@ def validate(recipe: Recipe) -> list[str]:
         if not ok:
             problems.append(message)
 
+    need(t.out_dir.strip() != "", "out_dir is empty: give the folder for the run, e.g. --out_dir=out")
+    need(not (t.overwrite_out_dir and m.init_from == "resume"),
+         "overwrite_out_dir=True with init_from=resume: resume continues the run in out_dir, overwrite replaces it; "
+         "drop one of them")
     need(t.resume_from is None or m.init_from == "resume",
          f"resume_from={t.resume_from} is set but init_from='{m.init_from}': set init_from: resume")
     if m.n_head >= 1:

@@ -6,21 +6,40 @@
     with temp_dir(parent, ".prepare-") as work:   # parent/.prepare-<host>-<pid>-XXXX, removed whatever happens
         ...
     sync_tree(folder)                             # flush every file and folder below it before a rename
-    freed = remove_dead_temp(parent, (".prepare-",))   # bytes of dead writers' leftovers removed
+    replace_dir(new, final)                       # swap a finished folder in, never leaving `final` missing
+    remove_tree(folder)                           # delete a folder without ever leaving half of it under its name
+    freed = remove_dead_temp(folder, (".tmp-", ".prepare-"))  # bytes of killed writers' leftovers (only theirs)
+    with hold_lock(out_dir, "the training run"):  # one writer at a time: out_dir/.lock names the holder
+        ...
+    with disk_space(folder, need_bytes):          # "no space left on device" as a one-line UserError
+        ...
 
 Temporary names are unique per writer (a fixed name would let two commands writing the same
 file, e.g. `hfgpt.eval` during training, trample each other) and carry the writer's host and
 PID, so a later start can tell a dead writer's leftovers from a live one's (owner_alive).
 """
 
+import errno
+import json
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from hfgpt.core.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock record alone decides
+    fcntl = None
+
+LOCK = ".lock"
 
 
 def owner_tag() -> str:
@@ -43,33 +62,6 @@ def owner_alive(name: str) -> bool | None:
     except PermissionError:
         return True
     return True
-
-
-def size_of(path: Path) -> int:
-    """Bytes of a file, or of every file below a folder (links are not followed)."""
-    if not path.is_dir() or path.is_symlink():
-        return path.lstat().st_size
-    return sum(os.lstat(os.path.join(root, name)).st_size for root, _, files in os.walk(path) for name in files)
-
-
-def remove_dead_temp(folder: Path, prefixes: tuple[str, ...]) -> int:
-    """Remove the entries of `folder` whose names start with one of `prefixes` and whose writer
-    (owner_alive) is dead: what a killed command left. A live writer's, another host's and a name
-    without an owner are kept. Returns the bytes freed."""
-    freed = 0
-    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
-        if not entry.name.startswith(prefixes) or owner_alive(entry.name) is not False:
-            continue
-        try:
-            size = size_of(entry)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except FileNotFoundError:  # another command removed it first
-            continue
-        freed += size
-    return freed
 
 
 def fsync_dir(folder: Path) -> None:
@@ -103,7 +95,7 @@ def sync_tree(folder: Path) -> None:
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     """A file object for `path` that becomes `path` only when the block ends without an error."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner_tag()}-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{owner_tag()}-", suffix=f"-{path.name}")
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f
@@ -153,7 +145,8 @@ def _exchange(a: Path, b: Path) -> bool:
 def replace_dir(new: Path, final: Path) -> None:
     """Put the finished folder `new` at `final`, replacing what is there, with no moment at which
     `final` is missing or partial: the two are swapped in one step where the system can (Linux),
-    else the old one is renamed aside first; the old copy is removed afterwards."""
+    else the old one is renamed aside first (a writer killed in between leaves it as .old-<name>-<owner>,
+    which remove_dead_temp puts back); the old copy is removed afterwards."""
     sync_tree(new)
     if final.exists() and _exchange(new, final):
         fsync_dir(final.parent)
@@ -167,3 +160,163 @@ def replace_dir(new: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_tree(folder: Path) -> None:
+    """Delete `folder` so that a kill midway never leaves half of it under its own name (where a
+    half checkpoint would pass for a whole one): it is renamed to a temporary name first, which a
+    later start removes (remove_dead_temp) if this process dies while deleting."""
+    aside = folder.with_name(f".del-{folder.name}-{owner_tag()}")
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files at or below `path` (links not followed)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum((Path(root) / name).lstat().st_size for root, _, files in os.walk(path) for name in files)
+
+
+def remove_dead_temp(folder: Path, prefixes: tuple[str, ...]) -> int:
+    """Remove the entries of `folder` that start with one of `prefixes` and were written by a process
+    of this host that no longer runs (owner_alive is False): leftovers of a kill. Live writers' and
+    other hosts' temporary files are left alone. An .old-<name>-<host>-<pid> whose <name> is missing
+    is a folder that replace_dir had moved aside when its writer was killed: it is put back, not
+    removed. Returns the bytes freed."""
+    freed = 0
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.name.startswith(prefixes) and owner_alive(entry.name) is False:
+            original = folder / entry.name.removeprefix(".old-").rsplit("-", 2)[0]
+            if entry.name.startswith(".old-") and not original.exists():
+                os.replace(entry, original)
+                continue
+            try:
+                size = tree_bytes(entry)
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except FileNotFoundError:  # removed meanwhile by another start
+                continue
+            freed += size
+    return freed
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An error that means the file system is full or the quota used up (safetensors reports it as a
+    SafetensorError whose message carries the OS error)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return f"os error {errno.ENOSPC})" in text or f"os error {errno.EDQUOT})" in text
+
+
+def size_text(n: float) -> str:
+    """1.2 GB, 340 MB, 12 kB."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" or n >= 100 else f"{n:.1f} {unit}"
+        n /= 1000
+
+
+@contextmanager
+def disk_space(folder: Path, need: int | None = None) -> Iterator[None]:
+    """Run a save into `folder`; a full disk stops it with one line that names the folder, the space
+    the save needs (when known) and what is free. The caller removes its partial files."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        sizes = [f"this save needs about {size_text(need)}"] if need else []
+        try:
+            sizes.append(f"{size_text(shutil.disk_usage(folder).free)} free")
+        except OSError:
+            pass
+        raise UserError(f"no space left on the device of {folder} ({', '.join(sizes) or 'disk full'}): free some space "
+                        "(a lower keep_last keeps fewer checkpoints) and continue with --init_from=resume; the earlier "
+                        "checkpoints are intact") from None
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object file ({} when it is missing, unreadable or not an object)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# --- one writer per folder ----------------------------------------------------------------------
+
+
+def holder_text(record: dict) -> str:
+    """'pid 4242 on host since 2025-01-02 10:11:12 (python -m hfgpt.train ...)'."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record["started"])) if "started" in record else "?"
+    return (f"pid {record.get('pid', '?')} on {record.get('host', '?')} since {since}"
+            + (f" ({record['command']})" if record.get("command") else ""))
+
+
+def _held_elsewhere(record: dict) -> bool:
+    """Without flock: whether the recorded holder may still run (a process of another host cannot be
+    checked from here, so it counts as running)."""
+    if record.get("host") != socket.gethostname():
+        return bool(record)
+    try:
+        os.kill(int(record.get("pid", 0)) or -1, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def hold_lock(folder: Path, hint: str) -> Iterator[dict]:
+    """Hold folder/.lock while the block runs: one process at a time. The lock is an flock on the
+    file (the system releases it when its process dies, however it dies) and the file holds the
+    holder's pid, host, start time and command, to name it. A second process raises a UserError
+    naming the holder, followed by `hint`. The file is removed when the block ends; one left by a
+    killed holder is taken over: the block gets that holder's record ({} when there was none), so the
+    caller can say so. Where the file system has no flock, the record alone decides (a dead PID on
+    this host is stale)."""
+    path = folder / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot create {path} ({e.strerror}): {folder} must be a folder you can write to") from None
+        try:
+            if fcntl is None:
+                raise OSError(errno.ENOLCK, "no flock")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{folder} is in use by another hfgpt process, {holder_text(read_json(path))}: {hint}") from None
+        except OSError:  # no flock here (some network file systems)
+            if _held_elsewhere(read_json(path)):
+                os.close(fd)
+                raise UserError(f"{folder} is in use by {holder_text(read_json(path))} (if it is not running any more, "
+                                f"delete {path}): {hint}") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed the file between our open and our flock: try again
+    previous = read_json(path)
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "command": " ".join([os.path.basename(sys.orig_argv[0])] + sys.orig_argv[1:])[:500]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+    os.fsync(fd)
+    try:
+        yield previous
+    finally:
+        try:
+            if read_json(path).get("pid") == os.getpid():
+                path.unlink()
+        finally:
+            os.close(fd)

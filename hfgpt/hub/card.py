@@ -22,21 +22,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from safetensors import safe_open
 
 from hfgpt import __version__
-from hfgpt.core.files import atomic_write
+from hfgpt.core.files import atomic_write, read_json
 from hfgpt.core.names import is_hub_id, is_url
 
 CARD = "README.md"
 FACTS = "training.json"
 EVAL_RESULTS = "eval_results.json"
 PLOT = "loss.png"
-
-
-def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def count_parameters(weights: Path) -> int | None:

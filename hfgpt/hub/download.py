@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import make_temp_dir
+from hfgpt.core.files import make_temp_dir, replace_dir
 from hfgpt.core.names import is_hub_id, split_revision
 from hfgpt.hub.token import reason
 from hfgpt.training.checkpoint import checkpoint_dir, read_state
@@ -28,7 +28,7 @@ def download_checkpoint(source: str, out_dir: str | Path) -> Path:
     repo_id, revision = split_revision(source)
     root = checkpoint_dir(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(root, ".tmp-hub-")  # prune() removes leftovers of a crash
+    tmp = make_temp_dir(root, ".tmp-hub-")  # named after this process: the next start removes it if we are killed
     try:
         try:
             snapshot_download(repo_id, revision=revision, allow_patterns=[f"{LAST_CHECKPOINT}/*"], local_dir=tmp)
@@ -42,8 +42,7 @@ def download_checkpoint(source: str, out_dir: str | Path) -> Path:
             raise UserError(f"resume_from={source}: the repo has no complete {LAST_CHECKPOINT}/ (no valid state.json): "
                             "push the run with hub_strategy: checkpoint, or give a local checkpoint folder")
         final = root / f"iter-{state['iter']:06d}"
-        shutil.rmtree(final, ignore_errors=True)
-        folder.rename(final)
+        replace_dir(folder, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"downloaded {source}/{LAST_CHECKPOINT} (iteration {state['iter']}) to {final}")

@@ -9,12 +9,17 @@ model.safetensors, tokenizer) plus the state of the run:
   rng-<rank>.safetensors                  each process's torch RNG and the batches' position
   scaler.json                             the fp16 loss scaler, when one is used
   state.json                              the run's LoopState (iteration, losses, tokens seen), recipe, hfgpt version
-It is written as .tmp-iter-NNNNNN, flushed to disk and renamed when complete, so a kill (or a power
-cut) at any moment leaves the earlier checkpoints whole and resume sees complete ones only. Nothing here is a pickle: tensors
-go to safetensors, everything else to JSON. FSDP's sharded optimizer state is gathered into the
-same optimizer.safetensors + optimizer.json; DeepSpeed's is DeepSpeed's own format (its .pt
-pickles, through accelerator.save_state into accelerate/), and the weights saved are DeepSpeed's
-float32 master weights, not its bf16/fp16 working copy.
+It is written as .tmp-iter-NNNNNN-<host>-<pid>-XXXX, flushed to disk and swapped in when complete,
+so a kill (or a power cut) at any moment leaves the earlier checkpoints whole and resume sees
+complete ones only; a full disk stops the run with one line and removes the partial folder.
+Resume checks the checkpoint it picks (every safetensors header and size, every JSON file, the
+keys of state.json) and falls back to the one before when a file is broken. A run that resumes an
+older checkpoint than the newest sets the newer ones aside (checkpoints/abandoned-<time>/): they are
+never "latest" again. Nothing here is a pickle: tensors go to safetensors, everything else to
+JSON. FSDP's sharded optimizer state is gathered into the same optimizer.safetensors +
+optimizer.json; DeepSpeed's is DeepSpeed's own format (its .pt pickles, through
+accelerator.save_state into accelerate/), and the weights saved are DeepSpeed's float32 master
+weights, not its bf16/fp16 working copy.
 
 Several machines: with out_dir on a file system they all share, the main process writes each
 checkpoint; without one (hfgpt.training.strategies.shared_storage says which, asked once per run)
@@ -26,18 +31,21 @@ resumes from its own copy.
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, broadcast_object_list
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hfgpt import __version__
 from hfgpt.config import Recipe, keys_that_shape
 from hfgpt.core.device import rng_states, set_rng_states
-from hfgpt.core.errors import UserError
-from hfgpt.core.files import atomic_write, fsync_dir, make_temp_dir, replace_dir, sync_tree
+from hfgpt.core.errors import UserError, first_line
+from hfgpt.core.files import (atomic_write, disk_space, fsync_dir, make_temp_dir, remove_tree, replace_dir,
+                              size_text, sync_tree, tree_bytes)
 from hfgpt.model.folder import write_model_files
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state, model_state_dict, optimizer_state
@@ -49,7 +57,7 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
     """Write out_dir's model files (called on every process; the main one writes).
 
     The files go to a temporary folder inside out_dir, are flushed to disk and then moved into
-    place one by one, so a crash while writing leaves the previous model files whole."""
+    place one by one, so a crash (or a full disk) while writing leaves the previous model files whole."""
     state_dict = model_state_dict(accelerator, model)  # gathers sharded weights: every process takes part
     if not accelerator.is_main_process:
         return
@@ -57,7 +65,8 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out, ".saving-")
     try:
-        write_model_files(model, state_dict, tokenizer, tmp, recipe)
+        with disk_space(out, tensor_bytes(state_dict)):
+            write_model_files(model, state_dict, tokenizer, tmp, recipe)
         sync_tree(tmp)
         for item in sorted(tmp.iterdir()):
             os.replace(item, out / item.name)
@@ -95,6 +104,17 @@ def unflatten(tree, tensors: dict):
     return tree
 
 
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested dict/list/tuple (a state dict, an optimizer's state)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_tree(obj, folder: Path, name: str) -> None:
     tensors: dict = {}
     tree = flatten(obj, tensors)
@@ -118,35 +138,52 @@ def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
 
 def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
                     state: LoopState, shared: bool = True) -> Path:
-    """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process). `shared`: out_dir
-    is on storage every machine sees (else each machine's first process writes its own copy)."""
+    """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process): into the main
+    process's temporary folder, swapped in when whole; on a failure (a full disk: one line naming
+    the space needed) the temporary folder is removed and the earlier checkpoints stay as they are.
+    `shared`: out_dir is on storage every machine sees (else each machine's first process writes
+    its own copy, in a folder of the same name on that machine)."""
     final = checkpoint_path(recipe.train.out_dir, state.iter)
-    tmp = final.with_name(f".tmp-{final.name}")
     writer = accelerator.is_main_process if shared else accelerator.is_local_main_process
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     state_dict = model_state_dict(accelerator, model)
     optimizer_dict = None if deepspeed else optimizer_state(accelerator, model, optimizer)
+    tmp = [None]
+    if accelerator.is_main_process:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = [str(make_temp_dir(final.parent, f".tmp-{final.name}-"))]  # named after its writer: see remove_dead_temp
+    if accelerator.num_processes > 1:
+        broadcast_object_list(tmp)
+    tmp = Path(tmp[0])
+    try:
+        with disk_space(final.parent, tensor_bytes(state_dict) + tensor_bytes(optimizer_dict)):
+            if writer:
+                tmp.mkdir(parents=True, exist_ok=True)  # made by the main process; on another machine, here
+            accelerator.wait_for_everyone()
+            if deepspeed:
+                accelerator.save_state(tmp / "accelerate")  # DeepSpeed's own format for its partitioned optimizer
+                # accelerate pickles each process's RNG there too: rng-<rank>.safetensors holds the same
+                (tmp / "accelerate" / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
+            if writer:
+                write_model_files(model, state_dict, tokenizer, tmp, recipe)
+                if optimizer_dict is not None:
+                    save_tree(optimizer_dict, tmp, "optimizer")
+                if accelerator.scaler is not None:
+                    (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
+            save_file({**rng_states(), "batches": batches.state()}, tmp / f"rng-{accelerator.process_index}.safetensors")
+            accelerator.wait_for_everyone()
+            if writer:
+                full = {**state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
+                        "hfgpt_version": __version__, "storage": "shared" if shared else "per-machine"}
+                atomic_write(tmp / STATE, json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
+                replace_dir(tmp, final)
+    finally:
+        if writer:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already unless the save failed
     if writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        prune(recipe.train.out_dir, recipe.train.keep_last)
     accelerator.wait_for_everyone()
-    if deepspeed:
-        accelerator.save_state(tmp / "accelerate")  # DeepSpeed's own format for its partitioned optimizer
-        # accelerate pickles each process's RNG there too: rng-<rank>.safetensors holds the same
-        (tmp / "accelerate" / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
-    if writer:
-        write_model_files(model, state_dict, tokenizer, tmp, recipe)
-        if optimizer_dict is not None:
-            save_tree(optimizer_dict, tmp, "optimizer")
-        if accelerator.scaler is not None:
-            (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
-    save_file({**rng_states(), "batches": batches.state()}, tmp / f"rng-{accelerator.process_index}.safetensors")
-    accelerator.wait_for_everyone()
-    if writer:
-        full = {**state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
-                "hfgpt_version": __version__, "storage": "shared" if shared else "per-machine"}
-        atomic_write(tmp / STATE, json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
-        replace_dir(tmp, final)
+    return final
         prune(recipe.train.out_dir, recipe.train.keep_last)
     accelerator.wait_for_everyone()
     return final
@@ -183,11 +220,8 @@ def best(out_dir: str | Path) -> tuple[Path, dict] | None:
 
 
 def prune(out_dir: str | Path, keep_last: int | None) -> None:
-    """Delete all but the newest keep_last complete checkpoints and the best one; drop leftovers
-    of interrupted writes."""
-    root = checkpoint_dir(out_dir)
-    for leftover in root.glob(".tmp-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    """Delete all but the newest keep_last complete checkpoints and the best one (each renamed
+    first, so that a kill while deleting never leaves half a checkpoint that looks whole)."""
     if keep_last is None:
         return
     found = list_checkpoints(out_dir)
@@ -196,32 +230,69 @@ def prune(out_dir: str | Path, keep_last: int | None) -> None:
         keep.add(b[0])
     for folder, _ in found:
         if folder not in keep:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
 
 
-def find_checkpoint(recipe: Recipe) -> tuple[Path, dict]:
-    """The checkpoint to resume: resume_from when given, else the newest complete one in out_dir."""
+def broken(folder: Path, state: dict) -> str | None:
+    """Why a checkpoint whose state.json was read cannot be resumed (the first broken or missing
+    file), or None. Reads headers and JSON only: safetensors checks that its file is as long as its
+    header says, so a truncated file shows here."""
+    missing = [key for key in ("iter", "recipe") if key not in state]
+    if missing or not isinstance(state.get("recipe"), dict):
+        return f"{STATE} lacks {', '.join(missing) or 'a valid recipe'}"
+    needed = ["config.json"] + ([] if (folder / "model.safetensors.index.json").is_file() else ["model.safetensors"])
+    needed += [] if (folder / "accelerate").is_dir() else ["optimizer.json", "optimizer.safetensors"]
+    for name in needed:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as e:  # SafetensorError for a truncated or garbled file
+            return f"{path.name} is unreadable ({first_line(e)})"
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            return f"{path.name} is not valid JSON ({first_line(e)})"
+    return None
+
+
+def find_checkpoint(recipe: Recipe) -> tuple[Path, dict, list[str]]:
+    """The checkpoint to resume: resume_from when given, else the newest complete one in out_dir
+    that is readable; with notes on the newer ones that were not (their broken file)."""
     if recipe.train.resume_from:
         folder = Path(recipe.train.resume_from)
         state = read_state(folder)
-        if state is None:
-            raise UserError(f"resume_from={recipe.train.resume_from} is not a complete hfgpt checkpoint (no valid "
-                            f"{STATE}): give a folder under {checkpoint_dir(recipe.train.out_dir)}")
-        return folder, state
-    found = latest(recipe.train.out_dir)
-    if found is None:
-        raise UserError(f"init_from=resume but {checkpoint_dir(recipe.train.out_dir)} has no complete checkpoint: "
-                        "train without init_from=resume first, or point resume_from at a checkpoint folder")
-    return found
+        why = f"no valid {STATE}" if state is None else broken(folder, state)
+        if why:
+            raise UserError(f"resume_from={recipe.train.resume_from} cannot be resumed ({why}): give another "
+                            f"checkpoint folder, e.g. the newest complete one under {checkpoint_dir(recipe.train.out_dir)}")
+        return folder, state, []
+    root, skipped = checkpoint_dir(recipe.train.out_dir), []
+    for folder, state in reversed(list_checkpoints(recipe.train.out_dir)):
+        why = broken(folder, state)
+        if why is None:
+            return folder, state, [f"warning: {f} cannot be resumed ({w}): resuming {folder.name}, the newest readable "
+                                   "checkpoint before it" for f, w in skipped]
+        skipped.append((folder, why))
+    if skipped:
+        raise UserError(f"no checkpoint in {root} can be resumed ({'; '.join(f'{f.name}: {w}' for f, w in skipped)}): "
+                        "start over with --overwrite_out_dir=True, or point resume_from at a checkpoint elsewhere")
+    raise UserError(f"init_from=resume but {root} has no complete checkpoint: start a new run (without "
+                    "init_from=resume; --overwrite_out_dir=True if out_dir holds an earlier one), or point resume_from "
+                    "at a checkpoint folder")
 
 
 def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
     """With init_from=resume: the checkpoint folder to continue from, checked against the recipe
-    (every process refuses a changed shape; the main one says what else changed) and, with a copy
-    of the checkpoints per machine, against the other processes' choice."""
+    (every process refuses a changed shape; the main one says what else changed, and which newer
+    checkpoints were unreadable) and, with a copy of the checkpoints per machine, against the other
+    processes' choice."""
     if recipe.model.init_from != "resume":
         return None
-    folder, state = find_checkpoint(recipe)
+    folder, state, notes = find_checkpoint(recipe)
     if accelerator.num_processes > 1:
         found = accelerator.gather(torch.tensor([state["iter"]], device=accelerator.device)).tolist()
         if len(set(found)) > 1:
@@ -231,8 +302,27 @@ def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
                             "checkpoint, or point resume_from at one they all have")
     message = check_resume(recipe, folder, state)
     if accelerator.is_main_process:
-        print(message)
+        print("\n".join([*notes, message]))
     return folder
+
+
+def set_aside_newer(out_dir: str | Path, iter_num: int) -> None:
+    """A run that continues from an older checkpoint than the newest abandons the newer ones: they
+    move to checkpoints/abandoned-<time>/, where they are never resumed or pruned (delete that
+    folder when you no longer want them)."""
+    newer = [folder for folder, state in list_checkpoints(out_dir) if state["iter"] > iter_num]
+    if not newer:
+        return
+    aside = checkpoint_dir(out_dir) / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
+    while aside.exists():
+        aside = aside.with_name(aside.name + "-1")
+    aside.mkdir()
+    size = sum(tree_bytes(folder) for folder in newer)
+    for folder in newer:
+        os.replace(folder, aside / folder.name)
+    fsync_dir(aside.parent)
+    print(f"resuming iteration {iter_num}: set aside the newer checkpoints {', '.join(f.name for f in newer)} of the "
+          f"abandoned line in {aside} ({size_text(size)}); they will not be resumed")
 
 
 def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -> LoopState:

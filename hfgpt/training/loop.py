@@ -7,7 +7,8 @@ val improves (always, with always_save_checkpoint) and write a resumable checkpo
 max_iters or on SIGINT/SIGTERM (after a checkpoint; with several processes the signal is looked at
 every log_interval iterations); otherwise one optimizer step over
 gradient_accumulation_steps micro-batches, then log every log_interval iterations. The run's
-counters are one LoopState, saved in every checkpoint and restored whole by a resume.
+counters are one LoopState, saved in every checkpoint and restored whole by a resume. The run
+holds out_dir for its lifetime (hfgpt.training.out_dir: a lock; never over another run's results).
 """
 
 import math
@@ -17,12 +18,15 @@ import torch
 
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
+from hfgpt.core.files import disk_space
 from hfgpt.hub.card import write_card
 from hfgpt.hub.download import resume_from_hub
 from hfgpt.hub.push import Pusher
-from hfgpt.training.checkpoint import checkpoint_path, restore, resume_point, save_checkpoint, save_model_folder
+from hfgpt.training.checkpoint import (checkpoint_path, restore, resume_point, save_checkpoint, save_model_folder,
+                                       set_aside_newer)
 from hfgpt.training.evaluate import estimate_loss, eval_samples
 from hfgpt.training.optim import get_lr
+from hfgpt.training.out_dir import claim
 from hfgpt.training.progress import Progress
 from hfgpt.training.run import Run, make_accelerator, set_lr, setup, train_step
 from hfgpt.training.signals import StopSignal, signal_name
@@ -33,14 +37,22 @@ from hfgpt.training.trackers import start_trackers, tracker_options
 def train(recipe: Recipe) -> dict:
     """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
     loss, the iterations done and the signal that stopped the run (0 if none)."""
-    r, t = recipe, recipe.train
-    accelerator = make_accelerator(r, **tracker_options(r))
+    accelerator = make_accelerator(recipe, **tracker_options(recipe))
+    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)):  # out_dir is this run's until it ends
+        return loop(recipe, accelerator)
+
+
+def loop(r: Recipe, accelerator) -> dict:
+    """train() with out_dir held."""
+    t = r.train
     pusher = Pusher.for_recipe(r) if accelerator.is_main_process and r.hub.push_to_hub else None  # a bad token stops here
     resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
     resume = resume_point(r, accelerator)  # None unless init_from=resume
     run = setup(r, accelerator, checkpoint=resume)
     state = (restore(accelerator, run.model, run.optimizer, run.batches, resume) if resume
              else LoopState(init_from=r.model.init_from))
+    if resume and not t.eval_only and accelerator.is_main_process:
+        set_aside_newer(t.out_dir, state.iter)  # a rewound run: the newer checkpoints are never "latest" again
     start_trackers(accelerator, r)
     progress = Progress(accelerator, r, run, state, resumed=resume is not None)
     progress.start()
@@ -61,7 +73,7 @@ def train(recipe: Recipe) -> dict:
             if stopped := stop.received(accelerator, state.iter):
                 watch.check(state.iter)
                 if saved_at != state.iter:
-                    saved_at = checkpoint(run, state, r)
+                    saved_at = checkpoint(run, state, r, progress)
                 progress.say(f"{signal_name(stopped)}: saved {checkpoint_path(t.out_dir, state.iter)}; "
                              "continue with --init_from=resume")
                 break
@@ -110,15 +122,17 @@ def evaluate_and_save(run: Run, state: LoopState, r: Recipe, progress: Progress,
         if accelerator.is_main_process:
             write_card(out_dir, {**state.to_json(), "samples": samples})
         progress.say(f"saved {out_dir} (val loss {state.val_loss:.4f})")
-    folder = checkpoint(run, state, r, samples)
+    folder = checkpoint(run, state, r, progress, samples)
     if pusher:
         pusher.after_save(state.iter, state.val_loss, model_saved, folder)
     progress.restart_clock()
     return state.iter
 
 
-def checkpoint(run: Run, state: LoopState, r: Recipe, samples: list[str] = ()) -> Path:
-    """A resumable checkpoint of this iteration, with its model card."""
+def checkpoint(run: Run, state: LoopState, r: Recipe, progress: Progress, samples: list[str] = ()) -> Path:
+    """A resumable checkpoint of this iteration, with its model card; metrics.jsonl's rows up to it
+    are on disk before it is published."""
+    progress.metrics.sync()
     folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state,
                              shared=run.shared_storage)
     if run.accelerator.is_main_process:

@@ -8,20 +8,38 @@ and passed on to the run's trackers (tensorboard, wandb, ...: log_with in the re
 Every field of a row reaches the trackers at step `iter`, whatever the loop puts in it (mfu
 included), with lists spread out as name/0, name/1, ... A resumed run keeps the lines up to the
 iteration it resumes from and appends after them, so the file reads as one run even when the
-first attempt went further than its last checkpoint.
+first attempt went further than its last checkpoint; an evaluation-only run appends its row. A
+line that is not a JSON object (the partial last line of a run killed while writing it) is
+skipped by every reader and dropped, with a note, when a run continues the file.
 """
 
 import json
+import os
 from pathlib import Path
 
 from hfgpt.core.files import atomic_write
 
 
+def parse_metrics(text: str) -> tuple[list[dict], int]:
+    """The rows of metrics.jsonl text and the number of lines that are not a JSON object."""
+    rows, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl file; none if it does not exist."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The rows of a metrics.jsonl file (none if it does not exist), without unreadable lines."""
+    return parse_metrics(path.read_text(encoding="utf-8"))[0] if path.exists() else []
 
 
 def tracker_values(fields: dict) -> dict:
@@ -38,15 +56,24 @@ def tracker_values(fields: dict) -> dict:
 
 
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool, resume_iter: int | None = None, accelerator=None):
+    def __init__(self, path: Path, enabled: bool, resume_iter: int | None = None, accelerator=None,
+                 append: bool = False):
+        """A new file, or with resume_iter the rows up to that iteration kept, or with append every row."""
         self.file, self.accelerator = None, accelerator
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_iter is not None and path.exists():
-            kept = [json.dumps(row) for row in read_metrics(path) if row.get("iter", 0) <= resume_iter]
-            atomic_write(path, "".join(line + "\n" for line in kept))
-        self.file = open(path, "a" if resume_iter is not None else "w", encoding="utf-8")
+        keep = append or resume_iter is not None
+        if keep and path.exists():
+            text = path.read_text(encoding="utf-8")
+            rows, bad = parse_metrics(text)
+            kept = [row for row in rows if append or row.get("iter", 0) <= resume_iter]
+            if bad:
+                print(f"note: dropped {bad} unreadable line{'s' if bad > 1 else ''} of {path} (the partial last line "
+                      "of a run killed while writing it)")
+            if bad or len(kept) < len(rows) or (text and not text.endswith("\n")):
+                atomic_write(path, "".join(json.dumps(row) + "\n" for row in kept))
+        self.file = open(path, "a" if keep else "w", encoding="utf-8")
 
     def write(self, **fields) -> None:
         if not self.file:
@@ -55,6 +82,12 @@ class MetricsLog:
         self.file.flush()
         if self.accelerator is not None and self.accelerator.trackers:
             self.accelerator.log(tracker_values(fields), step=fields["iter"])
+
+    def sync(self) -> None:
+        """Put the rows written so far on disk (before a checkpoint that they lead up to is published)."""
+        if self.file:
+            self.file.flush()
+            os.fsync(self.file.fileno())
 
     def close(self) -> None:
         if self.file:

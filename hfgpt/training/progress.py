@@ -39,7 +39,8 @@ class Progress:
         self.main = accelerator.is_main_process
         self.out_dir = Path(recipe.train.out_dir)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.main,
-                                  resume_iter=state.iter if resumed else None, accelerator=accelerator)
+                                  resume_iter=state.iter if resumed else None, accelerator=accelerator,
+                                  append=recipe.train.eval_only)
         self.start_iter, self.started = state.iter, time.time()
         self.t_log, self.iters_since_log = time.time(), 0
         self.bar = tqdm(total=recipe.train.max_iters, initial=state.iter, disable=not self.main or None,

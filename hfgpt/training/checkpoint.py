@@ -184,9 +184,6 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
         prune(recipe.train.out_dir, recipe.train.keep_last)
     accelerator.wait_for_everyone()
     return final
-        prune(recipe.train.out_dir, recipe.train.keep_last)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def read_state(folder: Path) -> dict | None:

@@ -9,6 +9,8 @@ model.safetensors, tokenizer) plus the state of the run:
   rng-<rank>.safetensors                  each process's torch RNG and the batches' position
   scaler.json                             the fp16 loss scaler, when one is used
   state.json                              the run's LoopState (iteration, losses, tokens seen), recipe, hfgpt version
+A LoRA run's checkpoint holds its adapter (adapter/) instead of the model: resume loads init_from
+again and the adapter onto it (MBs instead of GBs; no tokenizer copy, resume reads the dataset's).
 It is written as .tmp-iter-NNNNNN, flushed to disk and renamed when complete, so a kill (or a power
 cut) at any moment leaves the earlier checkpoints whole and resume sees complete ones only. Nothing here is a pickle: tensors
 go to safetensors, everything else to JSON. (FSDP and DeepSpeed shard the optimizer; with them
@@ -29,7 +31,8 @@ from hfgpt import __version__
 from hfgpt.config import Recipe, keys_that_shape
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import atomic_write, fsync_dir, make_temp_dir, replace_dir, sync_tree
-from hfgpt.model.folder import write_model_files
+from hfgpt.model.folder import write_adapter_files, write_model_files
+from hfgpt.model.lora import is_lora
 from hfgpt.training.state import LoopState
 
 STATE = "state.json"
@@ -51,7 +54,7 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
         write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
         sync_tree(tmp)
         for item in sorted(tmp.iterdir()):
-            os.replace(item, out / item.name)
+            replace_dir(item, out / item.name) if item.is_dir() else os.replace(item, out / item.name)  # adapter/
         fsync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -127,7 +130,11 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
     if accelerator.distributed_type in SHARDED:
         accelerator.save_state(tmp / "accelerate")
     if accelerator.is_main_process:
-        write_model_files(accelerator.unwrap_model(model), state_dict, tokenizer, tmp, recipe)
+        unwrapped = accelerator.unwrap_model(model)
+        if is_lora(getattr(unwrapped, "_orig_mod", unwrapped)):
+            write_adapter_files(unwrapped, state_dict, tmp, recipe)
+        else:
+            write_model_files(unwrapped, state_dict, tokenizer, tmp, recipe)
         if accelerator.distributed_type not in SHARDED:
             save_tree(optimizer.state_dict(), tmp, "optimizer")
         if accelerator.scaler is not None:
@@ -139,7 +146,7 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
                 "hfgpt_version": __version__}
         atomic_write(tmp / STATE, json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
         replace_dir(tmp, final)
-        prune(recipe.train.out_dir, recipe.train.keep_last)
+        prune(recipe.train.out_dir, recipe.train.keep_last, keep_best=recipe.train.always_save_checkpoint)
     accelerator.wait_for_everyone()
     return final
 
@@ -174,9 +181,10 @@ def best(out_dir: str | Path) -> tuple[Path, dict] | None:
     return min(found, key=lambda item: item[1]["val_loss"]) if found else None
 
 
-def prune(out_dir: str | Path, keep_last: int | None) -> None:
-    """Delete all but the newest keep_last complete checkpoints and the best one; drop leftovers
-    of interrupted writes."""
+def prune(out_dir: str | Path, keep_last: int | None, keep_best: bool = True) -> None:
+    """Delete all but the newest keep_last complete checkpoints and, with keep_best, the best one
+    (always_save_checkpoint: out_dir then holds the latest model, not the best; without it out_dir
+    is the best model already); drop leftovers of interrupted writes."""
     root = checkpoint_dir(out_dir)
     for leftover in root.glob(".tmp-*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -184,7 +192,7 @@ def prune(out_dir: str | Path, keep_last: int | None) -> None:
         return
     found = list_checkpoints(out_dir)
     keep = {folder for folder, _ in found[-keep_last:]}
-    if (b := best(out_dir)) is not None:
+    if keep_best and (b := best(out_dir)) is not None:
         keep.add(b[0])
     for folder, _ in found:
         if folder not in keep:
@@ -213,6 +221,8 @@ def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
     if recipe.model.init_from != "resume":
         return None
     folder, state = find_checkpoint(recipe)
+    if recipe.data.tokenizer is None:  # the data goes on with the tokenizer the run was prepared with
+        recipe.data.tokenizer = state["recipe"].get("tokenizer")
     message = check_resume(recipe, folder, state)
     if accelerator.is_main_process:
         print(message)
@@ -225,7 +235,14 @@ def restore(accelerator: Accelerator, optimizer, batches, folder: Path) -> LoopS
     if accelerator.distributed_type in SHARDED:
         accelerator.load_state(folder / "accelerate")
     else:
-        optimizer.load_state_dict(load_tree(folder, "optimizer"))
+        saved = load_tree(folder, "optimizer")
+        trained = [len(group["params"]) for group in saved["param_groups"]]
+        now = [len(group["params"]) for group in optimizer.param_groups]
+        if trained != now:  # torch would raise a ValueError about parameter groups
+            raise UserError(f"cannot resume {folder}: its optimizer trained {sum(trained):,} tensors, this run trains "
+                            f"{sum(now):,} (written by an hfgpt that still trained a loaded model's biases with bias: false?): "
+                            f"start a new run from it with --init_from={folder}")
+        optimizer.load_state_dict(saved)
     if accelerator.scaler is not None and (folder / "scaler.json").exists():
         accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
     rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
@@ -245,7 +262,7 @@ def restore(accelerator: Accelerator, optimizer, batches, folder: Path) -> LoopS
 
 def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
     """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
-    saved = state["recipe"]
+    saved = {**Recipe().to_dict(), **state["recipe"]}  # keys newer than the checkpoint: their defaults
     current = recipe.to_dict()
     shape = keys_that_shape("model") + (keys_that_shape("new_model") if state.get("init_from") == "scratch" else ())
     wrong = [f"{k}={current[k]} (checkpoint: {saved.get(k)})" for k in shape if saved.get(k) != current[k]]

@@ -155,6 +155,8 @@ def test_lora_trains_adapters_only_merges_exactly_resumes_bitwise_in_small_check
     assert train.main([straight]) == 0
     assert train.main([split, "--max_iters=2"]) == 0
     assert train.main([split, "--init_from=resume", "--lora_r=4"]) == 2  # the adapters' shape cannot change
+    assert train.main([straight, "--lora_target_modules=[q_proj]", f"--out_dir={workdir / 'c'}"]) == 2
+    assert "lora_target_modules: q_proj is no module of" in capsys.readouterr().err
     assert train.main([split, "--init_from=resume"]) == 0
     a, b = workdir / "a", workdir / "b"
     assert metrics(a) == metrics(b)

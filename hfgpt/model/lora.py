@@ -34,7 +34,7 @@ def is_lora(model) -> bool:
 
 @contextmanager
 def quiet_peft():
-    """peft 0.21 reads model.is_gradient_checkpointing when it wraps a model, a property transformers
+    """peft (0.18-0.21) reads model.is_gradient_checkpointing when it wraps a model, a property transformers
     5.24 deprecated: every wrap would print a FutureWarning the user can do nothing about."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -70,6 +70,37 @@ def gpt2_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def gpt2_medium_dir(tmp_path_factory, gpt2_dir) -> Path:
+    """A tiny stand-in for openai-community/gpt2-medium, as its files are on the Hub: config.json with
+    GPT-2's keys (task_specific_params too), generation_config.json, model.safetensors with non-zero
+    biases (as a pretrained model has), GPT-2's real BPE (tokenizer.json, vocab.json, merges.txt)
+    and tokenizer_config.json {"model_max_length": 1024}; 2 layers x 32 wide, 50,257 ids (6.6 MB)."""
+    import json
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hfgpt.data.tokenizer import bpe_from_vocab_merges
+
+    folder = tmp_path_factory.mktemp("gpt2-medium")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=50257, n_positions=1024, n_ctx=1024, n_embd=32, n_layer=2, n_head=2,
+                        activation_function="gelu_new", bos_token_id=50256, eos_token_id=50256,
+                        task_specific_params={"text-generation": {"do_sample": True, "max_length": 50}})
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.02)
+    model.save_pretrained(folder)
+    bpe_from_vocab_merges(gpt2_dir).backend_tokenizer.save(str(folder / "tokenizer.json"))
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_dir / name, folder / name)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 1024}))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     """Each test starts without accelerate's process-wide state, as each training process does: a

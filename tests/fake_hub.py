@@ -13,7 +13,8 @@ Usage:
     hub.stop()
 
 Copied from ../shared/tools/fake_hub.py; add_files, commit_delay, fail_commits, history, the
-commits' "time" and client_env are hfgpt's additions.
+commits' "time" and client_env are hfgpt's additions. The legacy-id redirect (gpt2-medium -> 307 ->
+openai-community/gpt2-medium, LEGACY_IDS) is ../shared/tools/fake_hub.py's, put back here (issue 10).
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class FakeHub:
         self.commit_delay = 0.0  # seconds each commit request waits before it is applied
         self.fail_commits = 0  # the next this many commit requests fail with HTTP fail_status
         self.fail_status = 400  # huggingface_hub retries 5xx itself (for ~25 s); a 4xx reaches the caller at once
+        # ids without a namespace that the real Hub answers with a 307 to their canonical repo
+        self.legacy = dict(LEGACY_IDS)
         self.lock = threading.RLock()
         hub = self
 
@@ -190,6 +193,12 @@ API = re.compile(r"^/api/(?P<t>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)(?P<
 RESOLVE = re.compile(r"^/(?:(?P<t>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 LFS_BATCH = re.compile(r"^/(?:(?P<t>datasets|spaces)/)?(?P<repo>[^/]+/[^/]+)\.git/info/lfs/objects/batch$")
 LFS_OBJ = re.compile(r"^/__lfs/(?P<oid>[0-9a-f]{64})(?P<verify>/verify)?$")
+
+
+LEGACY_IDS = {"gpt2": "openai-community/gpt2", "gpt2-medium": "openai-community/gpt2-medium",
+              "gpt2-large": "openai-community/gpt2-large", "gpt2-xl": "openai-community/gpt2-xl",
+              "distilgpt2": "distilbert/distilgpt2"}
+LEGACY = re.compile(r"^/(?P<api>api/models/)?(?P<name>[^/]+)(?P<rest>/.*)?$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -278,6 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"url": hub.repo_url(repo), "name": repo_id, "id": uuid.uuid4().hex[:24]})
         if path == "/api/validate-yaml" and self.command == "POST":
             return self._json({"errors": [], "warnings": []})
+        if (m := LEGACY.match(path)) is not None and m["name"] in hub.legacy and (m["api"] or m["rest"]):
+            target = f"/{m['api'] or ''}{hub.legacy[m['name']]}{m['rest'] or ''}"
+            return self._send(307, b"", {"Location": target})
         if (m := API.match(path)) is not None:
             return self._api(TYPES[m["t"]], unquote(m["repo"]), m["rest"] or "", query, body)
         if (m := LFS_BATCH.match(path)) is not None and self.command == "POST":

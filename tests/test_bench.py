@@ -57,6 +57,23 @@ def test_peak_flops_by_device_name(name):
     assert peak_flops("cuda", precision, name) == pytest.approx(PEAK_BY_NAME[name] * 1e12)
 
 
+def test_bench_finetune_measures_full_checkpointing_and_lora(workdir, capsys):
+    tiny = ["--n_layer=2", "--n_embd=32", "--n_head=2", "--block_size=32", "--steps=1", "--warmup=1"]
+    rows = {}
+    for mode in ("checkpointing", "lora"):  # in this process: what each mode's child process runs
+        assert bench.main(["finetune", *tiny, f"--one={mode}"]) == 0
+        rows[mode] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # LoRA r=8 on c_attn (32 -> 96), attn.c_proj (32 -> 32), c_fc (32 -> 128), mlp.c_proj (128 -> 32), 2 blocks
+    assert rows["lora"]["trainable_params"] == 2 * 8 * ((32 + 96) + (32 + 32) + (32 + 128) + (128 + 32))
+    assert rows["checkpointing"]["trainable_params"] == rows["checkpointing"]["params"]
+    assert all(r["s_per_iter"] > 0 and r["peak_memory_mb"] > 0 for r in rows.values())
+    path = workdir / "finetune.json"
+    assert bench.main(["finetune", *tiny, "--modes=full", f"--json={path}"]) == 0
+    result = json.loads(path.read_text())
+    assert [r["mode"] for r in result["modes"]] == ["full"] and result["modes"][0]["peak_memory_mb"] > 0
+    assert result["n_layer_n_embd_n_head"] == [2, 32, 2] and result["block_size"] == 32 and result["cpu"]
+
+
 @pytest.mark.parametrize("name, precision, tflops", [
     ("NVIDIA A100-SXM4-80GB", "no", 156), ("Tesla T4", "no", 8.1), ("Tesla T4", "bf16", None),
     ("Tesla V100-SXM2-16GB", "bf16", None), ("Some Future GPU", "bf16", None),

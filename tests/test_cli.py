@@ -148,7 +148,8 @@ def test_adding_a_key_is_one_field():
     assert field.metadata == {"min": 1, "shapes": "model", "steps": ("prepare", "train")}
     with pytest.raises(Exception, match="block_size=0 must be at least 1"):
         load_recipe(None, ["--block_size=0"])
-    assert sys.modules["hfgpt.config.recipe"].keys_that_shape("model") == ("block_size", "bias")
+    assert sys.modules["hfgpt.config.recipe"].keys_that_shape("model") == ("block_size", "bias", "lora_r", "lora_alpha",
+                                                                           "lora_target_modules")
 
 
 def deep_pickle(depth: int) -> bytes:

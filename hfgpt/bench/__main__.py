@@ -1,9 +1,10 @@
-"""python -m hfgpt.bench MODE ...: run one benchmark mode (train, sample or prepare).
+"""python -m hfgpt.bench MODE ...: run one benchmark mode (train, sample, prepare or finetune).
 
     python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml --json=bench.json
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
     python -m hfgpt.bench prepare recipes/my_dataset.yaml
     python -m hfgpt.bench gpu --nanogpt=../nanoGPT --json=bench-gpu.json     # on a CUDA GPU
+    python -m hfgpt.bench finetune --model=gpt2-medium --block_size=512
 """
 
 import importlib
@@ -14,6 +15,7 @@ MODES = {
     "sample": "generation tokens/s at a given length",
     "prepare": "tokenization throughput and peak memory of prepare",
     "gpu": "GPT-2 124M on a CUDA GPU beside nanoGPT's bench.py: ms/iter, MFU, attention kernels",
+    "finetune": "peak memory and s/iter of full, gradient-checkpointed and LoRA fine-tuning of a GPT-2 config",
 }
 
 

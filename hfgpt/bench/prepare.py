@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hfgpt.bench import report
+from hfgpt.bench import child_env, report
 from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError
 from hfgpt.data.encode import usable_cpus
+from hfgpt.data.prepare import tokenizer_name
 
 @dataclass
 class BenchPrepareOptions:
@@ -175,9 +176,8 @@ def main(parsed: Parsed) -> int:
         raise UserError("no text to measure: set --source=FILE or --corpus_mb=N --corpus_from=FILE")
     num_proc = d.num_proc or usable_cpus()
     out = Path(d.data_dir) / f"{d.dataset}-bench"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[2]),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    result = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "tokenizer": d.tokenizer,
+    env = child_env()
+    result = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "tokenizer": tokenizer_name(recipe),
               "num_proc": num_proc}
     if flags.compare_tiktoken:
         result.update(compare(rest, corpus, out, flags, num_proc, recipe, env))
@@ -195,7 +195,7 @@ def compare(rest, corpus: Path, out: Path, flags: dict, num_proc: int, recipe, e
     """Alternate hfgpt and the tiktoken + datasets.map approach; the ratio of tokens/s per pair."""
     from hfgpt.data.prepare import val_documents
 
-    gpt2_dir = flags.gpt2_dir or recipe.data.tokenizer
+    gpt2_dir = flags.gpt2_dir or tokenizer_name(recipe)
     if not Path(gpt2_dir).is_dir() or flags.corpus_format != "jsonl":
         raise UserError("--compare_tiktoken needs a .jsonl corpus and GPT-2's files: --gpt2_dir=DIR (encoder.json + "
                         "vocab.bpe, or vocab.json + merges.txt), or --tokenizer=DIR with them")

@@ -46,8 +46,8 @@ class DataConfig:
     """Read .jsonl/.json/.csv/.parquet and Hub datasets as a stream (no local copy); each document then goes to validation with probability val_fraction."""
     errors: str = option("strict", choices=("strict", "replace", "ignore"), shapes="data")
     """Bytes that are not UTF-8: 'strict' stops with the file and byte offset, 'replace' writes U+FFFD, 'ignore' drops them."""
-    tokenizer: str = option("char", shapes="data")
-    """'char' (one id per character, as nanoGPT's shakespeare_char), 'byte' (256 byte ids), 'bpe' (byte-level BPE learned from the training text), 'gpt2', or any Hugging Face tokenizer id or folder."""
+    tokenizer: str | None = option(None, shapes="data")
+    """'char' (one id per character, as nanoGPT's shakespeare_char), 'byte' (256 byte ids), 'bpe' (byte-level BPE learned from the training text), 'gpt2', or any Hugging Face tokenizer id or folder; None: the model's own tokenizer when init_from is a model (Hub id or folder), 'char' for a model trained from scratch."""
     vocab_size: int | None = option(None, shapes="data")
     """Number of ids a 'bpe' tokenizer learns (256 bytes + <|endoftext|> + merges); only used with tokenizer: bpe."""
     val_fraction: float = option(0.1, above=0, below=1, shapes="data")
@@ -63,8 +63,8 @@ class ModelConfig:
     """The GPT: built from these numbers, or loaded and cropped to block_size."""
 
     STEPS: ClassVar = ("train",)
-    init_from: str = option("scratch")
-    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder."""
+    init_from: str = option("scratch", steps=("prepare", "train"))
+    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder, loaded with float32 weights (whatever dtype it stores), whose tokenizer the data is then prepared with (unless tokenizer is set)."""
     n_layer: int = option(12, min=1, shapes="new_model")
     """Transformer blocks."""
     n_head: int = option(12, min=1, shapes="new_model")
@@ -76,7 +76,17 @@ class ModelConfig:
     dropout: float = option(0.0, min=0, below=1)
     """Dropout on embeddings, attention and residuals: 0 for pretraining, try 0.1+ for finetuning."""
     bias: bool = option(True, shapes="model")
-    """False fixes the Linear and LayerNorm biases at zero, as nanoGPT's bias=False (the saved model keeps GPT-2's layout)."""
+    """False fixes the Linear and LayerNorm biases at zero, as nanoGPT's bias=False (the saved model keeps GPT-2's layout); a loaded model's biases are zeroed and frozen before the first iteration."""
+    gradient_checkpointing: bool = option(False)
+    """Recompute each transformer block's activations in the backward instead of keeping them (transformers' own checkpointing): far less memory, about a third more compute."""
+    lora_r: int = option(0, min=0, shapes="model")
+    """Rank of LoRA adapters (through peft) on lora_target_modules: only the adapters train, the loaded model stays frozen; 0 fine-tunes every weight."""
+    lora_alpha: float = option(16.0, above=0, finite=True, shapes="model")
+    """LoRA scaling: the adapters add (lora_alpha / lora_r) * B @ A to each target weight."""
+    lora_dropout: float = option(0.05, min=0, below=1)
+    """Dropout on the input of the LoRA adapters (0: none, and less work per step)."""
+    lora_target_modules: list[str] = option(["c_attn", "c_proj", "c_fc"], shapes="model")
+    """Modules that get LoRA adapters, matched by name (GPT-2: c_attn, c_proj of attention and MLP, c_fc: every matrix of a block)."""
 
 
 @dataclass
@@ -130,7 +140,7 @@ class TrainConfig:
     always_save_checkpoint: bool = option(True)
     """Save the model in out_dir at every evaluation, not only when val loss improves."""
     keep_last: int | None = option(2, min=1)
-    """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); the best one is kept too; None keeps all."""
+    """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); with always_save_checkpoint the best one is kept too (without it, out_dir is the best model); None keeps all."""
     resume_from: str | None = option(None)
     """With init_from=resume: the checkpoint folder to continue from, or a Hub repo pushed with hub_strategy=checkpoint (user/name[@revision]: its last-checkpoint/ is downloaded); None takes the newest complete one in out_dir/checkpoints."""
     seed: int = option(1337, min=0, max=2**32 - 1, steps=("prepare", "train"))
@@ -246,6 +256,9 @@ def validate(recipe: Recipe) -> list[str]:
     need(not (t.overwrite_out_dir and m.init_from == "resume"),
          "overwrite_out_dir=True with init_from=resume: resume continues the run in out_dir, overwrite replaces it; "
          "drop one of them")
+    need(not m.lora_r or m.init_from != "scratch",
+         f"lora_r={m.lora_r} adapts a trained model, but init_from=scratch: set init_from to a model (gpt2-medium, "
+         "a folder) or lora_r: 0")
     need(t.resume_from is None or m.init_from == "resume",
          f"resume_from={t.resume_from} is set but init_from='{m.init_from}': set init_from: resume")
     if m.n_head >= 1:

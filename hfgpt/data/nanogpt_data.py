@@ -22,30 +22,31 @@ from hfgpt.core.files import temp_dir
 from hfgpt.data.meta import new_meta, write_meta
 from hfgpt.data.shards import PREPARING, publish
 from hfgpt.data.sources import stamp_of
-from hfgpt.data.tokenizer import char_tokenizer_from_stoi, load_tokenizer
+from hfgpt.data.tokenizer import char_tokenizer_from_stoi, load_tokenizer, save_tokenizer
 
 DTYPE = np.uint16  # nanoGPT's prepare scripts always write uint16
 CHECK_TOKENS = 1 << 24
 
 
-def import_dir(recipe: Recipe, src: Path, out: Path) -> dict:
+def import_dir(recipe: Recipe, src: Path, out: Path, tokenizer_name: str) -> dict:
     """Write meta.json and tokenizer/ for the nanoGPT folder `src` into `out` (copying the .bin
-    files when they differ), through a temporary folder; returns the meta."""
+    files when they differ), through a temporary folder; returns the meta. `tokenizer_name` (the
+    recipe's, resolved) names the tokenizer of a folder without meta.pkl."""
     if (src / "meta.pkl").exists():
         tokenizer, name = char_tokenizer_from_stoi(read_meta_pkl(src / "meta.pkl")["stoi"]), "char"
-    elif recipe.data.tokenizer in ("char", "byte", "bpe"):
+    elif tokenizer_name in ("char", "byte", "bpe"):
         raise UserError(f"{src} has train.bin and val.bin but no meta.pkl, so it holds GPT-2 ids (nanoGPT's "
-                        f"convention), not tokenizer={recipe.data.tokenizer}: set tokenizer to gpt2 or a GPT-2 "
+                        f"convention), not tokenizer={tokenizer_name}: set tokenizer to gpt2 or a GPT-2 "
                         "tokenizer folder")
     else:
-        tokenizer, name = load_tokenizer(recipe.data.tokenizer), recipe.data.tokenizer
+        tokenizer, name = load_tokenizer(tokenizer_name), tokenizer_name
     shards = {split: [{"file": f"{split}.bin", "tokens": _count(src / f"{split}.bin", len(tokenizer))}]
               for split in ("train", "val")}
     with temp_dir(out, PREPARING) as work:
         if src.resolve() != out.resolve():
             for split in ("train", "val"):
                 shutil.copyfile(src / f"{split}.bin", work / f"{split}.bin")
-        tokenizer.save_pretrained(work / "tokenizer")
+        save_tokenizer(tokenizer, work / "tokenizer")
         meta = new_meta(recipe, tokenizer, shards, "nanogpt", DTYPE, name, source=recipe.data.source,
                         source_files=len(files(src)), source_bytes=sum(f.stat().st_size for f in files(src)),
                         source_stamp=stamp_of(files(src)))

@@ -26,7 +26,7 @@ from hfgpt.data.encode import encoder_for, write_tokens
 from hfgpt.data.meta import META, check_split_size, new_meta, read_meta, shard_problem, write_meta
 from hfgpt.data.shards import PREPARING, ShardWriter, move_tail, preparing, publish
 from hfgpt.data.sources import Source, is_nanogpt_dir, open_source, stamp_of
-from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokenizer, train_bpe
+from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokenizer, save_tokenizer, train_bpe
 
 DRAW_BLOCK = 1 << 16  # documents per seeded block of validation draws when their number is unknown
 WAIT = 0.5  # seconds between looks at a folder another prepare is writing
@@ -39,13 +39,27 @@ def dataset_dir(recipe: Recipe) -> Path:
     return Path(recipe.data.data_dir) / recipe.data.dataset
 
 
+def tokenizer_name(recipe: Recipe) -> str:
+    """The tokenizer the data is prepared with: the recipe's, else the model's own when init_from is
+    a model (a Hub id or folder), else char. With init_from=resume, train has set the checkpoint's;
+    otherwise the one the dataset was prepared with."""
+    name, init_from = recipe.data.tokenizer, recipe.model.init_from
+    if name is not None:
+        return name
+    if init_from == "resume":
+        meta = read_meta(dataset_dir(recipe))
+        return meta["tokenizer"] if meta else "char"
+    return "char" if init_from == "scratch" else init_from
+
+
 def settings(recipe: Recipe, split: str | None) -> dict:
     """The recipe's values that the files depend on (the keys that shape the data: meta.json records
-    them as saved, URLs without secrets; a change prepares again); seed only picks documents,
-    vocab_size only sizes bpe."""
+    them as saved, URLs without secrets; a change prepares again), with the tokenizer resolved;
+    seed only picks documents, vocab_size only sizes bpe."""
     saved = recipe.to_dict()
     values = {k: saved[k] for k in keys_that_shape("data")}
-    if recipe.data.tokenizer != "bpe":
+    values["tokenizer"] = tokenizer_name(recipe)
+    if values["tokenizer"] != "bpe":
         del values["vocab_size"]
     if split == "documents":
         values["seed"] = recipe.train.seed
@@ -117,10 +131,10 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
     source = open_source(recipe, out)
     meta = wait_for_prepare(out)
     if _up_to_date(recipe, meta, source, out):
-        print(f"{out} is up to date with {source.label} (tokenizer {recipe.data.tokenizer}): nothing to do")
+        print(f"{out} is up to date with {source.label} (tokenizer {tokenizer_name(recipe)}): nothing to do")
         return meta
     if source.nanogpt_dir is not None:
-        return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out)
+        return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out, tokenizer_name(recipe))
     with temp_dir(out, PREPARING) as work:
         meta = _tokenize_source(recipe, source, work, out)
         publish(work, out)
@@ -128,7 +142,7 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
     tokens = meta["train_tokens"] + meta["val_tokens"]
     print(f"prepared {out}: {source.label} became {meta['train_tokens']:,} train and {meta['val_tokens']:,} val "
           f"tokens ({meta['dtype']}, {sum(len(v) for v in meta['shards'].values())} files) with the "
-          f"{recipe.data.tokenizer} tokenizer ({meta['vocab_size']:,} ids) in {elapsed:.1f}s "
+          f"{meta['tokenizer']} tokenizer ({meta['vocab_size']:,} ids) in {elapsed:.1f}s "
           f"({tokens / max(elapsed, 1e-9):,.0f} tokens/s); the tokenizer is in {out / 'tokenizer'}.")
     return meta
 
@@ -150,9 +164,9 @@ def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> d
     for name, writer in writers.items():
         share = d.val_fraction if name == "val" else 1 - d.val_fraction
         check_split_size(len(writer), name, recipe.model.block_size, out, share)
-    tokenizer.save_pretrained(work / "tokenizer")
+    save_tokenizer(tokenizer, work / "tokenizer")
     shards = {name: writer.close() for name, writer in writers.items()}
-    meta = new_meta(recipe, tokenizer, shards, split, dtype, d.tokenizer,
+    meta = new_meta(recipe, tokenizer, shards, split, dtype, tokenizer_name(recipe),
                     **({"documents": documents} if split == "documents" else {}), **settings(recipe, split),
                     source_files=len(source.files), source_bytes=source.source_bytes(),
                     source_sha256=source.sha256(), source_stamp=source.stamp())
@@ -184,7 +198,7 @@ def val_documents(n: int | None, fraction: float, seed: int) -> Callable[[int], 
 def build_tokenizer(recipe: Recipe, source: Source, is_val: Callable[[int], bool] | None):
     """char: from every character of the text (nanoGPT's vocabulary); bpe: learned from the training
     split; byte: fixed; anything else loaded by name."""
-    name = recipe.data.tokenizer
+    name = tokenizer_name(recipe)
     if name == "char":
         chars: set[str] = set()
         for document in source.documents():
@@ -234,7 +248,7 @@ def ensure_prepared(recipe: Recipe) -> dict:
     if meta is not None:
         return meta
     if is_nanogpt_dir(out):
-        return nanogpt_data.import_dir(recipe, out, out)
+        return nanogpt_data.import_dir(recipe, out, out, tokenizer_name(recipe))
     if (out / "tokenizer").is_dir():
         raise UserError(f"{out} holds hfgpt's tokenizer/ but no meta.json: a prepare was stopped before it finished; "
                         "set source: to the text and run python -m hfgpt.prepare RECIPE again")

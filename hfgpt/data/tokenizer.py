@@ -5,10 +5,13 @@ GPT-2's BPE, or any Hugging Face tokenizer.
     byte_tokenizer()                           # ids 0..255 are the UTF-8 bytes, 256 is <|endoftext|>
     train_bpe(texts, vocab_size=4096)          # byte-level BPE (GPT-2's scheme) learned from texts
     load_tokenizer("gpt2")                     # a Hub id or a local folder
+    save_tokenizer(tok, folder, block_size=256)   # every tokenizer folder hfgpt writes
+    vocabulary_mismatch(data_tok, "char", model_tok, "gpt2-medium", "shakespeare")   # None or the error
 
 Whatever the kind, the result is a `PreTrainedTokenizerFast` that is saved next to the token
 files and into every model folder, so `pipeline("text-generation", model=out_dir)` works with
-plain transformers. char, byte and bpe add <|endoftext|>, the id that separates documents.
+plain transformers (4.x and 5.x alike: see save_tokenizer). char, byte and bpe add
+<|endoftext|>, the id that separates documents.
 """
 
 import json
@@ -20,10 +23,22 @@ from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from hfgpt.core.errors import UserError, first_line
-from hfgpt.core.names import hub_repo
+from hfgpt.core.files import atomic_write
+from hfgpt.core.names import hub_repo, split_revision
 
 EOT = "<|endoftext|>"
 UNK = "<unk>"
+# transformers 5 saves every fast tokenizer as `TokenizersBackend` (its PreTrainedTokenizerFast is an
+# alias of it), a class transformers 4.x does not have ("Tokenizer class TokenizersBackend does not
+# exist"). PreTrainedTokenizerFast loads tokenizer.json in both; 5.x maps it back to its backend.
+V5_ONLY_CLASSES = ("TokenizersBackend", "PythonBackend", "SentencePieceBackend", "MistralCommonBackend")
+PORTABLE_CLASS = "PreTrainedTokenizerFast"
+# Keys from_pretrained puts into a tokenizer's init_kwargs (where it was loaded from, and how) that
+# save_pretrained writes back: they describe one machine's load, not the tokenizer. `backend` is
+# 5.x's own tag, set again when absent.
+LOADING_KEYS = ("is_local", "local_files_only", "backend", "name_or_path", "revision", "subfolder", "token",
+                "cache_dir", "force_download", "proxies", "trust_remote_code", "use_fast", "user_agent",
+                "tokenizer_file", "vocab_file", "merges_file", "special_tokens_map_file", "files_loaded", "device_map")
 
 
 def _wrap(tok: Tokenizer, **special) -> PreTrainedTokenizerFast:
@@ -104,7 +119,8 @@ def bpe_from_vocab_merges(folder: Path) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
-    """A tokenizer from a local folder or a Hub id ('gpt2' is GPT-2's BPE)."""
+    """A tokenizer from a local folder or a Hub id ('gpt2' is GPT-2's BPE; user/name@revision for a
+    branch, tag or commit)."""
     folder = Path(name)
     if folder.is_dir() and not (folder / "tokenizer.json").exists() and (folder / "vocab.json").exists() \
             and (folder / "merges.txt").exists():
@@ -118,9 +134,10 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
             raise UserError(f"tokenizer folder {name} could not be loaded ({first_line(e)}): it needs tokenizer.json, "
                             "or vocab.json + merges.txt") from None
     else:
-        repo = hub_repo(name)
+        repo, revision = split_revision(name)
+        repo = hub_repo(repo)
         try:
-            tok = AutoTokenizer.from_pretrained(repo)
+            tok = AutoTokenizer.from_pretrained(repo, **({"revision": revision} if revision else {}))
         except (OSError, ValueError) as e:
             raise UserError(
                 f"tokenizer '{name}' is not a local folder and could not be loaded from the Hugging Face Hub or its "
@@ -129,6 +146,53 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerFast:
     if not tok.is_fast:
         raise UserError(f"tokenizer '{name}' has no fast (Rust) version: hfgpt needs one to tokenize at speed")
     return tok
+
+
+def model_tokenizer(model: str) -> PreTrainedTokenizerFast | None:
+    """The tokenizer a model (a folder or a Hub id) comes with, or None when it has none (a folder of
+    weights only, or a Hub repo whose tokenizer is not reachable)."""
+    folder = Path(model)
+    if folder.is_dir() and not (folder / "tokenizer.json").exists() and not (folder / "vocab.json").exists():
+        return None
+    try:
+        return load_tokenizer(model)
+    except UserError:
+        return None
+
+
+def vocabulary_mismatch(data_tok, data_name: str, model_tok, model_name: str, dataset: str) -> str | None:
+    """The error when a dataset's tokenizer is not its model's (the same id would mean another
+    string), else None. Compared on get_vocab() (token -> id, added tokens included): what makes
+    token files interchangeable, so GPT-2's BPE data fits every gpt2* model."""
+    if data_tok.get_vocab() == model_tok.get_vocab():
+        return None
+    return (f"{dataset} was prepared with the {data_name} tokenizer ({len(data_tok):,} ids) but {model_name} has its "
+            f"own tokenizer ({len(model_tok):,} ids): delete `tokenizer: {data_name}` from the recipe (the model's "
+            f"tokenizer is then used and the data prepared again) or set tokenizer: {model_name}")
+
+
+def portable_config(config: dict, block_size: int | None = None) -> dict:
+    """tokenizer_config.json's content as transformers 4.x and 5.x both read it: a class both have,
+    no loading-time keys (nor private `_...` ones), model_max_length = block_size when given."""
+    out = {k: v for k, v in config.items() if k not in LOADING_KEYS and not k.startswith("_")}
+    if out.get("tokenizer_class") in V5_ONLY_CLASSES or "tokenizer_class" not in out:
+        out["tokenizer_class"] = PORTABLE_CLASS
+    if block_size is not None:
+        out["model_max_length"] = block_size
+    return out
+
+
+def save_tokenizer(tok: PreTrainedTokenizerFast, folder: str | Path, block_size: int | None = None) -> None:
+    """save_pretrained, with tokenizer_config.json rewritten by portable_config: the one way hfgpt
+    writes a tokenizer (dataset folders, out_dir, checkpoints, converted models). With block_size
+    (a model folder) the tokenizer's model_max_length is the model's context, on the object too."""
+    folder = Path(folder)
+    if block_size is not None:
+        tok.model_max_length = block_size
+    tok.save_pretrained(folder)
+    path = folder / "tokenizer_config.json"
+    config = portable_config(json.loads(path.read_text(encoding="utf-8")), block_size)
+    atomic_write(path, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def eot_id(tok: PreTrainedTokenizerFast) -> int | None:

@@ -53,7 +53,8 @@ def hub_dataset(recipe: dict) -> str | None:
 
 def card_data(name: str, recipe: dict, facts: dict, results: dict) -> ModelCardData:
     tokenizer = recipe.get("tokenizer")
-    tags = ["hfgpt", "gpt2", "nanogpt", "text-generation"] + (["char-level"] if tokenizer == "char" else [])
+    tags = ["hfgpt", "gpt2", "nanogpt", "text-generation"] + (["char-level"] if tokenizer == "char" else []) \
+        + (["lora", "peft"] if recipe.get("lora_r") else [])
     init_from = facts.get("init_from") or recipe.get("init_from")
     base_model = init_from if init_from not in (None, "scratch", "resume") and not Path(init_from).exists() else None
     dataset = recipe.get("dataset") or "text"
@@ -108,7 +109,7 @@ def summary(name: str, recipe: dict, facts: dict, config: dict, n_params: int | 
         text += f", for {facts['iter']:,} iterations"
         if facts.get("tokens_seen"):
             text += f" ({facts['tokens_seen']:,} tokens)"
-    return text + "."
+    return text + "." + lora_text(recipe, init_from)
 
 
 def results_table(facts: dict, results: dict) -> str:
@@ -128,12 +129,38 @@ def results_table(facts: dict, results: dict) -> str:
     return "\n".join(["| split | loss | perplexity | bits | measured on |", "| --- | --- | --- | --- | --- |", *rows])
 
 
-def usage(model_id: str, start: str) -> str:
+def lora_text(recipe: dict, init_from: str) -> str:
+    """What the card says of a LoRA run: the adapter's settings, and where the adapter is."""
+    if not recipe.get("lora_r"):
+        return ""
+    targets = ", ".join(f"`{t}`" for t in recipe.get("lora_target_modules") or [])
+    return (f" Only LoRA adapters trained (peft: r={recipe['lora_r']}, alpha={recipe.get('lora_alpha')}, dropout "
+            f"{recipe.get('lora_dropout')}, on {targets}), `{init_from}` stayed frozen. The model files hold the "
+            "adapters merged into the weights (a plain transformers model: no peft needed); the adapter alone is in "
+            "`adapter/`, for `PeftModel.from_pretrained(base_model, \"adapter\")`.")
+
+
+def usage(model_id: str, start: str, block_size: int | None) -> str:
+    """A pipeline call that runs as written on any model hfgpt saves: generation_config.json's
+    max_length (the context, prompt included) bounds it; max_new_tokens would make generate() warn
+    beside it, and crash past the context. The prompt leaves room to generate."""
+    if block_size and len(start.encode()) >= block_size // 2:
+        start = "\n"
+    limit = (f"# generates until <|endoftext|> or the model's context of {block_size} tokens, prompt included;\n"
+             "# python -m hfgpt.sample (below) writes longer texts\n") if block_size else ""
     code = (f"from transformers import pipeline\n\ngenerator = pipeline(\"text-generation\", model={json.dumps(model_id)})\n"
-            f"print(generator({json.dumps(start)}, max_new_tokens=200)[0][\"generated_text\"])")
+            f"{limit}print(generator({json.dumps(start)})[0][\"generated_text\"])")
     prompt = f" --start={json.dumps(start)}" if start.strip() else ""
-    commands = f"python -m hfgpt.sample {model_id}{prompt} --num_samples=3\npython -m hfgpt.eval {model_id}"
+    commands = (f"python -m hfgpt.sample {model_id}{prompt} --num_samples=3 --max_new_tokens=1000\n"
+                f"python -m hfgpt.eval {model_id}")
     return f"{fenced(code, 'python')}\n\nor with hfgpt:\n\n{fenced(commands, 'sh')}"
+
+
+def adapter_usage(folder: Path) -> str:
+    """A LoRA checkpoint holds no model: what it is for."""
+    return (f"This checkpoint holds the LoRA adapter (`adapter/`) and the optimizer state, not the base model: "
+            f"continue training with `python -m hfgpt.train recipe.yaml --init_from=resume --resume_from={folder}`. "
+            "The run's out_dir holds the merged model.")
 
 
 def render(folder: Path, facts: dict, model_id: str | None = None) -> str:
@@ -153,7 +180,9 @@ def render(folder: Path, facts: dict, model_id: str | None = None) -> str:
     samples = facts.get("samples") or []
     if samples:
         parts += [f"## A sample (iteration {facts['iter']:,})", fenced(samples[0], "text")]
-    parts += ["## Use it", usage(model_id, start)]
+    block_size = config.get("n_positions") or config.get("max_position_embeddings")
+    adapter_only = not (folder / "model.safetensors").exists() and (folder / "adapter").is_dir()  # a LoRA checkpoint
+    parts += ["## Use it", adapter_usage(folder) if adapter_only else usage(model_id, start, block_size)]
     if recipe:
         parts += ["## Training recipe",
                   "Train it again with `python -m hfgpt.train recipe.yaml` (this folder's `recipe.yaml`); "

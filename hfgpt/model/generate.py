@@ -29,7 +29,8 @@ def load_pipeline(model: str, device: str = "auto"):
 
 
 def encode_prompt(tokenizer, start: str) -> list[int]:
-    ids = tokenizer(start, add_special_tokens=False)["input_ids"]
+    # verbose=False: a prompt longer than the context (model_max_length) is fine here, the window slides
+    ids = tokenizer(start, add_special_tokens=False, verbose=False)["input_ids"]
     unk = tokenizer.unk_token_id
     if unk is not None and tokenizer.unk_token != tokenizer.eos_token and unk in ids:
         unknown = sorted({c for c in start if unk in tokenizer(c, add_special_tokens=False)["input_ids"]})
@@ -79,10 +80,11 @@ def generate(pipe, start: str, num_samples: int = 1, max_new_tokens: int = 500, 
     if temperature <= 0:
         sampling = {"do_sample": False}
 
-    # with the KV cache, as far as the position table goes
+    # with the KV cache, as far as the position table goes; bounded by max_length (prompt included),
+    # as the model's generation_config.json is: max_new_tokens beside it would make generate() warn
     cached = max(0, min(max_new_tokens, block_size - len(prompt_ids)))
     if cached:
-        outputs = pipe(tokenizer.decode(prompt_ids), max_new_tokens=cached,
+        outputs = pipe(tokenizer.decode(prompt_ids), max_length=len(prompt_ids) + cached,
                        num_return_sequences=num_samples, return_tensors=True, **sampling)
         rows = [o["generated_token_ids"] for o in outputs]
     else:

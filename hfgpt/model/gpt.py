@@ -5,10 +5,14 @@ the Hub or a folder and cropped to block_size.
     model = load_model("gpt2-medium", block_size=256, dropout=0.1)
     model = load_model("user/my-model@v1", block_size=256)    # a branch, tag or commit of a Hub repo
     check_fits(config, available=16e9, where="RAM")           # UserError when training it cannot fit
+    total, non_zero = zero_biases(model)  # bias: false
+    enable_checkpointing(model)           # gradient_checkpointing: true
     loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
     loss = NextTokenLoss(model)(x, y)    # the same, as a module: what training compiles and prepares
     gpt = causal_lm(prepared)            # the causal LM inside DDP / torch.compile / NextTokenLoss
 """
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -100,12 +104,29 @@ def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None,
     return model
 
 
-def zero_biases(model: torch.nn.Module) -> None:
-    """nanoGPT's bias=False in GPT-2's layout: biases set to zero and never trained."""
+def zero_biases(model: torch.nn.Module) -> tuple[int, int]:
+    """nanoGPT's bias=False in GPT-2's layout: every bias (Linear and LayerNorm) set to zero and
+    frozen, so the optimizer never holds it. Returns (bias tensors, how many were not zero)."""
+    total = non_zero = 0
     for name, p in model.named_parameters():
         if name.endswith(".bias"):
+            total += 1
+            non_zero += bool(p.detach().ne(0).any())
             p.data.zero_()
             p.requires_grad_(False)
+    return total, non_zero
+
+
+def enable_checkpointing(model) -> None:
+    """transformers' own activation checkpointing of every block, non-reentrant (it replays dropout's
+    random numbers, so a step computes the same loss and gradients as without it). transformers
+    5.24 renamed gradient_checkpointing_enable (a deprecated alias since) to
+    activation_checkpointing_enable; earlier 5.x releases have only the first."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def set_generation_defaults(model, block_size: int, eot_token_id: int | None) -> None:
@@ -134,21 +155,38 @@ def pad_in_generation_config(model) -> None:
 
 def load_model(init_from: str, block_size: int, dropout: float | None = None):
     """Any causal LM from a Hub id (user/name@revision for a branch, tag or commit) or a local
-    folder, cropped to block_size positions."""
+    folder, cropped to block_size positions, with float32 weights whatever dtype its files store
+    (transformers 5 would keep a bf16 model in bf16: master weights must be float32, and
+    mixed_precision decides the compute dtype)."""
     name, revision = split_revision(init_from)
     repo = hub_repo(name)
     kwargs = {"revision": revision} if revision else {}
     if dropout is not None:
         kwargs |= dropout_settings(dropout)
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32, **kwargs)
     except OSError as e:
         raise UserError(
             f"init_from='{init_from}' could not be loaded: it is not a local model folder and the Hugging Face Hub "
             f"or its cache does not have it ({first_line(e)}); with network access run `hf download {repo}{f' --revision {revision}' if revision else ''}`, "
             "or set init_from to a local folder or 'scratch'") from None
     crop_block_size(model, block_size)
+    # GPT-2's config.json carries {"text-generation": {"max_length": 50, ...}}, which transformers
+    # 4.x pipelines apply over generation_config.json: not in the folders hfgpt saves.
+    model.config.task_specific_params = None
     return model
+
+
+def pinned(init_from: str) -> str:
+    """init_from as name@commit of the Hub snapshot it was just loaded from (a LoRA adapter records
+    the exact base it was trained on, which its resume loads again); a local folder as it is."""
+    name, revision = split_revision(init_from)
+    if Path(name).exists():
+        return init_from
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(hub_repo(name), "config.json", revision=revision)
+    return f"{name}@{Path(path).parent.name}" if isinstance(path, str) else init_from
 
 
 def n_positions(model) -> int | None:

@@ -21,6 +21,9 @@ optimizer.json; DeepSpeed's is DeepSpeed's own format (its .pt pickles, through
 accelerator.save_state into accelerate/), and the weights saved are DeepSpeed's float32 master
 weights, not its bf16/fp16 working copy.
 
+A LoRA run's checkpoint holds its adapter (adapter/) instead of the model: resume loads init_from
+again and the adapter onto it (MBs instead of GBs; no tokenizer copy, resume reads the dataset's).
+
 Several machines: with out_dir on a file system they all share, the main process writes each
 checkpoint; without one (hfgpt.training.strategies.shared_storage says which, asked once per run)
 each machine's first process writes a whole copy on that machine (model and optimizer state are
@@ -46,7 +49,9 @@ from hfgpt.core.device import rng_states, set_rng_states
 from hfgpt.core.errors import UserError, first_line
 from hfgpt.core.files import (atomic_write, disk_space, fsync_dir, make_temp_dir, remove_tree, replace_dir,
                               size_text, sync_tree, tree_bytes)
-from hfgpt.model.folder import write_model_files
+from hfgpt.model.folder import write_adapter_files, write_model_files
+from hfgpt.model.gpt import causal_lm
+from hfgpt.model.lora import is_lora
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state, model_state_dict, optimizer_state
 
@@ -69,7 +74,7 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
             write_model_files(model, state_dict, tokenizer, tmp, recipe)
         sync_tree(tmp)
         for item in sorted(tmp.iterdir()):
-            os.replace(item, out / item.name)
+            replace_dir(item, out / item.name) if item.is_dir() else os.replace(item, out / item.name)  # adapter/
         fsync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,8 +169,11 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
                 accelerator.save_state(tmp / "accelerate")  # DeepSpeed's own format for its partitioned optimizer
                 # accelerate pickles each process's RNG there too: rng-<rank>.safetensors holds the same
                 (tmp / "accelerate" / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
-            if writer:
+            if writer and is_lora(causal_lm(model)):  # the adapter only: resume loads the base model again
+                write_adapter_files(model, state_dict, tmp, recipe)
+            elif writer:
                 write_model_files(model, state_dict, tokenizer, tmp, recipe)
+            if writer:
                 if optimizer_dict is not None:
                     save_tree(optimizer_dict, tmp, "optimizer")
                 if accelerator.scaler is not None:
@@ -181,7 +189,7 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
         if writer:
             shutil.rmtree(tmp, ignore_errors=True)  # gone already unless the save failed
     if writer:
-        prune(recipe.train.out_dir, recipe.train.keep_last)
+        prune(recipe.train.out_dir, recipe.train.keep_last, keep_best=recipe.train.always_save_checkpoint)
     accelerator.wait_for_everyone()
     return final
 
@@ -216,14 +224,16 @@ def best(out_dir: str | Path) -> tuple[Path, dict] | None:
     return min(found, key=lambda item: item[1]["val_loss"]) if found else None
 
 
-def prune(out_dir: str | Path, keep_last: int | None) -> None:
-    """Delete all but the newest keep_last complete checkpoints and the best one (each renamed
-    first, so that a kill while deleting never leaves half a checkpoint that looks whole)."""
+def prune(out_dir: str | Path, keep_last: int | None, keep_best: bool = True) -> None:
+    """Delete all but the newest keep_last complete checkpoints and, with keep_best, the best one
+    (always_save_checkpoint: out_dir then holds the latest model, not the best; without it out_dir
+    is the best model already). Each is renamed first, so that a kill while deleting never leaves
+    half a checkpoint that looks whole."""
     if keep_last is None:
         return
     found = list_checkpoints(out_dir)
     keep = {folder for folder, _ in found[-keep_last:]}
-    if (b := best(out_dir)) is not None:
+    if keep_best and (b := best(out_dir)) is not None:
         keep.add(b[0])
     for folder, _ in found:
         if folder not in keep:
@@ -237,12 +247,15 @@ def broken(folder: Path, state: dict) -> str | None:
     missing = [key for key in ("iter", "recipe") if key not in state]
     if missing or not isinstance(state.get("recipe"), dict):
         return f"{STATE} lacks {', '.join(missing) or 'a valid recipe'}"
-    needed = ["config.json"] + ([] if (folder / "model.safetensors.index.json").is_file() else ["model.safetensors"])
+    if (folder / "adapter").is_dir():  # a LoRA checkpoint: the adapter instead of the model
+        needed = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
+    else:
+        needed = ["config.json"] + ([] if (folder / "model.safetensors.index.json").is_file() else ["model.safetensors"])
     needed += [] if (folder / "accelerate").is_dir() else ["optimizer.json", "optimizer.safetensors"]
     for name in needed:
         if not (folder / name).is_file():
             return f"{name} is missing"
-    for path in sorted(folder.glob("*.safetensors")):
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("adapter/*.safetensors")]):
         try:
             with safe_open(str(path), framework="pt"):
                 pass
@@ -282,6 +295,18 @@ def find_checkpoint(recipe: Recipe) -> tuple[Path, dict, list[str]]:
                     "at a checkpoint folder")
 
 
+def checked_optimizer_state(folder: Path, optimizer) -> dict:
+    """The optimizer state saved in `folder`, checked to train as many tensors as `optimizer`."""
+    saved = load_tree(folder, "optimizer")
+    trained = [len(group["params"]) for group in saved["param_groups"]]
+    now = [len(group["params"]) for group in optimizer.param_groups]
+    if trained != now:  # torch would raise a ValueError about parameter groups
+        raise UserError(f"cannot resume {folder}: its optimizer trained {sum(trained):,} tensors, this run trains "
+                        f"{sum(now):,} (written by an hfgpt that still trained a loaded model's biases with bias: false?): "
+                        f"start a new run from it with --init_from={folder}")
+    return saved
+
+
 def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
     """With init_from=resume: the checkpoint folder to continue from, checked against the recipe
     (every process refuses a changed shape; the main one says what else changed, and which newer
@@ -297,6 +322,8 @@ def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
             raise UserError(f"the processes found different checkpoints to resume in {where} "
                             f"(iterations {', '.join(map(str, found))}, by process): give every machine the same "
                             "checkpoint, or point resume_from at one they all have")
+    if recipe.data.tokenizer is None:  # the data goes on with the tokenizer the run was prepared with
+        recipe.data.tokenizer = state["recipe"].get("tokenizer")
     message = check_resume(recipe, folder, state)
     if accelerator.is_main_process:
         print("\n".join([*notes, message]))
@@ -328,7 +355,7 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
     if (folder / "accelerate").is_dir():  # DeepSpeed's (and hfgpt 0.1's FSDP) optimizer state
         accelerator.load_state(folder / "accelerate")
     else:
-        load_optimizer_state(accelerator, model, optimizer, lambda: load_tree(folder, "optimizer"))
+        load_optimizer_state(accelerator, model, optimizer, lambda: checked_optimizer_state(folder, optimizer))
     if accelerator.scaler is not None and (folder / "scaler.json").exists():
         accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
     rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
@@ -344,7 +371,7 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
 
 def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
     """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
-    saved = state["recipe"]
+    saved = {**Recipe().to_dict(), **state["recipe"]}  # keys newer than the checkpoint: their defaults
     current = recipe.to_dict()
     shape = keys_that_shape("model") + (keys_that_shape("new_model") if state.get("init_from") == "scratch" else ())
     wrong = [f"{k}={current[k]} (checkpoint: {saved.get(k)})" for k in shape if saved.get(k) != current[k]]

@@ -20,11 +20,12 @@ from hfgpt.config import Recipe
 from hfgpt.core.device import available_memory, device_type, resolve_mixed_precision, should_compile
 from hfgpt.core.errors import UserError
 from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
-from hfgpt.data.prepare import dataset_dir, ensure_prepared
-from hfgpt.data.tokenizer import load_tokenizer
+from hfgpt.data.prepare import dataset_dir, ensure_prepared, tokenizer_name
+from hfgpt.data.tokenizer import load_tokenizer, model_tokenizer, vocabulary_mismatch
 from hfgpt.model.attention import use_training_attention
-from hfgpt.model.gpt import (NextTokenLoss, build_model, causal_lm, load_model, pad_in_generation_config,
-                             set_generation_defaults, zero_biases)
+from hfgpt.model.gpt import (NextTokenLoss, build_model, causal_lm, enable_checkpointing, load_model,
+                             pad_in_generation_config, pinned, set_generation_defaults, zero_biases)
+from hfgpt.model.lora import ADAPTER, add_lora, adapter_base, load_adapter
 from hfgpt.training.mfu import flops_per_token, peak_flops
 from hfgpt.training.optim import make_optimizer
 from hfgpt.training.strategies import SHARDED, compile_blocks, fill_deepspeed_config, reduce_in_float32, shared_storage
@@ -69,31 +70,59 @@ def make_accelerator(recipe: Recipe, **options) -> Accelerator:
     return accelerator
 
 
-def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = None):
+def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = None, say=print):
     """From scratch with the dataset's vocabulary, or loaded (a Hub id, a folder, the checkpoint
-    being resumed) and checked against the tokenizer."""
+    being resumed; a LoRA checkpoint's base model) and checked against the tokenizer; then bias:
+    false, gradient checkpointing and LoRA, in this order on the first run and on resume alike, so
+    the optimizer holds the same tensors. `say` prints on the main process."""
     m = recipe.model
     if checkpoint is None and m.init_from == "scratch":
-        return build_model(m, vocab_size=meta["vocab_size"], eot_token_id=meta.get("eot_token_id"),
-                           memory=available_memory(device_type(recipe.system.device)))
-    source = str(checkpoint) if checkpoint is not None else m.init_from
-    model = load_model(source, m.block_size, m.dropout)
+        model = build_model(m, vocab_size=meta["vocab_size"], eot_token_id=meta.get("eot_token_id"),
+                            memory=available_memory(device_type(recipe.system.device)))
+    else:
+        if checkpoint is None:
+            source = m.init_from
+        elif m.lora_r:  # a LoRA checkpoint holds the adapter only: the base it was trained on is loaded again
+            source = adapter_base(checkpoint / ADAPTER)
+        else:
+            source = str(checkpoint)
+        model = load_model(source, m.block_size, m.dropout)
+        check_vocabulary(recipe, meta, tokenizer, model, source)
+        set_generation_defaults(model, m.block_size, meta.get("eot_token_id"))
+        if not m.bias:  # as build_model does: zero and frozen from the first iteration, and again on resume
+            total, non_zero = zero_biases(model)
+            if non_zero and checkpoint is None:
+                say(f"bias: false: zeroed and froze the {total} bias tensors of {m.init_from} ({non_zero} were not "
+                    "zero; the LayerNorm ones too, so its outputs change from the first iteration)")
+        pad_in_generation_config(model)
+    if m.gradient_checkpointing:
+        enable_checkpointing(model)
+    if m.lora_r:
+        model = add_lora(model, m, base=pinned(m.init_from) if checkpoint is None else source)
+        if checkpoint is not None:
+            load_adapter(model, checkpoint / ADAPTER)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        say(f"LoRA r={m.lora_r}: {trainable:,} trainable parameters of {sum(p.numel() for p in model.parameters()):,}")
+    return model
+
+
+def check_vocabulary(recipe: Recipe, meta: dict, tokenizer, model, source: str) -> None:
+    """A loaded model must read the data's ids as the strings they stand for: the same vocabulary as
+    the model's own tokenizer, or (a model folder without one) at least ids its embedding has."""
+    own = model_tokenizer(source)
+    if own is not None and (problem := vocabulary_mismatch(tokenizer, meta["tokenizer"], own, source, recipe.data.dataset)):
+        raise UserError(problem)
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise UserError(f"the {meta['tokenizer']} tokenizer of {recipe.data.dataset} has {len(tokenizer):,} ids but "
                         f"{source} embeds only {rows:,}: prepare the data with the model's own tokenizer "
                         f"(tokenizer: {source})")
-    if checkpoint is not None and not m.bias:
-        zero_biases(model)  # they are zero already; this keeps them out of training again
-    if checkpoint is None:
-        set_generation_defaults(model, m.block_size, meta.get("eot_token_id"))
-    pad_in_generation_config(model)
-    return model
 
 
 def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = None) -> Run:
     """Data (prepared by the main process when needed), model, optimizer and batches."""
     r, t = recipe, recipe.train
+    r.data.tokenizer = tokenizer_name(r)  # resolved once: recipe.yaml, the card and resume name it
     # the main process prepares first, then the first process of each other machine (which finds
     # the data there on a shared file system, or prepares its own copy), then everyone else
     with accelerator.main_process_first(), accelerator.local_main_process_first():
@@ -115,7 +144,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
                         "checkpoints are written by every process into one folder: put out_dir on a shared file system")
 
     set_seed(t.seed)  # identical initial weights on every process
-    gpt = make_model(r, meta, tokenizer, checkpoint)
+    gpt = make_model(r, meta, tokenizer, checkpoint, say=accelerator.print)
     torch.manual_seed(t.seed + accelerator.process_index)  # different dropout masks per process
     per_token = flops_per_token(gpt, r.model.block_size)
     accum = t.gradient_accumulation_steps // world

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from hfgpt import train
 from hfgpt.config import load_recipe
 from hfgpt.data.tokenizer import LOADING_KEYS, char_tokenizer, save_tokenizer
-from hfgpt.model.gpt import build_model
+from hfgpt.model.gpt import build_model, causal_lm
 from hfgpt.model.lora import quiet_peft
 from hfgpt.training import checkpoint, run as training_run
 from tests.conftest import PYTHON, TINY, run_env
@@ -239,11 +239,11 @@ def test_gradient_checkpointing_computes_the_same_steps(tiny_recipe):
         r = load_recipe(str(recipe), {"gradient_checkpointing": on})
         torch.manual_seed(0)
         run = training_run.setup(r, training_run.make_accelerator(r))
-        assert run.accelerator.unwrap_model(run.model).is_activation_checkpointing == on
-        x, y = run.batches.next_batch()
+        assert causal_lm(run.model).is_activation_checkpointing == on
+        window = run.batches.next_window()
         losses[on] = []
         for _ in range(3):
-            loss, x, y = training_run.train_step(run, x, y, r.optim.grad_clip)
+            loss, window = training_run.train_step(run, window, r.optim.grad_clip)
             losses[on].append(loss.item())
     assert losses[True] == losses[False]  # non-reentrant checkpointing replays dropout's random numbers
 

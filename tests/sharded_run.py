@@ -92,7 +92,8 @@ def deepspeed_checkpoint(stage: int) -> dict:
     from deepspeed.utils import safe_get_full_fp32_param
 
     from hfgpt.data.tokenizer import char_tokenizer
-    from hfgpt.training.checkpoint import restore, save_checkpoint
+    from hfgpt.training.checkpoint import save_checkpoint
+    from hfgpt.training.resume import restore
     from hfgpt.training.run import prepare_training, train_step
     from hfgpt.training.strategies import model_state_dict
     from hfgpt.training.state import LoopState

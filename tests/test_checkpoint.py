@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from hfgpt import train
 from hfgpt.core import files
 from hfgpt.model import gpt
-from hfgpt.training import checkpoint, loop as training_loop, run as training_run
+from hfgpt.training import checkpoint, loop as training_loop
 from hfgpt.training.checkpoint import flatten, list_checkpoints, unflatten
 from hfgpt.training.metrics import read_metrics
 from hfgpt.training.signals import StopSignal

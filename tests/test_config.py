@@ -7,7 +7,6 @@ import yaml
 
 from hfgpt import train
 from hfgpt.config import KEYS, load_recipe
-from hfgpt.config.parse import command_help
 from hfgpt.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]

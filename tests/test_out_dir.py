@@ -12,7 +12,8 @@ import pytest
 from hfgpt import eval as hfgpt_eval
 from hfgpt import train
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import LOCK, hold_lock, owner_tag, remove_dead_temp
+from hfgpt.core.files import owner_tag, remove_dead_temp
+from hfgpt.core.lock import LOCK, hold_lock
 from hfgpt.training.checkpoint import list_checkpoints
 from hfgpt.training.metrics import read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env

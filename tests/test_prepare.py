@@ -4,7 +4,6 @@ waits for a prepare publishing, and clean failures."""
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hfgpt import sample, train
+from hfgpt import sample
 from hfgpt.training.loop import train as train_loop
 from hfgpt.config import load_recipe
 from hfgpt.model.generate import generate, load_pipeline, sample_sliding

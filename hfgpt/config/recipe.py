@@ -12,7 +12,6 @@ collected and reported together, one line each.
 """
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 

@@ -34,7 +34,6 @@ resumes from its own copy.
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -44,16 +43,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from hfgpt import __version__
-from hfgpt.config import Recipe, keys_that_shape
-from hfgpt.core.device import rng_states, set_rng_states
-from hfgpt.core.errors import UserError, first_line
+from hfgpt.config import Recipe
+from hfgpt.core.device import rng_states
+from hfgpt.core.errors import first_line
 from hfgpt.core.files import (atomic_write, disk_space, fsync_dir, make_temp_dir, remove_tree, replace_dir,
-                              size_text, sync_tree, tree_bytes)
+                              sync_tree)
 from hfgpt.model.folder import write_adapter_files, write_model_files
 from hfgpt.model.gpt import causal_lm
 from hfgpt.model.lora import is_lora
 from hfgpt.training.state import LoopState
-from hfgpt.training.strategies import load_optimizer_state, model_state_dict, optimizer_state
+from hfgpt.training.strategies import model_state_dict, optimizer_state
 
 STATE = "state.json"
 
@@ -267,117 +266,3 @@ def broken(folder: Path, state: dict) -> str | None:
         except (OSError, ValueError) as e:
             return f"{path.name} is not valid JSON ({first_line(e)})"
     return None
-
-
-def find_checkpoint(recipe: Recipe) -> tuple[Path, dict, list[str]]:
-    """The checkpoint to resume: resume_from when given, else the newest complete one in out_dir
-    that is readable; with notes on the newer ones that were not (their broken file)."""
-    if recipe.train.resume_from:
-        folder = Path(recipe.train.resume_from)
-        state = read_state(folder)
-        why = f"no valid {STATE}" if state is None else broken(folder, state)
-        if why:
-            raise UserError(f"resume_from={recipe.train.resume_from} cannot be resumed ({why}): give another "
-                            f"checkpoint folder, e.g. the newest complete one under {checkpoint_dir(recipe.train.out_dir)}")
-        return folder, state, []
-    root, skipped = checkpoint_dir(recipe.train.out_dir), []
-    for folder, state in reversed(list_checkpoints(recipe.train.out_dir)):
-        why = broken(folder, state)
-        if why is None:
-            return folder, state, [f"warning: {f} cannot be resumed ({w}): resuming {folder.name}, the newest readable "
-                                   "checkpoint before it" for f, w in skipped]
-        skipped.append((folder, why))
-    if skipped:
-        raise UserError(f"no checkpoint in {root} can be resumed ({'; '.join(f'{f.name}: {w}' for f, w in skipped)}): "
-                        "start over with --overwrite_out_dir=True, or point resume_from at a checkpoint elsewhere")
-    raise UserError(f"init_from=resume but {root} has no complete checkpoint: start a new run (without "
-                    "init_from=resume; --overwrite_out_dir=True if out_dir holds an earlier one), or point resume_from "
-                    "at a checkpoint folder")
-
-
-def checked_optimizer_state(folder: Path, optimizer) -> dict:
-    """The optimizer state saved in `folder`, checked to train as many tensors as `optimizer`."""
-    saved = load_tree(folder, "optimizer")
-    trained = [len(group["params"]) for group in saved["param_groups"]]
-    now = [len(group["params"]) for group in optimizer.param_groups]
-    if trained != now:  # torch would raise a ValueError about parameter groups
-        raise UserError(f"cannot resume {folder}: its optimizer trained {sum(trained):,} tensors, this run trains "
-                        f"{sum(now):,} (written by an hfgpt that still trained a loaded model's biases with bias: false?): "
-                        f"start a new run from it with --init_from={folder}")
-    return saved
-
-
-def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
-    """With init_from=resume: the checkpoint folder to continue from, checked against the recipe
-    (every process refuses a changed shape; the main one says what else changed, and which newer
-    checkpoints were unreadable) and, with a copy of the checkpoints per machine, against the other
-    processes' choice."""
-    if recipe.model.init_from != "resume":
-        return None
-    folder, state, notes = find_checkpoint(recipe)
-    if accelerator.num_processes > 1:
-        found = accelerator.gather(torch.tensor([state["iter"]], device=accelerator.device)).tolist()
-        if len(set(found)) > 1:
-            where = checkpoint_dir(recipe.train.out_dir)
-            raise UserError(f"the processes found different checkpoints to resume in {where} "
-                            f"(iterations {', '.join(map(str, found))}, by process): give every machine the same "
-                            "checkpoint, or point resume_from at one they all have")
-    if recipe.data.tokenizer is None:  # the data goes on with the tokenizer the run was prepared with
-        recipe.data.tokenizer = state["recipe"].get("tokenizer")
-    message = check_resume(recipe, folder, state)
-    if accelerator.is_main_process:
-        print("\n".join([*notes, message]))
-    return folder
-
-
-def set_aside_newer(out_dir: str | Path, iter_num: int) -> None:
-    """A run that continues from an older checkpoint than the newest abandons the newer ones: they
-    move to checkpoints/abandoned-<time>/, where they are never resumed or pruned (delete that
-    folder when you no longer want them)."""
-    newer = [folder for folder, state in list_checkpoints(out_dir) if state["iter"] > iter_num]
-    if not newer:
-        return
-    aside = checkpoint_dir(out_dir) / f"abandoned-{time.strftime('%Y%m%d-%H%M%S')}"
-    while aside.exists():
-        aside = aside.with_name(aside.name + "-1")
-    aside.mkdir()
-    size = sum(tree_bytes(folder) for folder in newer)
-    for folder in newer:
-        os.replace(folder, aside / folder.name)
-    fsync_dir(aside.parent)
-    print(f"resuming iteration {iter_num}: set aside the newer checkpoints {', '.join(f.name for f in newer)} of the "
-          f"abandoned line in {aside} ({size_text(size)}); they will not be resumed")
-
-
-def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -> LoopState:
-    """Load the optimizer, loss scaler, RNG and batches' state of `folder` (the model is loaded
-    from the same folder before Accelerate prepares it); returns the run's LoopState."""
-    if (folder / "accelerate").is_dir():  # DeepSpeed's (and hfgpt 0.1's FSDP) optimizer state
-        accelerator.load_state(folder / "accelerate")
-    else:
-        load_optimizer_state(accelerator, model, optimizer, lambda: checked_optimizer_state(folder, optimizer))
-    if accelerator.scaler is not None and (folder / "scaler.json").exists():
-        accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
-    rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
-    if not rng_file.exists():
-        print(f"process {accelerator.process_index}: {folder} has no RNG state for it (the run had fewer "
-              "processes): this process starts a fresh random stream")
-        return LoopState.from_json(read_state(folder))
-    states = load_file(rng_file)
-    set_rng_states(states)
-    batches.load_state(states["batches"] if "batches" in states else states["sampler"])  # hfgpt 0.1 said sampler
-    return LoopState.from_json(read_state(folder))
-
-
-def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
-    """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
-    saved = {**Recipe().to_dict(), **state["recipe"]}  # keys newer than the checkpoint: their defaults
-    current = recipe.to_dict()
-    shape = keys_that_shape("model") + (keys_that_shape("new_model") if state.get("init_from") == "scratch" else ())
-    wrong = [f"{k}={current[k]} (checkpoint: {saved.get(k)})" for k in shape if saved.get(k) != current[k]]
-    if wrong:
-        raise UserError(f"cannot resume {folder} with another model shape: {', '.join(wrong)}; set these back, "
-                        "or start a new run in another out_dir")
-    changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items()
-               if k not in ("init_from", "resume_from") and saved.get(k) != v]
-    return f"resuming {folder} at iteration {state['iter']}" + (f"; changed: {', '.join(changed)}" if changed else "")

@@ -22,8 +22,8 @@ from hfgpt.core.files import disk_space
 from hfgpt.hub.card import write_card
 from hfgpt.hub.download import resume_from_hub
 from hfgpt.hub.push import Pusher
-from hfgpt.training.checkpoint import (checkpoint_path, restore, resume_point, save_checkpoint, save_model_folder,
-                                       set_aside_newer)
+from hfgpt.training.checkpoint import checkpoint_path, save_checkpoint, save_model_folder
+from hfgpt.training.resume import restore, resume_point, set_aside_newer
 from hfgpt.training.evaluate import estimate_loss, eval_samples
 from hfgpt.training.optim import get_lr
 from hfgpt.training.out_dir import claim

@@ -6,7 +6,7 @@
 Before the run writes anything (checked by the main process, its verdict shared with the others so
 that a multi-process run stops together):
 - out_dir must be a folder, or a path where one can be made: not a file, not below a file;
-- out_dir/.lock is held for the run's lifetime (hfgpt.core.files.hold_lock): a second run into the
+- out_dir/.lock is held for the run's lifetime (hfgpt.core.lock.hold_lock): a second run into the
   same out_dir stops with one line naming the holder; the lock of a killed run is taken over, with a note;
 - temporary files and folders of killed writers in out_dir and out_dir/checkpoints are removed
   (those of live writers are not), with a line saying how much that freed;
@@ -24,7 +24,8 @@ from accelerate.utils import broadcast_object_list
 
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import LOCK, holder_text, hold_lock, read_json, remove_dead_temp, remove_tree, size_text
+from hfgpt.core.files import read_json, remove_dead_temp, remove_tree, size_text
+from hfgpt.core.lock import LOCK, holder_text, hold_lock
 from hfgpt.hub.card import CARD, EVAL_RESULTS, FACTS, PLOT
 from hfgpt.training.checkpoint import checkpoint_dir
 

@@ -33,6 +33,8 @@ def test_a_new_run_never_replaces_another_run_unless_told(tiny_recipe, workdir, 
     recipe, out = tiny_recipe(**SHORT), workdir / "out"
     assert train.main([str(recipe)]) == 0
     (out / "notes.txt").write_text("mine")  # not hfgpt's: survives even an overwrite
+    (out / "adapter").mkdir()  # as a LoRA run leaves it beside the merged model
+    (out / "adapter" / "adapter_config.json").write_text("{}")
     before = files(out)
     for args in ([], ["--eval_only=True"], [f"--init_from={out}", "--overwrite_out_dir=True"],
                  [f"--init_from={out / 'checkpoints' / 'iter-000010'}", "--overwrite_out_dir=True"]):
@@ -43,7 +45,8 @@ def test_a_new_run_never_replaces_another_run_unless_told(tiny_recipe, workdir, 
 
     assert train.main([str(recipe), "--seed=7", "--max_iters=5", "--overwrite_out_dir=True"]) == 0
     said = capsys.readouterr().out
-    assert "removed the earlier run's" in said and "checkpoints/" in said and "notes.txt" in said
+    assert "removed the earlier run's" in said and "checkpoints/" in said and "adapter/" in said and "notes.txt" in said
+    assert not (out / "adapter").exists()
     assert [state["iter"] for _, state in list_checkpoints(out)] == [5]  # the first run's 5 and 10 are gone
     assert [r["iter"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [5]
     assert json.loads((out / "training.json").read_text())["iter"] == 5

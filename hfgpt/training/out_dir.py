@@ -12,7 +12,7 @@ that a multi-process run stops together):
   (those of live writers are not), with a line saying how much that freed;
 - a new run (any init_from but resume) stops if out_dir holds another run's model, checkpoints or
   metrics, and offers --init_from=resume or --overwrite_out_dir=True; the latter removes the files
-  hfgpt writes there (model files, card, checkpoints/, metrics.jsonl, loss.png), says which, and
+  hfgpt writes there (model files, adapter/, card, checkpoints/, metrics.jsonl, loss.png), says which, and
   leaves everything else.
 """
 
@@ -27,6 +27,7 @@ from hfgpt.core.errors import UserError
 from hfgpt.core.files import read_json, remove_dead_temp, remove_tree, size_text
 from hfgpt.core.lock import LOCK, holder_text, hold_lock
 from hfgpt.hub.card import CARD, EVAL_RESULTS, FACTS, PLOT
+from hfgpt.model.lora import ADAPTER
 from hfgpt.training.checkpoint import checkpoint_dir
 
 # What hfgpt writes into out_dir (besides checkpoints/): the model folder's files (model.folder,
@@ -36,8 +37,9 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
                "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja", "recipe.yaml", FACTS, EVAL_RESULTS)
 SHARDS = "model-*-of-*.safetensors"
 METRICS = "metrics.jsonl"
-# atomic files and checkpoints being written, models being saved, folders being replaced or deleted
-TEMP_PREFIXES = (".tmp-", ".saving-", ".old-", ".del-")
+# atomic files and checkpoints being written, models being saved, folders being replaced or deleted,
+# snapshots being pushed (hfgpt.hub.push)
+TEMP_PREFIXES = (".tmp-", ".saving-", ".old-", ".del-", ".push-")
 
 
 def usable_folder(out: Path) -> None:
@@ -83,10 +85,10 @@ def remove_earlier_run(out: Path) -> tuple[list[str], list[str]]:
         if path.is_file() and not path.is_symlink() and ours:
             path.unlink()
             removed.append(name)
-    ckpts = checkpoint_dir(out)
-    if ckpts.is_dir() and not ckpts.is_symlink():
-        remove_tree(ckpts)  # renamed first: a kill midway leaves no half checkpoint
-        removed.append(f"{ckpts.name}/")
+    for folder in ([out / ADAPTER] if model else []) + [checkpoint_dir(out)]:  # a LoRA run's adapter/, checkpoints/
+        if folder.is_dir() and not folder.is_symlink():
+            remove_tree(folder)  # renamed first: a kill midway leaves no half checkpoint
+            removed.append(f"{folder.name}/")
     kept = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     return removed, kept
 

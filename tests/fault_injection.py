@@ -45,15 +45,40 @@ USER = "fault-user"
 
 
 def _env() -> dict:
-    # one thread: these tiny jobs gain nothing from more, and a busy machine would slow them 10x
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    # one thread: these tiny jobs gain nothing from more, and a busy machine would slow them 10x;
+    # faulthandler: a run that hangs prints every thread's stack when _finish aborts it
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONFAULTHANDLER="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
 def _start(module: str, args: list, cwd: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env or _env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start `python -m module args`; its output goes to cwd/runs.log (appended, one header per run)."""
+    log = open(cwd / "runs.log", "a")
+    log.write(f"\n==== {module} {' '.join(map(str, args))}\n")
+    log.flush()
+    with log:
+        return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=env or _env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, cwd: Path, what: str, timeout: float = 300) -> None:
+    """Wait for a run that must succeed. One that hangs is aborted (faulthandler prints its stacks
+    into runs.log) and fails the test with the log's end, instead of hanging the test suite."""
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = f"nothing within {timeout:.0f}s"
+    if code != 0:
+        raise AssertionError(f"{what}: exited {code}; the end of {cwd / 'runs.log'}:\n"
+                             + (cwd / "runs.log").read_text()[-6000:])
 
 
 def _kill(proc: subprocess.Popen) -> bool:
@@ -124,7 +149,7 @@ def run_prepare(workdir: Path, text: str, kills: int, seed: int, rate: float = 4
         reference = workdir / "data-ref" / "faults"
         proc, start = _start("hfgpt.prepare", [recipes["reference"]], workdir), time.time()
         began = _work_begins(proc, reference)
-        assert proc.wait() == 0, "the uninterrupted prepare failed"
+        _finish(proc, workdir, "the uninterrupted prepare")
         work = time.time() - began
         say(f"uninterrupted prepare: {time.time() - start:.1f}s, {work:.1f}s of it downloading, tokenizing and "
             "publishing")
@@ -144,7 +169,7 @@ def run_prepare(workdir: Path, text: str, kills: int, seed: int, rate: float = 4
             else:
                 assert proc.returncode == 0, f"prepare ({which}) exited {proc.returncode}"
         runs += 1
-        assert _start("hfgpt.prepare", [recipes["target"]], workdir).wait() == 0, "the last prepare failed"
+        _finish(_start("hfgpt.prepare", [recipes["target"]], workdir), workdir, "the last prepare")
     finally:
         server.stop()
 
@@ -191,7 +216,8 @@ def run_push(workdir: Path, text: str, kills: int, seed: int, lfs: bool = False,
     from tests.fake_hub import FakeHub, client_env
 
     rng = random.Random(seed)
-    max_iters = 20 + 10 * kills  # each run gets some iterations further before its kill
+    # each run is killed within 8 logged iterations of its start (and 0.3 s): every run has iterations left
+    max_iters = 40 + 30 * kills
     (workdir / "text.txt").write_text(text, encoding="utf-8")
     recipe = workdir / "push.yaml"
     recipe.write_text(yaml.safe_dump({**PUSH, "source": str(workdir / "text.txt"), "out_dir": "out",
@@ -206,20 +232,23 @@ def run_push(workdir: Path, text: str, kills: int, seed: int, lfs: bool = False,
             proc = _start("hfgpt.train", [recipe, *resume], workdir, env)
             runs += 1
             if killed == kills:
-                assert proc.wait() == 0, "the last run failed"
+                _finish(proc, workdir, "the last run")
                 break
-            # once training runs (and has a checkpoint to resume from), a random moment within 2 s
-            begun, deadline = _logged(out), time.time() + 120
-            while proc.poll() is None and not (_logged(out) > begun and _has_checkpoint(out)) and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 2.0))
-            if _kill(proc):
-                killed += 1
-                commits = hub.history("model", repo) if ("model", repo) in hub.repos else []
-                say(f"kill {killed}: ~iteration {_logged(out)}, snapshots pending {len(list(out.glob('.push-*')))}, "
-                    f"{len(commits) - 1} commits on the Hub")
-            else:
-                assert proc.returncode == 0, f"a run exited {proc.returncode}"
+            # once training runs (and has a checkpoint to resume from), a random moment of its first
+            # iterations: a kill by the clock could come after the run's last iteration, and no run
+            # that finishes could ever be killed again
+            begun, deadline, then = _logged(out), time.time() + 120, rng.randint(1, 8)
+            while proc.poll() is None and not (_logged(out) >= begun + then and _has_checkpoint(out)) and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.3))
+            if not _kill(proc):
+                raise AssertionError(f"run {runs} ended (exit {proc.returncode}) before kill {killed + 1}, at iteration "
+                                     f"{_logged(out)} of {max_iters}; the end of {workdir / 'runs.log'}:\n"
+                                     + (workdir / "runs.log").read_text()[-6000:])
+            killed += 1
+            commits = hub.history("model", repo) if ("model", repo) in hub.repos else []
+            say(f"kill {killed}: ~iteration {_logged(out)}, snapshots pending {len(list(out.glob('.push-*')))}, "
+                f"{len(commits) - 1} commits on the Hub")
         hub.commit_delay = 0.0
 
         assert not list(out.glob(".push-*")) and not (out / ".cache").exists(), _hidden(out)

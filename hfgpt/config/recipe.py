@@ -165,7 +165,7 @@ class SystemConfig:
     device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))
     """'auto' lets Accelerate pick (CUDA, then MPS, then CPU); 'cpu', 'cuda' or 'mps' insist on one."""
     mixed_precision: str = option("auto", choices=("auto", "no", "fp16", "bf16"))
-    """'no' (float32), 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with AMX, else fp16 on CUDA, else no."""
+    """'no' (float32), 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with bf16 instructions (AMX, avx512_bf16, ARM bf16+SVE), else fp16 on CUDA, else no."""
     compile: bool | None = option(None)
     """torch.compile the model; None turns it on for CUDA and off on CPU and MPS."""
 

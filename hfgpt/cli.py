@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from hfgpt import __version__
+from hfgpt.core.errors import ending
 
 COMMANDS = {
     "prepare": "tokenize a recipe's text into token files",
@@ -35,7 +36,11 @@ def usage() -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the `hfgpt` command itself
+        try:
+            return main(sys.argv[1:])
+        finally:
+            ending()
     if argv and argv[0] in ("-V", "--version"):
         print(f"hfgpt {__version__}")
         return 0

@@ -2,6 +2,7 @@
 and a device table."""
 
 import json
+import math
 
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -103,3 +104,83 @@ def test_bench_gpu_on_a_cpu_says_it_needs_cuda(capsys):
     assert bench.main(["gpu", f"--nanogpt={ROOT}"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: bench gpu needs a CUDA GPU")
+
+
+FAKE_NANOGPT = {
+    # nanoGPT's data/shakespeare_char/prepare.py, in short: sorted characters, uint16 ids, the last 10% for val
+    "data/shakespeare_char/prepare.py": """
+        import os, pickle
+        import numpy as np
+        here = os.path.dirname(__file__)
+        data = open(os.path.join(here, "input.txt")).read()
+        chars = sorted(set(data))
+        stoi = {ch: i for i, ch in enumerate(chars)}
+        n = len(data)
+        for name, part in (("train", data[:int(n * 0.9)]), ("val", data[int(n * 0.9):])):
+            np.array([stoi[c] for c in part], dtype=np.uint16).tofile(os.path.join(here, f"{name}.bin"))
+        meta = {"vocab_size": len(chars), "itos": dict(enumerate(chars)), "stoi": stoi}
+        pickle.dump(meta, open(os.path.join(here, "meta.pkl"), "wb"))
+    """,
+    # a train.py that "trains" in no time: it saves the test's ckpt.pt, and the command line it was given
+    "train.py": """
+        import json, os, shutil, sys
+        out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--out_dir="))
+        os.makedirs(out)
+        shutil.copy(os.path.join(os.path.dirname(__file__), "untrained.ckpt"), os.path.join(out, "ckpt.pt"))
+        json.dump(sys.argv[1:], open(os.path.join(out, "argv.json"), "w"))
+    """,
+    "config/train_shakespeare_char.py": "",
+    "model.py": "",
+}
+
+
+def test_bench_race_against_a_fake_nanogpt(tiny_recipe, workdir, shakespeare_text):
+    """The race's machinery in seconds: both sides' data prepared and checked, whole processes timed in
+    alternating order, nanoGPT's checkpoint converted and both scored on the whole val split."""
+    import statistics
+    import textwrap
+
+    import torch
+
+    from hfgpt.bench.race import CONFIG, NANOGPT_CPU
+    from hfgpt.model.nanogpt import nanogpt_checkpoint_from_hf
+
+    clone = workdir / "nanoGPT"
+    for name, text in FAKE_NANOGPT.items():
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(textwrap.dedent(text))
+    recipe = tiny_recipe(max_iters=20, eval_interval=20, lr_decay_iters=20, block_size=64)  # its text: 100k characters
+    vocab = len(set(shakespeare_text[:100_000]))
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=vocab, n_positions=64, bos_token_id=0,
+                                       eos_token_id=0))
+    torch.save(nanogpt_checkpoint_from_hf(model), clone / "untrained.ckpt")
+    assert bench.main(["race", str(recipe), f"--nanogpt={clone}", "--pairs=2", "--work_dir=race", "--json=race.json"]) == 0
+    result = json.loads((workdir / "race.json").read_text())
+    assert [p["first"] for p in result["pairs"]] == ["nanogpt", "hfgpt"]
+    for p in result["pairs"]:
+        assert p["hfgpt_s"] > 1 and p["nanogpt_s"] > 0 and p["ratio"] == round(p["hfgpt_s"] / p["nanogpt_s"], 3)
+        assert p["hfgpt_cpu_s"] > 1 and p["nanogpt_cpu_s"] > 0  # hfgpt's: imports and training at least
+        assert p["nanogpt_val_loss"] == pytest.approx(math.log(vocab), abs=0.1)  # an untrained model
+        assert p["hfgpt_val_loss"] < p["nanogpt_val_loss"] - 0.5  # 20 iterations of training
+    assert result["hfgpt_at_or_below_in_every_pair"] is True
+    assert result["median_ratio"] == statistics.median(p["ratio"] for p in result["pairs"])
+    argv = json.loads((workdir / "race" / "nanogpt-0" / "argv.json").read_text())
+    assert argv == [CONFIG, *NANOGPT_CPU, f"--out_dir={workdir / 'race' / 'nanogpt-0'}"]
+    assert not list(clone.rglob("*.bin"))  # the clone is only read: nanoGPT prepared and trained in a copy
+
+
+def test_race_runs_the_command_of_the_cpu_recipes_header():
+    """recipes/shakespeare_char_cpu.yaml's header is nanoGPT's CPU command that bench race runs."""
+    from hfgpt.bench.race import CONFIG, NANOGPT_CPU
+
+    header = [line.lstrip("# ").strip() for line in (ROOT / "recipes" / "shakespeare_char_cpu.yaml").read_text().splitlines()
+              if line.startswith("#")]
+    command = " ".join(header[1:4]).split()
+    assert command == ["python", "train.py", CONFIG, *NANOGPT_CPU]
+
+
+@pytest.mark.parametrize("args, message", [([], "bench race needs --nanogpt=DIR"),
+                                           (["--nanogpt=."], "--nanogpt=. has no train.py: give the folder of a nanoGPT clone")])
+def test_bench_race_needs_a_nanogpt_clone(tiny_recipe, capsys, args, message):
+    assert bench.main(["race", str(tiny_recipe()), *args]) == 2
+    assert message in capsys.readouterr().err

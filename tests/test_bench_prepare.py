@@ -6,6 +6,7 @@ import json
 import numpy as np
 
 from hfgpt.bench import prepare as bench_prepare
+from hfgpt.data.nanogpt_data import same_tokens
 
 
 def test_compare_with_tiktoken_map_on_a_generated_corpus(workdir, gpt2_dir, shakespeare):
@@ -30,10 +31,10 @@ def test_same_tokens_finds_one_changed_id_across_shards(tmp_path):
     meta = {"dtype": "uint16", "shards": {"train": [{"file": "train-00000.bin"}, {"file": "train-00001.bin"}],
                                           "val": [{"file": "val.bin"}]}}
     ids[:45].tofile(theirs / "train.bin"), ids[45:].tofile(theirs / "val.bin")
-    assert bench_prepare.same_tokens(ours, meta, theirs)
+    assert same_tokens(ours, meta, theirs)
     changed = ids[:45].copy()
     changed[40] = 7
     changed.tofile(theirs / "train.bin")
-    assert not bench_prepare.same_tokens(ours, meta, theirs)
+    assert not same_tokens(ours, meta, theirs)
     ids[:44].tofile(theirs / "train.bin")
-    assert not bench_prepare.same_tokens(ours, meta, theirs)
+    assert not same_tokens(ours, meta, theirs)

@@ -43,9 +43,11 @@ def assert_same_weights(a, b):
 SPLIT = {"dropout": 0.1, "log_interval": 1, "max_iters": 40, "eval_interval": 10, "lr_decay_iters": 40, "keep_last": None}
 
 
-def test_split_and_resumed_run_is_bitwise_the_straight_run(tiny_recipe, workdir):
-    straight = tiny_recipe("straight.yaml", out_dir=str(workdir / "a"), **SPLIT)
-    split = tiny_recipe("split.yaml", out_dir=str(workdir / "b"), **SPLIT)
+@pytest.mark.parametrize("optimizer", [{}, {"optimizer": "muon", "muon_momentum": 0.9, "lr_schedule": "wsd"}],
+                         ids=["adamw", "muon"])
+def test_split_and_resumed_run_is_bitwise_the_straight_run(tiny_recipe, workdir, optimizer):
+    straight = tiny_recipe("straight.yaml", out_dir=str(workdir / "a"), **SPLIT, **optimizer)
+    split = tiny_recipe("split.yaml", out_dir=str(workdir / "b"), **SPLIT, **optimizer)
     assert train.main([str(straight)]) == 0
     assert train.main([str(split), "--max_iters=20"]) == 0
     assert train.main([str(split), "--init_from=resume"]) == 0
@@ -59,6 +61,8 @@ def test_split_and_resumed_run_is_bitwise_the_straight_run(tiny_recipe, workdir)
     assert_same_weights(weights(workdir / "a"), weights(workdir / "b"))  # out_dir too
     state = json.loads((final_b / "state.json").read_text())
     assert state["iter"] == 40 and state["tokens_seen"] == 40 * 8 * 32 and state["recipe"]["max_iters"] == 40
+    groups = checkpoint.load_tree(final_b, "optimizer")["param_groups"]  # Muon's group first, with its momentum
+    assert [g.get("momentum") for g in groups] == ([0.9, None, None] if optimizer else [None, None])
 
 
 def test_checkpoint_folder_is_a_model_folder_without_pickles(tiny_recipe, workdir):
@@ -108,6 +112,9 @@ def test_resume_with_another_shape_is_refused(tiny_recipe, workdir, capsys):
     assert train.main([str(recipe), "--init_from=resume", "--n_layer=3"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "n_layer=3 (checkpoint: 2)" in errors[0]
+    assert train.main([str(recipe), "--init_from=resume", "--optimizer=muon"]) == 2  # its state is AdamW's
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "optimizer=muon (checkpoint: adamw)" in errors[0]
     assert train.main([str(recipe), "--init_from=resume", "--learning_rate=1e-3"]) == 0  # allowed, and said
     assert "learning_rate 0.003 -> 0.001" in capsys.readouterr().out
 

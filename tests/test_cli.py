@@ -58,7 +58,7 @@ def test_help_lists_only_the_keys_a_step_reads(capsys):
 
 def test_every_recipe_key_is_read_by_some_step():
     assert set(KEYS) == keys_of_step("prepare") | keys_of_step("train")
-    assert all(FIELDS[k].metadata.get("shapes") in (None, "data", "model", "new_model") for k in KEYS)
+    assert all(FIELDS[k].metadata.get("shapes") in (None, "data", "model", "new_model", "optimizer") for k in KEYS)
 
 
 def test_config_flag_is_the_same_as_the_positional_recipe(tiny_recipe, workdir):
@@ -178,3 +178,19 @@ def test_one_line_errors_instead_of_tracebacks(tiny_recipe, workdir, capsys, cas
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err[-2000:]
     if case == "--n_embd=65536":  # the estimate (16 bytes per parameter) against the memory there is
         assert re.search(r"needs at least 1,649\.\d GB .* but this machine's RAM has [\d,.]+ GB available", errors[0])
+
+
+def test_a_command_run_from_the_command_line_skips_the_last_garbage_collections(monkeypatch):
+    """python -m hfgpt.X: once main returns, gc.freeze() spares the exiting interpreter its collections
+    over torch's and transformers' objects (about 1 s of CPU); a call from Python (argv given) does not."""
+    import gc
+
+    from hfgpt.core.errors import cli as cli_main
+
+    monkeypatch.setattr(sys, "argv", ["hfgpt.x"])
+    command = cli_main(lambda argv: 0)
+    try:
+        assert command([]) == 0 and gc.get_freeze_count() == 0
+        assert command() == 0 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

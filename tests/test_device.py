@@ -6,20 +6,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hfgpt.core.device import (device_type, forked_rng, resolve_mixed_precision, rng_states, set_rng_states,
-                               should_compile)
+from hfgpt.core.device import (cpu_bf16_feature, device_type, forked_rng, resolve_mixed_precision, rng_states,
+                               set_rng_states, should_compile)
 from hfgpt.core.errors import UserError
 
 
 @pytest.fixture
 def machine(monkeypatch):
-    """machine(cuda=..., mps=..., bf16=..., amx=...) fakes what torch sees."""
+    """machine(cuda=..., mps=..., bf16=..., cpu={feature: True, ...}) fakes what torch sees: `cpu` is
+    what torch.cpu.get_capabilities() answers (x86_64 without bf16 instructions unless given)."""
 
-    def fake(cuda=False, mps=False, bf16=True, amx=False):
+    def fake(cuda=False, mps=False, bf16=True, cpu=None):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        features = {"architecture": "x86_64", "avx2": True, **(cpu or {})}
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: features)
         monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
         monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
 
@@ -55,9 +57,26 @@ def test_accelerate_launch_cpu_flag_wins(machine, monkeypatch):
     ("cuda", True, "no", "no"), ("cpu", False, "bf16", "bf16"),
 ])
 def test_mixed_precision(machine, dev, bf16, requested, expected):
-    """bf16: CUDA's bf16 support, or AMX on the CPU."""
-    machine(cuda=dev == "cuda", mps=dev == "mps", bf16=bf16, amx=dev == "cpu" and bf16)
+    """bf16: CUDA's bf16 support, or (here) AMX on the CPU."""
+    machine(cuda=dev == "cuda", mps=dev == "mps", bf16=bf16, cpu={"amx_tile": bf16, "amx_bf16": bf16})
     assert resolve_mixed_precision(requested, dev) == expected
+
+
+@pytest.mark.parametrize("features, expected", [
+    ({"amx_tile": True, "amx_bf16": True, "avx512_bf16": True}, "amx_bf16"),  # Xeon Sapphire Rapids and later
+    ({"avx512_f": True, "avx512_bf16": True}, "avx512_bf16"),  # AMD Zen 4/5 (this project's EPYC), Cooper Lake
+    ({"avx512_f": True, "avx512_vnni": True}, None),  # Skylake to Ice Lake, Zen 2/3: bf16 would be emulated
+    ({}, None),  # AVX2 only
+    ({"architecture": "aarch64", "bf16": True, "sve": True, "sve_bf16": True}, "arm bf16+sve"),  # Graviton 3/4, Grace
+    ({"architecture": "arm64", "bf16": True, "i8mm": True}, None),  # Apple M2+: bf16 but no SVE
+    ({"architecture": "aarch64", "neon": True}, None),  # Graviton 2: no bf16
+])
+def test_auto_precision_on_the_cpu_follows_its_bf16_instructions(machine, features, expected):
+    machine(cpu=features)
+    assert cpu_bf16_feature() == expected
+    assert resolve_mixed_precision("auto", "cpu") == ("bf16" if expected else "no")
+    assert resolve_mixed_precision("no", "cpu") == "no"
+
 
 
 def test_accelerate_config_precision_is_taken_by_auto(machine, monkeypatch):

@@ -12,10 +12,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train
 from hfgpt.training import run as training_run
-from hfgpt.config import OptimConfig, load_recipe
+from hfgpt.config import load_recipe
 from hfgpt.core.errors import UserError
 from hfgpt.model.gpt import causal_lm, check_fits, gpt2_parameters
-from hfgpt.training.optim import get_lr, make_optimizer
 from tests.conftest import PYTHON, run_env
 
 
@@ -143,27 +142,6 @@ def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):
     model, info = GPT2LMHeadModel.from_pretrained(workdir / "out", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=12", "--compile=False"]) == 0
-
-
-def test_lr_schedule_is_nanogpts():
-    o = OptimConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
-    assert get_lr(0, o) == pytest.approx(1e-3 * 1 / 101)
-    assert get_lr(99, o) == pytest.approx(1e-3 * 100 / 101)
-    assert get_lr(100, o) == pytest.approx(1e-3)
-    assert get_lr(1050, o) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))  # halfway down the cosine
-    assert get_lr(2000, o) == pytest.approx(1e-4)
-    assert get_lr(5000, o) == pytest.approx(1e-4)
-    lrs = [get_lr(i, o) for i in range(100, 2001)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
-    assert get_lr(1234, OptimConfig(learning_rate=3e-5, decay_lr=False)) == 3e-5
-
-
-def test_weight_decay_only_on_matrices():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
-    opt = make_optimizer(model, OptimConfig(weight_decay=0.1), "cpu")
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.1 and [p.dim() for p in decay["params"]] == [2]
-    assert no_decay["weight_decay"] == 0.0 and sorted(p.dim() for p in no_decay["params"]) == [1, 1, 1]
 
 
 @pytest.mark.parametrize("shape", [dict(n_layer=2, n_head=2, n_embd=32, vocab_size=65, n_positions=32),

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from hfgpt.bench import child_env, report
+from hfgpt.bench import child_env, cpu_name, report
 from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError
 
@@ -141,15 +141,6 @@ def run_mode(o: BenchFinetuneOptions, mode: str) -> dict:
             "cpu_s_per_iter": round(statistics.median(cpu), 3), "peak_memory_mb": round(peak()),
             "trainable_params": sum(p.numel() for p in params), "params": sum(p.numel() for p in model.parameters()),
             "threads": torch.get_num_threads()}
-
-
-def cpu_name() -> str:
-    """The CPU's model name, as lscpu shows it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
-    except OSError:
-        return "?"
 
 
 @command(Command("bench finetune", __doc__.split("\n\n")[0], options=BenchFinetuneOptions))

@@ -21,19 +21,17 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hfgpt.bench import child_env, report
+from hfgpt.bench import child_env, measure, report
 from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError
 from hfgpt.data.encode import usable_cpus
+from hfgpt.data.nanogpt_data import same_tokens
 from hfgpt.data.prepare import tokenizer_name
 
 @dataclass
@@ -75,74 +73,6 @@ def make_corpus(path: Path, mb: int, seed_text: Path, fmt: str, seed: int = 0) -
                 written += len(record)
     os.replace(tmp, path)
     return path
-
-
-class Sampler(threading.Thread):
-    """Largest sum of PSS over a process and its descendants, read from /proc every 0.1 s."""
-
-    def __init__(self, pid: int):
-        super().__init__(daemon=True)
-        self.pid, self.peak_kb, self.stop = pid, 0, threading.Event()
-
-    def run(self):
-        while not self.stop.wait(0.1):
-            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(self.pid)))
-
-
-def _tree(pid: int) -> list[int]:
-    pids, i = [pid], 0
-    while i < len(pids):
-        try:
-            for task in os.listdir(f"/proc/{pids[i]}/task"):
-                with open(f"/proc/{pids[i]}/task/{task}/children") as f:
-                    pids += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-        i += 1
-    return pids
-
-
-def _pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("Pss:")), 0)
-    except OSError:
-        return 0
-
-
-def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run cmd; its wall time, exit status and peak memory."""
-    start = time.perf_counter()
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    sampler = Sampler(child.pid)
-    sampler.start()
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    sampler.stop.set()
-    sampler.join()
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise UserError(f"{' '.join(cmd)} failed ({child.returncode}):\n{output[-3000:]}")
-    rss_mb = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)  # bytes on macOS, KB on Linux
-    return {"seconds": wall, "peak_rss_mb": rss_mb, "peak_pss_total_mb": sampler.peak_kb / 1024}
-
-
-def same_tokens(ours: Path, meta: dict, theirs: Path) -> bool:
-    """Whether hfgpt's shards hold exactly the ids of the approach's train.bin and val.bin, read a block at a time."""
-    for split in ("train", "val"):
-        reference = np.memmap(theirs / f"{split}.bin", dtype=np.uint16, mode="r")
-        at = 0
-        for entry in meta["shards"][split]:
-            shard = np.memmap(ours / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r")
-            for i in range(0, len(shard), 1 << 24):
-                block = shard[i:i + (1 << 24)]
-                if not np.array_equal(block, reference[at + i:at + i + len(block)]):
-                    return False
-            at += len(shard)
-        if at != len(reference):
-            return False
-    return True
 
 
 def run_hfgpt(rest: list[str], corpus: Path, out: Path, env: dict) -> tuple[dict, dict]:

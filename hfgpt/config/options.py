@@ -12,7 +12,8 @@ The docstring under a field is its help text. `option` records what a check or a
 needs: choices, a range (min, max, inclusive; above, exclusive), finite, whether the option is
 positional, and for recipe keys what they shape (`shapes="data"`: the token files, so a change
 prepares the data again; `shapes="model"`: the model, so a resume refuses a change;
-`shapes="new_model"`: only a model built from scratch), which steps read them, and whether its
+`shapes="new_model"`: only a model built from scratch; `shapes="optimizer"`: the optimizer's
+state, so a resume refuses a change too), which steps read them, and whether its
 values may be URLs (`urls=True`: saved and shown without their query string and user:password@,
 where presigned URLs keep their secrets). Values from YAML and the command line are converted to the declared type.
 """

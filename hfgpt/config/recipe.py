@@ -12,6 +12,7 @@ collected and reported together, one line each.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -90,13 +91,19 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule (linear warmup, then cosine to min_lr)."""
+    """The optimizer (AdamW, or Muon for the blocks' matrices) and the learning-rate schedule (linear warmup, then cosine or warmup-stable-decay to min_lr)."""
 
     STEPS: ClassVar = ("train",)
+    optimizer: str = option("adamw", choices=("adamw", "muon"), shapes="optimizer")
+    """'adamw' (nanoGPT's) for every weight; 'muon': Muon (torch.optim.Muon, at muon_lr) for the 2-D weight matrices inside the transformer blocks, AdamW (at learning_rate) for the embeddings, norms and biases."""
     learning_rate: float = option(6e-4, above=0, finite=True)
-    """Peak learning rate."""
+    """Peak learning rate of AdamW (with optimizer: muon, of the embeddings, norms and biases)."""
+    muon_lr: float = option(0.02, above=0, finite=True)
+    """Peak learning rate of the Muon matrices (optimizer: muon), on learning_rate's schedule; scaled per matrix by 0.2 x sqrt(its larger side) (torch's match_rms_adamw), so it reads like an AdamW learning rate. Depends on batch and depth: 0.004-0.008 at 12 x 64 tokens with 4 blocks, 0.02 at 48 x 64 with 1."""
+    muon_momentum: float = option(0.95, min=0, below=1)
+    """Muon's Nesterov momentum; short runs (a few hundred steps) do better with 0.9."""
     weight_decay: float = option(0.1, min=0, finite=True)
-    """AdamW weight decay, applied to tensors with 2 or more dimensions only."""
+    """AdamW weight decay, applied to tensors with 2 or more dimensions only (with optimizer: muon, the embeddings; the Muon matrices are not decayed)."""
     beta1: float = option(0.9, min=0, below=1)
     """AdamW beta1."""
     beta2: float = option(0.95, min=0, below=1)
@@ -104,11 +111,15 @@ class OptimConfig:
     grad_clip: float = option(1.0, min=0, finite=True)
     """Clip the gradient norm at this value; 0 disables clipping."""
     decay_lr: bool = option(True)
-    """Decay the learning rate with warmup + cosine; False keeps it constant at learning_rate."""
+    """Decay the learning rate (warmup, then lr_schedule); False keeps it constant at learning_rate."""
+    lr_schedule: str = option("cosine", choices=("cosine", "wsd"))
+    """After the warmup: 'cosine' (nanoGPT's) decays to min_lr at lr_decay_iters; 'wsd' (warmup-stable-decay) holds learning_rate, then decays linearly to min_lr over the last decay_fraction of lr_decay_iters."""
+    decay_fraction: float = option(0.4, above=0, max=1)
+    """With lr_schedule: wsd, the share of lr_decay_iters spent decaying (0.2-0.5 is usual; 0.4 did best in short runs here)."""
     warmup_iters: int = option(2000, min=0)
     """Iterations of linear warmup."""
     lr_decay_iters: int = option(600000, min=0)
-    """Iteration at which the cosine reaches min_lr; usually equal to max_iters."""
+    """Iteration at which the schedule reaches min_lr; usually equal to max_iters."""
     min_lr: float = option(6e-5, min=0, finite=True)
     """Floor of the schedule; usually learning_rate / 10."""
 
@@ -154,7 +165,7 @@ class SystemConfig:
     device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))
     """'auto' lets Accelerate pick (CUDA, then MPS, then CPU); 'cpu', 'cuda' or 'mps' insist on one."""
     mixed_precision: str = option("auto", choices=("auto", "no", "fp16", "bf16"))
-    """'no' (float32), 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with AMX, else fp16 on CUDA, else no."""
+    """'no' (float32), 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with bf16 instructions (AMX, avx512_bf16, ARM bf16+SVE), else fp16 on CUDA, else no."""
     compile: bool | None = option(None)
     """torch.compile the model; None turns it on for CUDA and off on CPU and MPS."""
 
@@ -279,6 +290,14 @@ def validate(recipe: Recipe) -> list[str]:
         need(o.lr_decay_iters > o.warmup_iters,
              f"lr_decay_iters={o.lr_decay_iters} must be larger than warmup_iters={o.warmup_iters} "
              "(or set decay_lr: false)")
+        decay_start = o.lr_decay_iters * (1 - o.decay_fraction)
+        need(o.lr_schedule != "wsd" or decay_start >= o.warmup_iters or o.lr_decay_iters <= o.warmup_iters,
+             f"decay_fraction={o.decay_fraction} starts the decay at iteration {decay_start:g}, before the warmup "
+             f"ends at warmup_iters={o.warmup_iters}: lower decay_fraction to at most "
+             f"{math.floor(100 * (1 - o.warmup_iters / max(o.lr_decay_iters, 1))) / 100:g}, or warmup_iters")
+    need(o.optimizer != "muon" or not m.lora_r,
+         f"optimizer=muon trains the blocks' whole matrices, but lora_r={m.lora_r} trains adapters only: "
+         "use optimizer: adamw with LoRA, or lora_r: 0")
     for name in tracker_names(recipe.log.log_with):
         need(name in TRACKERS, f"log_with: '{name}' is not a tracker; choose from {', '.join(TRACKERS)} (comma-separated)")
     hub_id = recipe.hub.hub_model_id

@@ -112,3 +112,21 @@ def _count(path: Path, vocab_size: int) -> int:
             raise UserError(f"{path} holds token id {top:,}, but the tokenizer has {vocab_size:,} ids: set tokenizer "
                             "to the one the folder was made with")
     return len(tokens)
+
+
+def same_tokens(ours: Path, meta: dict, theirs: Path) -> bool:
+    """Whether hfgpt's shards in `ours` (its meta.json: `meta`) hold exactly the ids of the train.bin and
+    val.bin in `theirs` (nanoGPT's uint16 files), read a block at a time."""
+    for split in ("train", "val"):
+        reference = np.memmap(theirs / f"{split}.bin", dtype=DTYPE, mode="r")
+        at = 0
+        for entry in meta["shards"][split]:
+            shard = np.memmap(ours / entry["file"], dtype=np.dtype(meta["dtype"]), mode="r")
+            for i in range(0, len(shard), CHECK_TOKENS):
+                block = shard[i:i + CHECK_TOKENS]
+                if not np.array_equal(block, reference[at + i:at + i + len(block)]):
+                    return False
+            at += len(shard)
+        if at != len(reference):
+            return False
+    return True

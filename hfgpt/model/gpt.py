@@ -129,6 +129,13 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def transformer_blocks(model) -> list[torch.nn.Module]:
+    """The model's transformer blocks: the modules transformers keeps whole when it splits a model
+    (its _no_split_modules: GPT2Block for GPT-2)."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    return [module for module in model.modules() if type(module).__name__ in kinds]
+
+
 def set_generation_defaults(model, block_size: int, eot_token_id: int | None) -> None:
     """Sample like nanoGPT by default and never run past the position table."""
     gen = model.generation_config or GenerationConfig()

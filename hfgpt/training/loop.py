@@ -25,10 +25,10 @@ from hfgpt.hub.push import Pusher
 from hfgpt.training.checkpoint import checkpoint_path, save_checkpoint, save_model_folder
 from hfgpt.training.resume import restore, resume_point, set_aside_newer
 from hfgpt.training.evaluate import estimate_loss, eval_samples
-from hfgpt.training.optim import get_lr
+from hfgpt.training.optim import set_lr
 from hfgpt.training.out_dir import claim
 from hfgpt.training.progress import Progress
-from hfgpt.training.run import Run, make_accelerator, set_lr, setup, train_step
+from hfgpt.training.run import Run, make_accelerator, setup, train_step
 from hfgpt.training.signals import StopSignal, signal_name
 from hfgpt.training.state import LoopState
 from hfgpt.training.trackers import start_trackers, tracker_options
@@ -62,8 +62,7 @@ def loop(r: Recipe, accelerator) -> dict:
     window = run.batches.next_window()
     with StopSignal(every=t.log_interval) as stop:
         while True:
-            lr = get_lr(state.iter, r.optim)
-            set_lr(run.optimizer, lr)
+            lr = set_lr(run.optimizer, state.iter, r.optim)
 
             # evaluate; save the model when val improves (or always) and a resumable checkpoint
             if (state.iter % t.eval_interval == 0 or state.iter == t.max_iters) and (state.iter != resumed_at or t.eval_only):

@@ -128,13 +128,15 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
 
 
 def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:
-    """Refuse a resume that changes the model's shape; return a line saying what else changed (allowed)."""
+    """Refuse a resume that changes the model's shape or the optimizer; return a line saying what else
+    changed (allowed)."""
     saved = {**Recipe().to_dict(), **state["recipe"]}  # keys newer than the checkpoint: their defaults
     current = recipe.to_dict()
-    shape = keys_that_shape("model") + (keys_that_shape("new_model") if state.get("init_from") == "scratch" else ())
+    shape = (keys_that_shape("model") + keys_that_shape("optimizer")
+             + (keys_that_shape("new_model") if state.get("init_from") == "scratch" else ()))
     wrong = [f"{k}={current[k]} (checkpoint: {saved.get(k)})" for k in shape if saved.get(k) != current[k]]
     if wrong:
-        raise UserError(f"cannot resume {folder} with another model shape: {', '.join(wrong)}; set these back, "
+        raise UserError(f"cannot resume {folder} with another model shape or optimizer: {', '.join(wrong)}; set these back, "
                         "or start a new run in another out_dir")
     changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in current.items()
                if k not in ("init_from", "resume_from") and saved.get(k) != v]

@@ -158,10 +158,11 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
 
 def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
     """The causal LM as training runs it: the training attention, NextTokenLoss around it (the loss
-    inside the compiled graph), torch.compile, AdamW, the strategy's settings, accelerator.prepare.
+    inside the compiled graph), torch.compile, the optimizer, the strategy's settings, accelerator.prepare.
     Returns (model, optimizer, compiled); model(x, y) is the loss."""
     use_training_attention(gpt)
-    optimizer = make_optimizer(gpt, recipe.optim, accelerator.device.type)
+    sharded = accelerator.distributed_type.value if accelerator.distributed_type in SHARDED else None
+    optimizer = make_optimizer(gpt, recipe.optim, accelerator.device.type, sharded=sharded)
     compiled = should_compile(recipe.system.compile, accelerator.device.type)
     model = NextTokenLoss(gpt)
     if compiled and accelerator.distributed_type in SHARDED:
@@ -198,8 +199,3 @@ def train_step(run: Run, window: torch.Tensor, grad_clip: float):
                 optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach() / run.accum
     return loss_sum, window
-
-
-def set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr

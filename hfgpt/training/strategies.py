@@ -24,7 +24,7 @@ from accelerate.utils import DistributedType
 
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import make_temp_dir
-from hfgpt.model.gpt import own_names
+from hfgpt.model.gpt import own_names, transformer_blocks
 
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
@@ -34,12 +34,9 @@ SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 def compile_blocks(gpt) -> None:
     """torch.compile each transformer block in place (accelerate's recipe for FSDP2): FSDP shards
     and DeepSpeed partitions the modules of the tree, which a compiled root would hide from them,
-    with a graph break at every block. The blocks are the classes transformers keeps whole when it
-    splits a model (GPT2Block for GPT-2)."""
-    blocks = set(getattr(gpt, "_no_split_modules", None) or ())
-    for module in gpt.modules():
-        if type(module).__name__ in blocks:
-            module.compile()
+    with a graph break at every block (hfgpt.model.gpt.transformer_blocks)."""
+    for block in transformer_blocks(gpt):
+        block.compile()
 
 
 def fill_deepspeed_config(accelerator: Accelerator, batch_size: int, accum: int, grad_clip: float) -> None:

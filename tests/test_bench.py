@@ -184,3 +184,52 @@ def test_race_runs_the_command_of_the_cpu_recipes_header():
 def test_bench_race_needs_a_nanogpt_clone(tiny_recipe, capsys, args, message):
     assert bench.main(["race", str(tiny_recipe()), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+FAKE_NANOGPT_MODEL = """
+    # nanoGPT's model.py interface (GPTConfig, GPT(config), forward(idx, targets) -> (logits, loss),
+    # configure_optimizers(weight_decay, learning_rate, betas, device_type)) around a bigram model
+    from dataclasses import dataclass
+    import torch
+    import torch.nn.functional as F
+
+    @dataclass
+    class GPTConfig:
+        block_size: int = 1024
+        vocab_size: int = 50304
+        n_layer: int = 12
+        n_head: int = 12
+        n_embd: int = 768
+        dropout: float = 0.0
+        bias: bool = True
+
+    class GPT(torch.nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.table = torch.nn.Embedding(config.vocab_size, config.vocab_size)
+
+        def forward(self, idx, targets=None):
+            logits = self.table(idx)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+        def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+            return torch.optim.AdamW(self.parameters(), lr=learning_rate, betas=betas, weight_decay=weight_decay)
+"""
+
+
+def test_bench_train_against_nanogpts_step(tiny_recipe, workdir):
+    """--nanogpt: alternating blocks of hfgpt's step and nanoGPT's (its model.py, imported from the
+    clone), every pair and the median ratio, with the precision hfgpt's side ran in and the CPU."""
+    import statistics
+    import textwrap
+
+    (workdir / "nanoGPT").mkdir()
+    (workdir / "nanoGPT" / "model.py").write_text(textwrap.dedent(FAKE_NANOGPT_MODEL))
+    recipe = tiny_recipe()
+    assert bench.main(["train", str(recipe), "--nanogpt=nanoGPT", "--pairs=3", "--steps=2", "--warmup=1",
+                       "--json=train.json"]) == 0
+    result = json.loads((workdir / "train.json").read_text())
+    assert [p["first"] for p in result["pairs"]] == ["hfgpt", "nanogpt", "hfgpt"]
+    assert all(p["ratio"] == round(p["hfgpt_tokens_per_sec"] / p["nanogpt_tokens_per_sec"], 3) for p in result["pairs"])
+    assert result["median_ratio"] == statistics.median(p["ratio"] for p in result["pairs"])
+    assert result["mixed_precision"] == "no" and result["device"] == "cpu" and result["cpu"]

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfgpt.bench import nanogpt_classes, report
+from hfgpt.bench import cpu_name, nanogpt_classes, report
 from hfgpt.config import Command, Parsed, Recipe, command, option
 from hfgpt.core.errors import UserError
 
@@ -184,12 +184,14 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
         first, second = (ours, theirs) if pair % 2 == 0 else (theirs, ours)  # alternate which goes first
         rates = {first: block(first), second: block(second)}
         h, n = rates[ours], rates[theirs]
-        results.append({"hfgpt_tokens_per_sec": round(h, 1), "nanogpt_tokens_per_sec": round(n, 1), "ratio": round(h / n, 3)})
+        results.append({"first": "hfgpt" if first is ours else "nanogpt", "hfgpt_tokens_per_sec": round(h, 1),
+                        "nanogpt_tokens_per_sec": round(n, 1), "ratio": round(h / n, 3)})
         print(f"pair {pair + 1}: hfgpt {h:,.0f} tokens/s, nanoGPT {n:,.0f} tokens/s, ratio {h / n:.3f}")
     return {"pairs": results, "median_ratio": statistics.median(r["ratio"] for r in results),
             "hfgpt_median_tokens_per_sec": statistics.median(r["hfgpt_tokens_per_sec"] for r in results),
             "nanogpt_median_tokens_per_sec": statistics.median(r["nanogpt_tokens_per_sec"] for r in results),
-            "steps_per_block": steps, "compiled": run.compiled, "device": accelerator.device.type}
+            "steps_per_block": steps, "compiled": run.compiled, "device": accelerator.device.type,
+            "mixed_precision": accelerator.mixed_precision, "cpu": cpu_name()}
 
 
 @command(Command("bench train", __doc__.split("\n\n")[0], options=BenchTrainOptions, recipe_step="train"))

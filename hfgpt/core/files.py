@@ -43,10 +43,14 @@ def owner_alive(name: str) -> bool | None:
     here can tell)."""
     host = socket.gethostname().replace("-", "_")
     found = re.search(rf"(?:^|[.-]){re.escape(host)}-(\d+)(?=[-.]|$)", name)
-    if found is None:
-        return None
+    return None if found is None else pid_alive(int(found[1]))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs (one of another user's counts: it cannot be signalled,
+    but it exists)."""
     try:
-        os.kill(int(found[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import read_json
+from hfgpt.core.files import pid_alive, read_json
 
 try:
     import fcntl
@@ -38,12 +38,10 @@ def _held_elsewhere(record: dict) -> bool:
     if record.get("host") != socket.gethostname():
         return bool(record)
     try:
-        os.kill(int(record.get("pid", 0)) or -1, 0)
-    except (ProcessLookupError, ValueError):
+        pid = int(record.get("pid", 0))
+    except ValueError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid) if pid > 0 else True  # a record without a PID cannot be proved stale
 
 
 @contextmanager

@@ -63,17 +63,11 @@ def test_compiled_training_step_runs_fused_attention():
     memory-efficient kernel before that (flash needs sm80); never the math fallback."""
     from hfgpt.bench.gpu import attention_kernels
     from hfgpt.core.device import resolve_mixed_precision
-    from hfgpt.training.run import train_step
+    from hfgpt.training.run import stepper
 
     recipe, run = gpu_run(resolve_mixed_precision("auto", "cuda"))
     assert run.compiled
-    window = run.batches.next_window()
-
-    def step():
-        nonlocal window
-        loss, window = train_step(run, window, recipe.optim.grad_clip)
-        return loss
-
+    step = stepper(run, recipe.optim.grad_clip)
     for _ in range(3):
         step().item()
     kinds = attention_kernels(step)

@@ -100,7 +100,7 @@ def hfgpt_side(precision: str, steps: int, warmup: int) -> dict:
     from hfgpt.data.batches import Batches
     from hfgpt.model.gpt import build_model
     from hfgpt.training.mfu import flops_per_token, mfu, peak_flops
-    from hfgpt.training.run import Run, make_accelerator, prepare_training, train_step
+    from hfgpt.training.run import Run, make_accelerator, prepare_training, stepper
 
     recipe = load_recipe(None, {**BENCH_RECIPE, "mixed_precision": precision})
     m, t = recipe.model, recipe.train
@@ -116,13 +116,7 @@ def hfgpt_side(precision: str, steps: int, warmup: int) -> dict:
     run = Run(accelerator, {}, None, None, None, model, optimizer, Batches(tokens, m.block_size, t.batch_size, t.seed),
               accum=1, tokens_per_iter=t.batch_size * m.block_size, compiled=compiled, flops_per_token=per_token,
               peak_flops=peak_flops("cuda", precision))
-    window = run.batches.next_window()
-
-    def step():
-        nonlocal window
-        loss, window = train_step(run, window, recipe.optim.grad_clip)
-        return loss
-
+    step = stepper(run, recipe.optim.grad_clip)
     seconds = timed(step, steps, warmup)
     utilization = mfu(per_token, run.tokens_per_iter / seconds, run.peak_flops)
     result = {"ms_per_iter": round(seconds * 1000, 2), "tokens_per_sec": round(run.tokens_per_iter / seconds),

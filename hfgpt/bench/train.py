@@ -60,18 +60,17 @@ def bench_step(recipe: Recipe, steps: int, warmup: int) -> dict:
     import torch
 
     from hfgpt.training.mfu import mfu
-    from hfgpt.training.run import make_accelerator, setup, train_step
+    from hfgpt.training.run import make_accelerator, setup, stepper
 
     accelerator = make_accelerator(recipe)
     run = setup(recipe, accelerator)
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
-    window = run.batches.next_window()
+    step = stepper(run, recipe.optim.grad_clip)
     times = []
     for i in range(warmup + steps):
         sync()
         start = time.perf_counter()
-        loss, window = train_step(run, window, recipe.optim.grad_clip)
-        loss.item()  # the step is done when its loss is known
+        step().item()  # the step is done when its loss is known
         if i >= warmup:
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
@@ -144,7 +143,7 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
     process, on the same batches' shapes: machine-speed drift hits both sides alike."""
     import torch
 
-    from hfgpt.training.run import make_accelerator, setup, train_step
+    from hfgpt.training.run import make_accelerator, setup, stepper
 
     repo = Path(nanogpt)
     nanogpt_classes(repo)  # a wrong folder fails before the run is built
@@ -154,12 +153,7 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
     run = setup(recipe, accelerator)
     nano = nanogpt_step(recipe, repo, run.meta["vocab_size"], accelerator.device)
     sync = torch.cuda.synchronize if accelerator.device.type == "cuda" else (lambda: None)
-    window = run.batches.next_window()
-
-    def ours():
-        nonlocal window
-        loss, window = train_step(run, window, recipe.optim.grad_clip)
-        return loss
+    ours = stepper(run, recipe.optim.grad_clip)
 
     def theirs():
         loss = None

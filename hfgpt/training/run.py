@@ -3,6 +3,7 @@
     accelerator = make_accelerator(recipe)
     run = setup(recipe, accelerator, checkpoint=None)      # or the checkpoint folder being resumed
     loss, window = train_step(run, window, recipe.optim.grad_clip)   # window: run.batches.next_window()
+    step = stepper(run, recipe.optim.grad_clip); loss = step()        # the same, the window carried inside
 
 hfgpt.training.loop (python -m hfgpt.train) runs these in its loop; python -m hfgpt.bench train
 times the same step.
@@ -174,6 +175,19 @@ def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()  # from_pretrained returns models in eval mode: dropout would be off
     return model, optimizer, compiled
+
+
+def stepper(run: Run, grad_clip: float):
+    """train_step as a function of nothing, for benchmarks and tests: each call is one iteration and
+    returns its loss; the next window is carried from call to call as the training loop carries it."""
+    window = run.batches.next_window()
+
+    def step() -> torch.Tensor:
+        nonlocal window
+        loss, window = train_step(run, window, grad_clip)
+        return loss
+
+    return step
 
 
 def train_step(run: Run, window: torch.Tensor, grad_clip: float):

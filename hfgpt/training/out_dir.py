@@ -27,6 +27,7 @@ from hfgpt.core.errors import UserError
 from hfgpt.core.files import read_json, remove_dead_temp, remove_tree, size_text
 from hfgpt.core.lock import LOCK, holder_text, hold_lock
 from hfgpt.hub.card import CARD, EVAL_RESULTS, FACTS, PLOT
+from hfgpt.hub.push import SNAPSHOT_PREFIX
 from hfgpt.model.lora import ADAPTER
 from hfgpt.training.checkpoint import checkpoint_dir
 
@@ -38,8 +39,9 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "mo
 SHARDS = "model-*-of-*.safetensors"
 METRICS = "metrics.jsonl"
 # atomic files and checkpoints being written, models being saved, folders being replaced or deleted,
-# snapshots being pushed (hfgpt.hub.push)
-TEMP_PREFIXES = (".tmp-", ".saving-", ".old-", ".del-", ".push-")
+# snapshots being pushed (hfgpt.hub.push; a Pusher also removes its dead peers' snapshots when it
+# starts, for python -m hfgpt.push, which claims no out_dir)
+TEMP_PREFIXES = (".tmp-", ".saving-", ".old-", ".del-", SNAPSHOT_PREFIX)
 
 
 def usable_folder(out: Path) -> None:

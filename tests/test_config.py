@@ -145,3 +145,16 @@ def test_nanogpt_wandb_log_adds_wandb_to_log_with(tmp_path):
 def test_bad_watch_and_hub_keys(arg, message):
     with pytest.raises(UserError, match=message):
         load_recipe(None, [arg])
+
+
+def test_fast_cpu_recipe_races_on_nanogpts_data_with_muon_wsd_and_one_evaluation():
+    """shakespeare_char_cpu_fast.yaml: nanoGPT's char-level data (so whole-val losses compare), the
+    levers of the README's Time to quality, and the shipped recipe's defaults left alone."""
+    fast, cpu = (load_recipe(str(ROOT / "recipes" / name)) for name in ("shakespeare_char_cpu_fast.yaml", "shakespeare_char_cpu.yaml"))
+    assert (fast.data.dataset, fast.data.tokenizer, fast.data.val_fraction, fast.data.source) == \
+           (cpu.data.dataset, cpu.data.tokenizer, cpu.data.val_fraction, cpu.data.source)
+    assert (fast.model.n_layer, fast.model.n_head, fast.model.n_embd, fast.model.block_size) == (1, 4, 128, 64)
+    assert (fast.optim.optimizer, fast.optim.muon_momentum, fast.optim.lr_schedule) == ("muon", 0.9, "wsd")
+    assert fast.train.eval_interval == fast.train.max_iters == fast.optim.lr_decay_iters == 260
+    assert fast.system.mixed_precision == "auto" and fast.system.compile is False
+    assert (cpu.optim.optimizer, cpu.optim.lr_schedule) == ("adamw", "cosine")  # nanoGPT's numbers stay the reference

@@ -152,3 +152,18 @@ def test_the_memory_estimate_counts_every_parameter(shape):
     check_fits(config, available=gpt2_parameters(config) * 16, where="RAM")  # exactly enough
     with pytest.raises(UserError, match=r"needs at least 0.0 GB \(16 bytes per parameter.* but RAM has 0.0 GB"):
         check_fits(config, available=gpt2_parameters(config) * 16 - 1, where="RAM")
+
+
+def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakespeare):
+    """shakespeare_char_cpu_fast.yaml as shipped, shortened to 30 iterations on the local tiny
+    Shakespeare: Muon and WSD train it and out_dir is a one-block GPT-2 that transformers loads."""
+    from tests.conftest import ROOT
+
+    args = [str(ROOT / "recipes" / "shakespeare_char_cpu_fast.yaml"), f"--source={shakespeare}", "--out_dir=fast",
+            "--max_iters=30", "--lr_decay_iters=30", "--eval_interval=30", "--warmup_iters=5", "--mixed_precision=no"]
+    assert train.main(args) == 0
+    rows = [json.loads(line) for line in (workdir / "fast" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [0, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"] - 1
+    model = GPT2LMHeadModel.from_pretrained(workdir / "fast")
+    assert model.config.n_layer == 1 and model.config.n_embd == 128

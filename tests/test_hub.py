@@ -289,8 +289,10 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
     try:
         proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", str(recipe)], env=hub_env(hub, workdir / "home"),
                                 cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while not (workdir / "out" / "metrics.jsonl").exists() and time.time() < deadline:
+        # a row in metrics.jsonl: the loop runs, with its signal handlers (the file itself is made
+        # before them, and a signal during set-up ends the process as signals do: nothing to save yet)
+        deadline, metrics = time.time() + 120, workdir / "out" / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT if case == "second SIGINT" else signal.SIGTERM)
         if case == "second SIGINT":

@@ -90,14 +90,18 @@ def to_hf(src: str, dest: str, meta: str | None, tokenizer: str | None) -> None:
 
 def to_nanogpt(src: str, dest: str, dataset: str | None) -> None:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from hfgpt.core.files import atomic_file
     from hfgpt.model.nanogpt import nanogpt_checkpoint_from_hf
 
     try:
+        config = AutoConfig.from_pretrained(src)
+        if config.model_type != "gpt2":  # before any weight is read
+            raise UserError(f"{src} is a {config.model_type} model ({(config.architectures or ['?'])[0]}): only GPT-2 "
+                            "models convert to nanoGPT, whose GPT is GPT-2's block; the folder itself loads in transformers")
         model = AutoModelForCausalLM.from_pretrained(src)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"{src} is not a model folder ({first_line(e)}): give an hfgpt out_dir") from None
     if model.config.activation_function != "gelu":
         print(f"note: {src} uses activation {model.config.activation_function}; nanoGPT's GPT uses the exact GELU, "

@@ -8,13 +8,14 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig
 
 from hfgpt import train
 from hfgpt.training import run as training_run
 from hfgpt.config import load_recipe
 from hfgpt.core.errors import UserError
-from hfgpt.model.gpt import causal_lm, check_fits, gpt2_parameters
+from hfgpt.model.families import count_parameters
+from hfgpt.model.gpt import causal_lm, check_fits
 from tests.conftest import PYTHON, run_env
 
 
@@ -144,14 +145,21 @@ def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=12", "--compile=False"]) == 0
 
 
-@pytest.mark.parametrize("shape", [dict(n_layer=2, n_head=2, n_embd=32, vocab_size=65, n_positions=32),
-                                   dict(n_layer=3, n_head=3, n_embd=48, vocab_size=300, n_positions=64, n_inner=100)])
-def test_the_memory_estimate_counts_every_parameter(shape):
-    config = GPT2Config(**shape)
-    assert gpt2_parameters(config) == GPT2LMHeadModel(config).num_parameters()
-    check_fits(config, available=gpt2_parameters(config) * 16, where="RAM")  # exactly enough
+@pytest.mark.parametrize("config", [
+    GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=65, n_positions=32),
+    GPT2Config(n_layer=3, n_head=3, n_embd=48, vocab_size=300, n_positions=64, n_inner=100),
+    LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=64, intermediate_size=160,
+                vocab_size=70, tie_word_embeddings=True),
+    LlamaConfig(num_hidden_layers=2, num_attention_heads=4, hidden_size=64, intermediate_size=128, vocab_size=70)],
+    ids=["gpt2", "gpt2-n_inner", "llama-gqa-tied", "llama-untied"])
+def test_the_memory_estimate_counts_every_parameter(config):
+    from transformers import AutoModelForCausalLM
+
+    n = AutoModelForCausalLM.from_config(config).num_parameters()
+    assert count_parameters(config) == n
+    check_fits(config, available=n * 16, where="RAM")  # exactly enough
     with pytest.raises(UserError, match=r"needs at least 0.0 GB \(16 bytes per parameter.* but RAM has 0.0 GB"):
-        check_fits(config, available=gpt2_parameters(config) * 16 - 1, where="RAM")
+        check_fits(config, available=n * 16 - 1, where="RAM")
 
 
 def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakespeare):

@@ -146,6 +146,11 @@ def compare(recipe: Recipe, nanogpt: str, pairs: int, steps: int, warmup: int) -
     from hfgpt.training.run import make_accelerator, setup, stepper
 
     repo = Path(nanogpt)
+    m = recipe.model
+    if m.init_from != "scratch" or m.architecture != "gpt2":
+        what = f"architecture={m.architecture}" if m.init_from == "scratch" else f"init_from={m.init_from}"
+        raise UserError(f"--nanogpt times nanoGPT's GPT-2 block of the recipe's shape beside hfgpt's, but the recipe has "
+                        f"{what}: compare a recipe with init_from: scratch and architecture: gpt2 (or drop --nanogpt)")
     nanogpt_classes(repo)  # a wrong folder fails before the run is built
     accelerator = make_accelerator(recipe)
     if accelerator.num_processes > 1:

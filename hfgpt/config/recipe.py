@@ -64,19 +64,23 @@ class ModelConfig:
 
     STEPS: ClassVar = ("train",)
     init_from: str = option("scratch", steps=("prepare", "train"))
-    """'scratch' builds a new GPT2LMHeadModel; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder, loaded with float32 weights (whatever dtype it stores), whose tokenizer the data is then prepared with (unless tokenizer is set)."""
+    """'scratch' builds a new model of `architecture`; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder, loaded with float32 weights (whatever dtype it stores), whose tokenizer the data is then prepared with (unless tokenizer is set)."""
+    architecture: str = option("gpt2", choices=("gpt2", "llama"), shapes="new_model")
+    """The model init_from: scratch builds: 'gpt2' (nanoGPT's: learned positions, LayerNorm, GELU MLP; a GPT2LMHeadModel) or 'llama' (rotary positions, RMSNorm, SwiGLU MLP, n_kv_head for grouped-query attention; a LlamaForCausalLM). A loaded model keeps its own."""
     n_layer: int = option(12, min=1, shapes="new_model")
     """Transformer blocks."""
     n_head: int = option(12, min=1, shapes="new_model")
     """Attention heads per block; must divide n_embd."""
     n_embd: int = option(768, min=1, shapes="new_model")
     """Width of the residual stream."""
+    n_kv_head: int | None = option(None, min=1, shapes="new_model")
+    """architecture: llama: key/value heads per block, a divisor of n_head (grouped-query attention: n_head / n_kv_head query heads share each); None: n_head."""
     block_size: int = option(1024, min=1, shapes="model", steps=("prepare", "train"))
     """Context length in tokens (the model's n_positions); a loaded model is cropped to it."""
     dropout: float = option(0.0, min=0, below=1)
-    """Dropout on embeddings, attention and residuals: 0 for pretraining, try 0.1+ for finetuning."""
+    """Dropout: 0 for pretraining, try 0.1+ for finetuning. gpt2: on embeddings, attention and residuals; llama: on attention (its only dropout); a loaded model: each dropout setting its family has (Llama, Qwen, Mistral: attention_dropout; GPT-NeoX: attention_dropout, hidden_dropout; GPT-2: embd_, attn_, resid_pdrop)."""
     bias: bool = option(True, shapes="model")
-    """False fixes the Linear and LayerNorm biases at zero, as nanoGPT's bias=False (the saved model keeps GPT-2's layout); a loaded model's biases are zeroed and frozen before the first iteration."""
+    """gpt2: False fixes the Linear and LayerNorm biases at zero, as nanoGPT's bias=False (the saved model keeps GPT-2's layout); llama: True adds a bias to every Linear, False (Llama's own) has none; a loaded model: False zeroes and freezes its biases before the first iteration (nothing to do for families without biases)."""
     gradient_checkpointing: bool = option(False)
     """Recompute each transformer block's activations in the backward instead of keeping them (transformers' own checkpointing): far less memory, about a third more compute."""
     lora_r: int = option(0, min=0, shapes="model")
@@ -85,8 +89,8 @@ class ModelConfig:
     """LoRA scaling: the adapters add (lora_alpha / lora_r) * B @ A to each target weight."""
     lora_dropout: float = option(0.05, min=0, below=1)
     """Dropout on the input of the LoRA adapters (0: none, and less work per step)."""
-    lora_target_modules: list[str] = option(["c_attn", "c_proj", "c_fc"], shapes="model")
-    """Modules that get LoRA adapters, matched by name (GPT-2: c_attn, c_proj of attention and MLP, c_fc: every matrix of a block)."""
+    lora_target_modules: list[str] | None = option(None, shapes="model")
+    """Modules that get LoRA adapters, matched by the last part of their name; None: every linear layer of the transformer blocks (GPT-2: c_attn, c_proj, c_fc; Llama, Qwen, Mistral: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-NeoX: query_key_value, dense, dense_h_to_4h, dense_4h_to_h), as QLoRA does rather than peft's attention-only defaults."""
 
 
 @dataclass
@@ -271,10 +275,21 @@ def validate(recipe: Recipe) -> list[str]:
          "a folder) or lora_r: 0")
     need(t.resume_from is None or m.init_from == "resume",
          f"resume_from={t.resume_from} is set but init_from='{m.init_from}': set init_from: resume")
+    need(m.n_kv_head is None or m.architecture == "llama",
+         f"n_kv_head={m.n_kv_head} is for architecture: llama (grouped-query attention); GPT-2's blocks have n_head "
+         "key/value heads: remove n_kv_head or set architecture: llama")
+    if m.n_kv_head and m.n_head >= 1:
+        need(m.n_head % m.n_kv_head == 0,
+             f"n_kv_head={m.n_kv_head} does not divide n_head={m.n_head}: pick a divisor of n_head "
+             f"({', '.join(str(k) for k in range(1, m.n_head + 1) if m.n_head % k == 0)})")
     if m.n_head >= 1:
         need(m.n_embd % m.n_head == 0,
              f"n_embd={m.n_embd} is not divisible by n_head={m.n_head}: pick n_embd a multiple of n_head "
              f"(e.g. {m.n_head * max(1, round(m.n_embd / m.n_head))})")
+        head = m.n_embd // m.n_head
+        need(m.architecture != "llama" or m.n_embd % m.n_head or head % 2 == 0,
+             f"architecture=llama rotates pairs of each head's {head} dimensions (n_embd / n_head = {m.n_embd} / "
+             f"{m.n_head}): pick n_embd and n_head that give an even head size, e.g. n_embd={m.n_head * (head + 1)}")
     if d.tokenizer == "bpe":
         need(d.vocab_size is not None and d.vocab_size >= 258,
              f"tokenizer=bpe needs vocab_size of at least 258 (256 bytes, <|endoftext|> and a merge), got "

@@ -3,7 +3,7 @@ write_tokens, which runs one over a whole source with threads and writes the ids
 
     encode = encoder_for(tokenizer)           # a PreTrainedTokenizerFast
     encode(["a document", "another"])         # -> [np.ndarray, np.ndarray] of uint32 ids
-    write_tokens(source, encode, {"train": ShardWriter(...), "val": ShardWriter(...)}, is_val, eot, num_proc)
+    write_tokens(source, encode, {"train": ShardWriter(...), "val": ShardWriter(...)}, is_val, [bos], [eos], num_proc)
 
 Text is encoded as ordinary text: a literal "<|endoftext|>" in a document is not the separator
 (as tiktoken's encode_ordinary in nanoGPT's prepare scripts). Every encoder releases the GIL
@@ -132,52 +132,55 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _batches(source: Source, is_val, documents: dict) -> Iterator[tuple[str, list[str], list[bool]]]:
-    """(split, texts, ends) of about BATCH_CHARS each, in source order; ends[i] marks a document's
-    last piece. A batch is handed out only when the next piece arrives, so ends[-1] can still be set."""
-    buffers = {"train": ([], [], [0]), "val": ([], [], [0])}
+def _batches(source: Source, is_val, documents: dict) -> Iterator[tuple[str, list[str], list[bool], list[bool]]]:
+    """(split, texts, starts, ends) of about BATCH_CHARS each, in source order; starts[i] / ends[i]
+    mark a document's first / last piece. A batch is handed out only when the next piece arrives,
+    so ends[-1] can still be set."""
+    buffers = {"train": ([], [], [], [0]), "val": ([], [], [], [0])}
     for i, document in enumerate(source.documents()):
         split = "val" if is_val is not None and is_val(i) else "train"
-        texts, ends, size = buffers[split]
-        empty = True
+        texts, starts, ends, size = buffers[split]
+        first = True
         for piece in document:
             if size[0] >= BATCH_CHARS:
-                yield split, texts[:], ends[:]
-                texts.clear(), ends.clear()
+                yield split, texts[:], starts[:], ends[:]
+                texts.clear(), starts.clear(), ends.clear()
                 size[0] = 0
             texts.append(piece)
+            starts.append(first)
             ends.append(False)
             size[0] += len(piece)
-            empty = False
-        if not empty:
+            first = False
+        if not first:
             ends[-1] = True
             documents[split] += 1
-    for split, (texts, ends, _) in buffers.items():
+    for split, (texts, starts, ends, _) in buffers.items():
         if texts:
-            yield split, texts, ends
+            yield split, texts, starts, ends
 
 
-def write_tokens(source: Source, encode, writers: dict[str, ShardWriter], is_val, eot: int | None,
+def write_tokens(source: Source, encode, writers: dict[str, ShardWriter], is_val, start: list[int], end: list[int],
                  num_proc: int | None) -> dict[str, int]:
-    """Tokenize every document with num_proc threads and write the ids in order; returns the
+    """Tokenize every document with num_proc threads and write the ids in order, each document as
+    start + its ids + end (the separators, hfgpt.data.tokenizer.document_separators); returns the
     number of documents per split. At most 2 batches per thread are in flight, so memory is bounded."""
     threads = num_proc or usable_cpus()
     documents = {"train": 0, "val": 0}
     dtype = writers["train"].dtype
     bar = tqdm(total=source.text_bytes(), unit="B", unit_scale=True, desc="tokenizing", disable=None)
+    before, after = np.array(start, dtype=np.uint32), np.array(end, dtype=np.uint32)
 
-    def encode_batch(texts: list[str], ends: list[bool]) -> np.ndarray:
-        arrays = encode(texts)
-        if eot is not None:
-            sep = np.array([eot], dtype=np.uint32)
-            arrays = [a for array, end in zip(arrays, ends) for a in ((array, sep) if end else (array,))]
+    def encode_batch(texts: list[str], starts: list[bool], ends: list[bool]) -> np.ndarray:
+        arrays = []
+        for array, first, last in zip(encode(texts), starts, ends):
+            arrays += ([before] if first and start else []) + [array] + ([after] if last and end else [])
         return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.empty(0, dtype)
 
     with ThreadPoolExecutor(threads) as pool:
         pending = deque()
         try:
-            for split, texts, ends in _batches(source, is_val, documents):
-                pending.append((split, sum(map(len, texts)), pool.submit(encode_batch, texts, ends)))
+            for split, texts, starts, ends in _batches(source, is_val, documents):
+                pending.append((split, sum(map(len, texts)), pool.submit(encode_batch, texts, starts, ends)))
                 while len(pending) > 2 * threads or (pending and pending[0][2].done()):
                     _write_next(pending, writers, bar)
             while pending:

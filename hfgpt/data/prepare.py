@@ -26,7 +26,8 @@ from hfgpt.data.encode import encoder_for, write_tokens
 from hfgpt.data.meta import META, check_split_size, new_meta, read_meta, shard_problem, write_meta
 from hfgpt.data.shards import PREPARING, ShardWriter, move_tail, preparing, publish
 from hfgpt.data.sources import Source, is_nanogpt_dir, open_source, stamp_of
-from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, eot_id, load_tokenizer, save_tokenizer, train_bpe
+from hfgpt.data.tokenizer import (HFGPT_TOKENIZERS, byte_tokenizer, char_tokenizer, document_separators, load_tokenizer,
+                                  save_tokenizer, train_bpe)
 
 DRAW_BLOCK = 1 << 16  # documents per seeded block of validation draws when their number is unknown
 WAIT = 0.5  # seconds between looks at a folder another prepare is writing
@@ -78,6 +79,9 @@ def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) ->
         return False
     if problem := shard_problem(out, meta):
         print(f"{problem}: preparing {out} again")
+        return False
+    if "document_start_ids" not in meta and meta.get("tokenizer") not in HFGPT_TOKENIZERS:
+        print(f"{out} was prepared before hfgpt put the tokenizer's own BOS before each document: preparing it again")
         return False
     changed = _changed(recipe, meta)
     if changed:
@@ -155,9 +159,9 @@ def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> d
     is_val = val_documents(source.n_documents, d.val_fraction, recipe.train.seed) if split == "documents" else None
     tokenizer = build_tokenizer(recipe, source, is_val)
     dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
-    eot = eot_id(tokenizer) if split == "documents" else None
+    start, end = document_separators(tokenizer, documents=split == "documents")
     writers = {s: ShardWriter(work, s, dtype, d.shard_size) for s in ("train", "val")}
-    documents = write_tokens(source, encoder_for(tokenizer), writers, is_val, eot, d.num_proc)
+    documents = write_tokens(source, encoder_for(tokenizer), writers, is_val, start, end, d.num_proc)
     if split == "contiguous":
         total = len(writers["train"])
         move_tail(writers["train"], writers["val"], total - int(total * (1 - d.val_fraction)))
@@ -167,11 +171,18 @@ def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> d
     save_tokenizer(tokenizer, work / "tokenizer")
     shards = {name: writer.close() for name, writer in writers.items()}
     meta = new_meta(recipe, tokenizer, shards, split, dtype, tokenizer_name(recipe),
-                    **({"documents": documents} if split == "documents" else {}), **settings(recipe, split),
+                    **({"documents": documents} if split == "documents" else {}), **separator_facts(tokenizer, start, end),
+                    **settings(recipe, split),
                     source_files=len(source.files), source_bytes=source.source_bytes(),
                     source_sha256=source.sha256(), source_stamp=source.stamp())
     write_meta(work, meta)
     return meta
+
+
+def separator_facts(tokenizer, start: list[int], end: list[int]) -> dict:
+    """meta.json's record of what prepare put around each document: ids and tokens."""
+    return {"document_start_ids": start, "document_start": tokenizer.convert_ids_to_tokens(start),
+            "document_end_ids": end, "document_end": tokenizer.convert_ids_to_tokens(end)}
 
 
 def val_documents(n: int | None, fraction: float, seed: int) -> Callable[[int], bool]:

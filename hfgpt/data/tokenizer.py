@@ -7,6 +7,7 @@ GPT-2's BPE, or any Hugging Face tokenizer.
     load_tokenizer("gpt2")                     # a Hub id or a local folder
     save_tokenizer(tok, folder, block_size=256)   # every tokenizer folder hfgpt writes
     vocabulary_mismatch(data_tok, "char", model_tok, "gpt2-medium", "shakespeare")   # None or the error
+    before, after = document_separators(tok, documents=True)   # [<s>], [</s>] for Llama's; [], [eot] for GPT-2's
 
 Whatever the kind, the result is a `PreTrainedTokenizerFast` that is saved next to the token
 files and into every model folder, so `pipeline("text-generation", model=out_dir)` works with
@@ -27,6 +28,8 @@ from hfgpt.core.files import atomic_write
 from hfgpt.core.names import hub_repo, split_revision
 
 EOT = "<|endoftext|>"
+# The tokenizers hfgpt makes or knows by name: none adds tokens around a text (see added_around).
+HFGPT_TOKENIZERS = ("char", "byte", "bpe", "gpt2")
 UNK = "<unk>"
 # transformers 5 saves every fast tokenizer as `TokenizersBackend` (its PreTrainedTokenizerFast is an
 # alias of it), a class transformers 4.x does not have ("Tokenizer class TokenizersBackend does not
@@ -193,6 +196,34 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, folder: str | Path, block_size:
     path = folder / "tokenizer_config.json"
     config = portable_config(json.loads(path.read_text(encoding="utf-8")), block_size)
     atomic_write(path, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+PROBE = "hello"  # any text: a post-processor's additions do not depend on it
+
+
+def added_around(tok: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after every text it encodes with its special tokens
+    (its post-processor): Llama's, Mistral's, Gemma's BOS, OPT's </s>; none for GPT-2, Qwen,
+    GPT-NeoX and hfgpt's char, byte and bpe tokenizers."""
+    backend = tok.backend_tokenizer
+    plain = backend.encode(PROBE, add_special_tokens=False).ids
+    full = backend.encode(PROBE, add_special_tokens=True).ids
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return full[:i], full[i + len(plain):]
+    return full, []
+
+
+def document_separators(tok: PreTrainedTokenizerFast, documents: bool) -> tuple[list[int], list[int]]:
+    """The ids around each document in the token files: what the tokenizer itself adds (its BOS:
+    a document reads as the model read its training text), and when the text is many documents its
+    EOS after each (eot_id), so that no document runs into the next. One text stream (a single
+    file, as nanoGPT's) gets only what the tokenizer adds."""
+    before, after = added_around(tok)
+    eot = eot_id(tok)
+    if documents and eot is not None and after[-1:] != [eot]:
+        after = after + [eot]
+    return before, after
 
 
 def eot_id(tok: PreTrainedTokenizerFast) -> int | None:

@@ -51,9 +51,9 @@ def hub_dataset(recipe: dict) -> str | None:
     return source if isinstance(source, str) and not is_url(source) and is_hub_id(source) else None
 
 
-def card_data(name: str, recipe: dict, facts: dict, results: dict) -> ModelCardData:
+def card_data(name: str, recipe: dict, facts: dict, results: dict, model_type: str | None = None) -> ModelCardData:
     tokenizer = recipe.get("tokenizer")
-    tags = ["hfgpt", "gpt2", "nanogpt", "text-generation"] + (["char-level"] if tokenizer == "char" else []) \
+    tags = ["hfgpt", model_type or "gpt2", "nanogpt", "text-generation"] + (["char-level"] if tokenizer == "char" else []) \
         + (["lora", "peft"] if recipe.get("lora_r") else [])
     init_from = facts.get("init_from") or recipe.get("init_from")
     base_model = init_from if init_from not in (None, "scratch", "resume") and not Path(init_from).exists() else None
@@ -133,7 +133,7 @@ def lora_text(recipe: dict, init_from: str) -> str:
     """What the card says of a LoRA run: the adapter's settings, and where the adapter is."""
     if not recipe.get("lora_r"):
         return ""
-    targets = ", ".join(f"`{t}`" for t in recipe.get("lora_target_modules") or [])
+    targets = ", ".join(f"`{t}`" for t in recipe.get("lora_target_modules") or []) or "every linear layer of its blocks"
     return (f" Only LoRA adapters trained (peft: r={recipe['lora_r']}, alpha={recipe.get('lora_alpha')}, dropout "
             f"{recipe.get('lora_dropout')}, on {targets}), `{init_from}` stayed frozen. The model files hold the "
             "adapters merged into the weights (a plain transformers model: no peft needed); the adapter alone is in "
@@ -180,7 +180,9 @@ def render(folder: Path, facts: dict, model_id: str | None = None) -> str:
     samples = facts.get("samples") or []
     if samples:
         parts += [f"## A sample (iteration {facts['iter']:,})", fenced(samples[0], "text")]
-    block_size = config.get("n_positions") or config.get("max_position_embeddings")
+    # what generation stops at: generation_config.json's max_length (the context trained on), else the model's
+    block_size = read_json(folder / "generation_config.json").get("max_length") or config.get("n_positions") \
+        or config.get("max_position_embeddings")
     adapter_only = not (folder / "model.safetensors").exists() and (folder / "adapter").is_dir()  # a LoRA checkpoint
     parts += ["## Use it", adapter_usage(folder) if adapter_only else usage(model_id, start, block_size)]
     if recipe:
@@ -190,7 +192,7 @@ def render(folder: Path, facts: dict, model_id: str | None = None) -> str:
                   "<details><summary>recipe.yaml</summary>\n\n" + fenced(yaml.safe_dump(recipe, sort_keys=False).rstrip(), "yaml")
                   + "\n\n</details>"]
     parts.append(f"Made with hfgpt {__version__}.")
-    data = card_data(name, recipe, facts, results)
+    data = card_data(name, recipe, facts, results, config.get("model_type"))
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(parts) + "\n"
 
 

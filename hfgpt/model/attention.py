@@ -1,7 +1,7 @@
 """Attention for training: transformers' SDPA attention called with `is_causal=True` and no mask, on
 every device; in float32 on the CPU under mixed precision.
 
-    use_training_attention(model)      # before torch.compile and accelerator.prepare
+    use_training_attention(model, block_size=256)      # before torch.compile and accelerator.prepare
 
 Why not plain "sdpa": transformers 5 builds the attention mask itself (masking_utils.create_causal_mask).
 In a training forward (no padding mask, no cache) it checks for packed sequences in position_ids;
@@ -21,6 +21,8 @@ plain "sdpa".
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from hfgpt.model.families import model_shape
 
 NAME = "hfgpt_sdpa"
 
@@ -42,11 +44,12 @@ def training_attention(module, query, key, value, attention_mask, **kwargs):
 AttentionInterface.register(NAME, training_attention)  # not AttentionMaskInterface: no mask is ever built
 
 
-def use_training_attention(model) -> None:
-    """training_attention for an SDPA causal LM whose every layer attends to all earlier tokens
-    (GPT-2 and most causal LMs). Models with sliding-window or chunked attention need the mask
-    transformers builds, and models on eager or flash-attn attention keep theirs."""
-    config = model.config
-    windowed = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
-    if config._attn_implementation == "sdpa" and not windowed:
+def use_training_attention(model, block_size: int | None = None) -> None:
+    """training_attention for an SDPA causal LM whose every layer attends to all earlier tokens of
+    a training window: GPT-2, Llama, Qwen, GPT-NeoX and most others, and models with sliding-window
+    or chunked attention (Mistral, Gemma's local layers) whose windows are no shorter than
+    block_size, where the window hides nothing. Shorter windows need the masks transformers builds,
+    and models on eager or flash-attn attention keep theirs."""
+    shape = model_shape(model.config)
+    if model.config._attn_implementation == "sdpa" and not shape.window_limits(block_size or shape.context or 0):
         model.set_attn_implementation(NAME)

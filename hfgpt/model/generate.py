@@ -13,6 +13,7 @@ from transformers import pipeline
 
 from hfgpt.core.errors import UserError, first_line
 from hfgpt.core.names import split_revision
+from hfgpt.data.tokenizer import added_around
 from hfgpt.model.gpt import n_positions
 from hfgpt.core.device import device_type
 
@@ -29,6 +30,9 @@ def load_pipeline(model: str, device: str = "auto"):
 
 
 def encode_prompt(tokenizer, start: str) -> list[int]:
+    """The prompt's ids as the model read text in training: after the tokenizer's own BOS (Llama's,
+    Mistral's; none for GPT-2's and hfgpt's tokenizers). An empty prompt starts a new document."""
+    before, _ = added_around(tokenizer)
     # verbose=False: a prompt longer than the context (model_max_length) is fine here, the window slides
     ids = tokenizer(start, add_special_tokens=False, verbose=False)["input_ids"]
     unk = tokenizer.unk_token_id
@@ -36,19 +40,18 @@ def encode_prompt(tokenizer, start: str) -> list[int]:
         unknown = sorted({c for c in start if unk in tokenizer(c, add_special_tokens=False)["input_ids"]})
         raise UserError(f"--start has characters the model's tokenizer does not know: {''.join(unknown)!r}; "
                         "leave them out of the prompt")
-    if not ids:  # an empty prompt starts a new document
+    if not ids and not before:  # an empty prompt starts a new document: after an end of text
         ids = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
-    return ids
+    return before + ids
 
 
 @torch.no_grad()
 def sample_sliding(model, ids: torch.Tensor, steps: int, block_size: int, temperature: float, top_k: int | None,
                    eos: int | None) -> torch.Tensor:
     """nanoGPT's generate: each step conditions on the last block_size tokens (no cache can help
-    here, since every position shifts). Rows that reached eos stay finished."""
+    here, since every position shifts). Rows that generate eos stay finished (an eos in `ids`, as
+    OPT's BOS or an empty prompt's, does not end a row)."""
     done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
-    if eos is not None:
-        done |= (ids == eos).any(dim=1)
     suppress = list(model.generation_config.suppress_tokens or [])  # padded vocabulary ids
     for _ in range(steps):
         logits = model(input_ids=ids[:, -block_size:], logits_to_keep=1, use_cache=False).logits[:, -1, :].float()
@@ -83,8 +86,9 @@ def generate(pipe, start: str, num_samples: int = 1, max_new_tokens: int = 500, 
     # with the KV cache, as far as the position table goes; bounded by max_length (prompt included),
     # as the model's generation_config.json is: max_new_tokens beside it would make generate() warn
     cached = max(0, min(max_new_tokens, block_size - len(prompt_ids)))
-    if cached:
-        outputs = pipe(tokenizer.decode(prompt_ids), max_length=len(prompt_ids) + cached,
+    if cached:  # the pipeline adds the tokenizer's own BOS (prompt_ids[:len(before)]) itself
+        before = len(added_around(tokenizer)[0])
+        outputs = pipe(tokenizer.decode(prompt_ids[before:]), max_length=len(prompt_ids) + cached,
                        num_return_sequences=num_samples, return_tensors=True, **sampling)
         rows = [o["generated_token_ids"] for o in outputs]
     else:

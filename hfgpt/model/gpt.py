@@ -1,5 +1,5 @@
-"""The model: a transformers GPT2LMHeadModel built from the recipe, or any causal LM loaded from
-the Hub or a folder and cropped to block_size.
+"""The model: a transformers causal LM built from the recipe (architecture: gpt2, nanoGPT's, or
+llama), or any causal LM loaded from the Hub or a folder and cropped to block_size.
 
     model = build_model(recipe.model, vocab_size=67, eot_token_id=65)
     model = load_model("gpt2-medium", block_size=256, dropout=0.1)
@@ -10,6 +10,9 @@ the Hub or a folder and cropped to block_size.
     loss = lm_loss(model, x, y)          # x, y: (B, T) windows, y shifted by one as nanoGPT's
     loss = NextTokenLoss(model)(x, y)    # the same, as a module: what training compiles and prepares
     gpt = causal_lm(prepared)            # the causal LM inside DDP / torch.compile / NextTokenLoss
+
+What differs between families (config fields, dropout settings, position tables, blocks, linear
+layers) is read in hfgpt.model.families, and nowhere else.
 """
 
 from pathlib import Path
@@ -17,11 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
-from transformers import AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from hfgpt.config import ModelConfig
 from hfgpt.core.errors import UserError, first_line
 from hfgpt.core.names import hub_repo, split_revision
+from hfgpt.model.families import ARCHITECTURES, count_parameters, dropout_keys, model_shape, new_config, position_table
 
 # Sampling defaults written into every saved model, so a plain pipeline samples as nanoGPT's sample.py.
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 200}
@@ -38,66 +42,34 @@ def padded_vocab_size(vocab_size: int) -> int:
     return -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
 
-def dropout_settings(dropout: float) -> dict:
-    """nanoGPT's one dropout as GPT-2's three config keys."""
-    return {"embd_pdrop": dropout, "attn_pdrop": dropout, "resid_pdrop": dropout}
-
-
-def gpt2_config(*, n_layer: int, n_head: int, n_embd: int, block_size: int, dropout: float, vocab_size: int,
-                eot_token_id: int | None = None) -> GPT2Config:
-    """The one place where nanoGPT's names become GPT-2's: block_size -> n_positions, dropout -> *_pdrop."""
-    return GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=block_size,
-        n_embd=n_embd,
-        n_layer=n_layer,
-        n_head=n_head,
-        **dropout_settings(dropout),
-        # nanoGPT's exact GELU: as good as GPT-2's tanh approximation and faster on CPU.
-        activation_function="gelu",
-        bos_token_id=eot_token_id,
-        eos_token_id=eot_token_id,
-        # no pad_token_id: with one in the config, every forward without a compile checks the batch
-        # for it, a device-to-host read per step (the pad id lives in generation_config instead)
-    )
-
-
-def gpt2_parameters(config: GPT2Config) -> int:
-    """Parameters of a GPT2LMHeadModel with this config, counted without building it (the output
-    layer shares the token embedding)."""
-    e, inner = config.n_embd, config.n_inner or 4 * config.n_embd
-    # per block: two LayerNorms, attention's qkv and output projections, the MLP's two layers (with biases)
-    block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * inner + inner) + (inner * e + e)
-    return (config.vocab_size + config.n_positions) * e + config.n_layer * block + 2 * e
-
-
-def check_fits(config: GPT2Config, available: float, where: str) -> None:
+def check_fits(config, available: float, where: str) -> None:
     """Refuse, before building it, a model whose training cannot fit in `available` bytes: float32
     weights, gradients and AdamW's two moments take TRAIN_BYTES per parameter, activations come on
     top, so this is a lower bound and only a model that surely cannot fit is refused."""
-    n = gpt2_parameters(config)
+    n = count_parameters(config)
     need = n * TRAIN_BYTES
     if need > available:
+        shape = model_shape(config)
         count = f"{n / 1e9:,.1f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M"
-        raise UserError(f"n_layer={config.n_layer}, n_embd={config.n_embd}: the model has {count} parameters, "
+        raise UserError(f"n_layer={shape.n_layer}, n_embd={shape.n_embd}: the model has {count} parameters, "
                         f"and training it needs at least {need / 1e9:,.1f} GB ({TRAIN_BYTES} bytes per parameter: "
                         f"float32 weights, gradients and AdamW's two moments), but {where} has {available / 1e9:,.1f} GB "
                         "available: lower n_embd or n_layer")
 
 
 def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None,
-                memory: tuple[float, str] | None = None) -> GPT2LMHeadModel:
-    """A new GPT2LMHeadModel with GPT-2's initialisation (the same as nanoGPT's). Padded ids (see
-    VOCAB_MULTIPLE) never occur in the data and are suppressed in generation, so none is sampled.
-    With `memory` (bytes available, where), a model that cannot train there is refused first."""
+                memory: tuple[float, str] | None = None):
+    """A new model of m.architecture with its family's initialisation (GPT-2's is nanoGPT's).
+    Padded ids (see VOCAB_MULTIPLE) never occur in the data and are suppressed in generation, so
+    none is sampled. With `memory` (bytes available, where), a model that cannot train there is
+    refused first."""
     padded = padded_vocab_size(vocab_size)
-    config = gpt2_config(n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, block_size=m.block_size,
-                         dropout=m.dropout, vocab_size=padded, eot_token_id=eot_token_id)
+    config = new_config(m, vocab_size=padded, eot_token_id=eot_token_id)
     if memory is not None:
         check_fits(config, *memory)
-    model = GPT2LMHeadModel(config)
+    model = ARCHITECTURES[m.architecture].MODEL(config)
     if not m.bias:
-        zero_biases(model)
+        zero_biases(model)  # GPT-2 keeps its layout (its biases fixed at zero); a llama without bias has none
     set_generation_defaults(model, m.block_size, eot_token_id)
     if padded > vocab_size:
         model.generation_config.suppress_tokens = list(range(vocab_size, padded))
@@ -105,8 +77,9 @@ def build_model(m: ModelConfig, vocab_size: int, eot_token_id: int | None,
 
 
 def zero_biases(model: torch.nn.Module) -> tuple[int, int]:
-    """nanoGPT's bias=False in GPT-2's layout: every bias (Linear and LayerNorm) set to zero and
-    frozen, so the optimizer never holds it. Returns (bias tensors, how many were not zero)."""
+    """nanoGPT's bias=False in the model's own layout: every bias (Linear and LayerNorm) set to zero
+    and frozen, so the optimizer never holds it. Returns (bias tensors, how many were not zero):
+    (0, 0) for a family without biases (Llama, Mistral, Gemma)."""
     total = non_zero = 0
     for name, p in model.named_parameters():
         if name.endswith(".bias"):
@@ -122,6 +95,9 @@ def enable_checkpointing(model) -> None:
     random numbers, so a step computes the same loss and gradients as without it). transformers
     5.24 renamed gradient_checkpointing_enable (a deprecated alias since) to
     activation_checkpointing_enable; earlier 5.x releases have only the first."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise UserError(f"gradient_checkpointing: transformers has no activation checkpointing for "
+                        f"{model.config.model_type} models: set gradient_checkpointing: false (or lora_r > 0 to save memory)")
     enable = getattr(model, "activation_checkpointing_enable", None)
     if enable is not None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -129,15 +105,8 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def transformer_blocks(model) -> list[torch.nn.Module]:
-    """The model's transformer blocks: the modules transformers keeps whole when it splits a model
-    (its _no_split_modules: GPT2Block for GPT-2)."""
-    kinds = set(getattr(model, "_no_split_modules", None) or ())
-    return [module for module in model.modules() if type(module).__name__ in kinds]
-
-
 def set_generation_defaults(model, block_size: int, eot_token_id: int | None) -> None:
-    """Sample like nanoGPT by default and never run past the position table."""
+    """Sample like nanoGPT by default and never run past the context the model trained on."""
     gen = model.generation_config or GenerationConfig()
     for key, value in SAMPLING.items():
         setattr(gen, key, value)
@@ -160,28 +129,45 @@ def pad_in_generation_config(model) -> None:
     model.config.pad_token_id = None
 
 
-def load_model(init_from: str, block_size: int, dropout: float | None = None):
+def load_model(init_from: str, block_size: int, dropout: float | None = None, say=None):
     """Any causal LM from a Hub id (user/name@revision for a branch, tag or commit) or a local
     folder, cropped to block_size positions, with float32 weights whatever dtype its files store
     (transformers 5 would keep a bf16 model in bf16: master weights must be float32, and
-    mixed_precision decides the compute dtype)."""
+    mixed_precision decides the compute dtype). `dropout` goes to each of the family's dropout
+    settings (hfgpt.model.families.dropout_keys); `say` (print) tells where it went."""
     name, revision = split_revision(init_from)
     repo = hub_repo(name)
     kwargs = {"revision": revision} if revision else {}
-    if dropout is not None:
-        kwargs |= dropout_settings(dropout)
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32, **kwargs)
+        config = AutoConfig.from_pretrained(repo, **kwargs)
+        if dropout is not None:
+            set_dropout(config, dropout, init_from, say)
+        model = AutoModelForCausalLM.from_pretrained(repo, config=config, dtype=torch.float32, **kwargs)
     except OSError as e:
         raise UserError(
             f"init_from='{init_from}' could not be loaded: it is not a local model folder and the Hugging Face Hub "
             f"or its cache does not have it ({first_line(e)}); with network access run `hf download {repo}{f' --revision {revision}' if revision else ''}`, "
             "or set init_from to a local folder or 'scratch'") from None
+    except ValueError as e:  # a config of no causal LM (an encoder, a vision model) or of an unknown model_type
+        raise UserError(f"init_from='{init_from}' is not a causal language model transformers can load "
+                        f"({first_line(e)}): give a text-generation model (Llama, Qwen, Mistral, GPT-2, ...)") from None
     crop_block_size(model, block_size)
     # GPT-2's config.json carries {"text-generation": {"max_length": 50, ...}}, which transformers
     # 4.x pipelines apply over generation_config.json: not in the folders hfgpt saves.
     model.config.task_specific_params = None
     return model
+
+
+def set_dropout(config, dropout: float, init_from: str, say=None) -> tuple[str, ...]:
+    """nanoGPT's one dropout on each dropout setting the family has; a family without any trains
+    without dropout, and `say` tells so (once, when dropout > 0)."""
+    keys = dropout_keys(config)
+    for key in keys:
+        setattr(config, key, dropout)
+    if say is not None and dropout > 0:
+        say(f"dropout={dropout}: " + (f"set {', '.join(keys)} of {config.model_type}" if keys else
+                                       f"{config.model_type} models have no dropout setting; {init_from} trains without dropout"))
+    return keys
 
 
 def pinned(init_from: str) -> str:
@@ -197,22 +183,30 @@ def pinned(init_from: str) -> str:
 
 
 def n_positions(model) -> int | None:
-    config = model.config
-    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    """The context the model was made for: its learned position table's rows, or a rotary model's
+    max_position_embeddings."""
+    return model_shape(model.config).context
 
 
 def crop_block_size(model, block_size: int) -> None:
-    """Shrink a learned position table to block_size, as nanoGPT's crop_block_size."""
+    """Shrink a learned position table to block_size, as nanoGPT's crop_block_size (GPT-2's wpe,
+    OPT's embed_positions with its offset rows); rotary and ALiBi models have no table to crop, and
+    block_size must be within their context."""
     limit = n_positions(model)
     if limit is not None and block_size > limit:
         raise UserError(f"block_size={block_size} is larger than the {limit} positions of {model.name_or_path}: "
                         f"set block_size to {limit} or less")
-    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
-    if isinstance(wpe, torch.nn.Embedding) and block_size < wpe.num_embeddings:
-        model.transformer.wpe = torch.nn.Embedding.from_pretrained(wpe.weight.data[:block_size].clone(), freeze=False)
-        model.config.n_positions = block_size
+    table = position_table(model)
+    if table is not None and limit is not None and block_size < limit:
+        rows = block_size + table.num_embeddings - limit  # OPT keeps 2 rows before position 0
+        table.weight = torch.nn.Parameter(table.weight.data[:rows].clone())
+        table.num_embeddings = rows
+        model.config.max_position_embeddings = block_size  # GPT-2: n_positions, through its attribute_map
+        if getattr(model.config, "n_ctx", None) is not None:
+            model.config.n_ctx = block_size
     if model.generation_config is not None and (model.generation_config.max_length or 0) > block_size:
         model.generation_config.max_length = block_size
+
 
 
 def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

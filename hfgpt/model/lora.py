@@ -5,8 +5,8 @@
     save_adapter(model, folder / ADAPTER, state_dict)             # adapter_config.json + adapter_model.safetensors
     weights = merged_weights(model, state_dict)                   # W + (lora_alpha / lora_r) B @ A, plain names
 
-A LoRA run's out_dir is a plain GPT2LMHeadModel folder (the adapter merged into the weights: no
-peft needed to load it) with the adapter beside it in out_dir/adapter/
+A LoRA run's out_dir is a plain folder of the base model's family (a GPT2LMHeadModel,
+LlamaForCausalLM, ...: the adapter merged into the weights, no peft needed to load it) with the adapter beside it in out_dir/adapter/
 (`PeftModel.from_pretrained(base, "out_dir/adapter")`); its checkpoints hold the adapter and its
 optimizer state, not the base model. peft is imported only when lora_r > 0.
 """
@@ -22,6 +22,7 @@ import torch
 from hfgpt.config import ModelConfig
 from hfgpt.core.errors import UserError, first_line
 from hfgpt.core.names import split_revision
+from hfgpt.model.families import linear_layer_names
 
 ADAPTER = "adapter"  # out_dir/adapter/ and checkpoints' adapter/: what PeftModel.from_pretrained loads
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -43,13 +44,17 @@ def quiet_peft():
 
 def add_lora(model, m: ModelConfig, base: str | None = None):
     """peft's LoRA on m.lora_target_modules (a name matches a module whose name ends in it: GPT-2's
-    c_proj is attention's and the MLP's): the model's own weights frozen, lora_A and lora_B the only
-    trainable tensors. `base` (init_from) is written into adapter_config.json as the model to load
-    the adapter onto."""
+    c_proj is attention's and the MLP's; None: every linear layer of the blocks, whatever the
+    family calls them): the model's own weights frozen, lora_A and lora_B the only trainable
+    tensors. `base` (init_from) is written into adapter_config.json as the model to load the
+    adapter onto."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
-    targets = list(m.lora_target_modules)
+    targets = list(m.lora_target_modules) if m.lora_target_modules is not None else linear_layer_names(model)
+    if not targets:
+        raise UserError(f"lora_r={m.lora_r}: found no linear layer in the transformer blocks of {model.name_or_path}: "
+                        "name the modules to adapt in lora_target_modules")
     found = {name.rsplit(".", 1)[-1]: module for name, module in model.named_modules()}
     missing = [t for t in targets if t not in found]
     if missing:
@@ -57,7 +62,11 @@ def add_lora(model, m: ModelConfig, base: str | None = None):
         raise UserError(f"lora_target_modules: {', '.join(missing)} is no module of {model.name_or_path}; its "
                         f"layers are {', '.join(linear)}")
     # GPT-2's Conv1D stores its weight as (in, out): peft must transpose its update (fan_in_fan_out)
-    fan_in_fan_out = isinstance(found[targets[0]], Conv1D)
+    kinds = {isinstance(found[t], Conv1D) for t in targets}
+    if len(kinds) > 1:
+        raise UserError(f"lora_target_modules: {', '.join(targets)} mixes Conv1D and Linear layers, which peft adapts "
+                        "with different settings: choose layers of one kind")
+    fan_in_fan_out = kinds.pop()
     config = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets,
                         fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
     with quiet_peft():

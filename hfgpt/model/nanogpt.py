@@ -12,7 +12,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from hfgpt.core.errors import UserError
-from hfgpt.model.gpt import COMPILED_PREFIX, gpt2_config
+from hfgpt.model.families.gpt2 import gpt2_config
+from hfgpt.model.gpt import COMPILED_PREFIX
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

@@ -1,6 +1,6 @@
 """Model FLOPs utilization: the share of the device's peak FLOPS that training turns into model math.
 
-    per_token = flops_per_token(model, block_size)        # 6N + 12 L H Q T, as nanoGPT and PaLM count
+    per_token = flops_per_token(model, block_size)        # 6N + 12 L H Q T for GPT-2, as nanoGPT and PaLM count
     peak = peak_flops("cuda", "bf16")                      # from the table below, None where unknown
     mfu(per_token, tokens_per_sec, peak)                   # 0.41, or None
 
@@ -12,6 +12,8 @@ turns TF32 on; CPUs and unknown GPUs have no entry, and MFU is then reported as 
 import re
 
 import torch
+
+from hfgpt.model.families import model_shape, position_table
 
 HOPPER_SXM = {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}
 # (pattern, {precision: dense TFLOPS}) searched in the name torch reports, case-insensitively, in
@@ -61,17 +63,30 @@ def peak_flops(device_type: str, precision: str, name: str | None = None) -> flo
 
 
 def flops_per_token(model, block_size: int) -> float:
-    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's 12 L H Q T.
-    Position embeddings are not counted (they are a lookup), as in nanoGPT's estimate_mfu."""
-    c = model.config
-    layers = getattr(c, "n_layer", None) or c.num_hidden_layers
-    heads = getattr(c, "n_head", None) or c.num_attention_heads
-    width = getattr(c, "n_embd", None) or c.hidden_size
-    n = sum(p.numel() for p in model.parameters())
-    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
-    if isinstance(wpe, torch.nn.Embedding):
-        n -= wpe.weight.numel()
-    return 6 * n + 12 * layers * heads * (width // heads) * block_size
+    """Training FLOPs per token, counted from the model's real shape, as nanoGPT's and PaLM's 6N + 12 L H Q T:
+
+    - 2 per weight in the forward and 2 in the backward's input gradients, for every weight a token
+      multiplies (its grouped-query key/value projections and gated MLP's three matrices as they
+      are); 2 more for the weight gradients of the trained ones only (LoRA: the adapters), so
+      4N + 2N_trained, which is 6N when every weight trains. Lookups cost nothing: a position table
+      and, unless it is tied to the output layer, the token embedding are not counted;
+    - attention's scores and weighted sum, 12 per head dimension and key seen, per layer: T keys,
+      or a sliding window's at most (Mistral, Gemma's local layers).
+
+    Activation checkpointing's recomputed forward is not counted (model FLOPs, not hardware FLOPs)."""
+    shape = model_shape(model.config)
+    lookups = set()
+    table = position_table(model)
+    if table is not None:
+        lookups.add(id(table.weight))
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    if embedding is not None and (output is None or output.weight is not embedding.weight):
+        lookups.add(id(embedding.weight))
+    weights = [p for p in model.parameters() if id(p) not in lookups]
+    n = sum(p.numel() for p in weights)
+    trained = sum(p.numel() for p in weights if p.requires_grad)
+    keys = sum(min(block_size, w or block_size) for w in shape.windows)
+    return 4 * n + 2 * trained + 12 * shape.n_head * shape.head_dim * keys
 
 
 def mfu(per_token: float, tokens_per_sec: float, peak: float | None) -> float | None:

@@ -26,7 +26,7 @@ import torch
 
 from hfgpt.config import OptimConfig
 from hfgpt.core.errors import UserError
-from hfgpt.model.gpt import transformer_blocks
+from hfgpt.model.families import transformer_blocks
 
 
 def make_optimizer(model: torch.nn.Module, o: OptimConfig, device_type: str,

@@ -29,7 +29,8 @@ from hfgpt.model.gpt import (NextTokenLoss, build_model, causal_lm, enable_check
 from hfgpt.model.lora import ADAPTER, add_lora, adapter_base, load_adapter
 from hfgpt.training.mfu import flops_per_token, peak_flops
 from hfgpt.training.optim import make_optimizer
-from hfgpt.training.strategies import SHARDED, compile_blocks, fill_deepspeed_config, reduce_in_float32, shared_storage
+from hfgpt.training.strategies import (SHARDED, compile_blocks, fill_deepspeed_config, reduce_in_float32, set_wrap_unit,
+                                      shared_storage)
 
 
 @dataclass
@@ -87,14 +88,16 @@ def make_model(recipe: Recipe, meta: dict, tokenizer, checkpoint: Path | None = 
             source = adapter_base(checkpoint / ADAPTER)
         else:
             source = str(checkpoint)
-        model = load_model(source, m.block_size, m.dropout)
+        model = load_model(source, m.block_size, m.dropout, say=say if checkpoint is None else None)
         check_vocabulary(recipe, meta, tokenizer, model, source)
         set_generation_defaults(model, m.block_size, meta.get("eot_token_id"))
         if not m.bias:  # as build_model does: zero and frozen from the first iteration, and again on resume
             total, non_zero = zero_biases(model)
-            if non_zero and checkpoint is None:
+            if checkpoint is None and not total:
+                say(f"bias: false: {m.init_from} ({model.config.model_type}) has no biases; nothing to do")
+            elif non_zero and checkpoint is None:
                 say(f"bias: false: zeroed and froze the {total} bias tensors of {m.init_from} ({non_zero} were not "
-                    "zero; the LayerNorm ones too, so its outputs change from the first iteration)")
+                    "zero, so its outputs change from the first iteration)")
         pad_in_generation_config(model)
     if m.gradient_checkpointing:
         enable_checkpointing(model)
@@ -161,7 +164,7 @@ def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
     """The causal LM as training runs it: the training attention, NextTokenLoss around it (the loss
     inside the compiled graph), torch.compile, the optimizer, the strategy's settings, accelerator.prepare.
     Returns (model, optimizer, compiled); model(x, y) is the loss."""
-    use_training_attention(gpt)
+    use_training_attention(gpt, recipe.model.block_size)
     sharded = accelerator.distributed_type.value if accelerator.distributed_type in SHARDED else None
     optimizer = make_optimizer(gpt, recipe.optim, accelerator.device.type, sharded=sharded)
     compiled = should_compile(recipe.system.compile, accelerator.device.type)
@@ -170,6 +173,7 @@ def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
         compile_blocks(gpt)
     elif compiled:
         model = torch.compile(model)
+    set_wrap_unit(accelerator, gpt, say=accelerator.print)
     fill_deepspeed_config(accelerator, recipe.train.batch_size, accum, recipe.optim.grad_clip)
     reduce_in_float32(accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)

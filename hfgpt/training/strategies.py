@@ -2,6 +2,7 @@
 the whole model and optimizer state that a checkpoint saves, gathered from where the strategy keeps it.
 
     compile_blocks(gpt)                                   # FSDP, DeepSpeed: compile each block in place
+    set_wrap_unit(accelerator, gpt)                       # FSDP: shard by the model's own blocks
     fill_deepspeed_config(accelerator, 12, accum=5, grad_clip=1.0)
     reduce_in_float32(accelerator)                        # FSDP: gradients summed in float32
     state_dict = model_state_dict(accelerator, model)     # every process calls these three
@@ -24,7 +25,8 @@ from accelerate.utils import DistributedType
 
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import make_temp_dir
-from hfgpt.model.gpt import own_names, transformer_blocks
+from hfgpt.model.families import transformer_blocks
+from hfgpt.model.gpt import own_names
 
 SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
@@ -34,9 +36,29 @@ SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
 def compile_blocks(gpt) -> None:
     """torch.compile each transformer block in place (accelerate's recipe for FSDP2): FSDP shards
     and DeepSpeed partitions the modules of the tree, which a compiled root would hide from them,
-    with a graph break at every block (hfgpt.model.gpt.transformer_blocks)."""
+    with a graph break at every block (hfgpt.model.families.transformer_blocks)."""
     for block in transformer_blocks(gpt):
         block.compile()
+
+
+def set_wrap_unit(accelerator: Accelerator, gpt, say=print) -> None:
+    """Under FSDP, shard by the causal LM's own blocks (its _no_split_modules: GPT2Block,
+    LlamaDecoderLayer, Qwen2DecoderLayer, GPTNeoXLayer, ...): accelerate looks for them on the
+    module it prepares, NextTokenLoss, which has none, so an accelerate config that names no class
+    would shard nothing per block, and one that names another family's class would fail. A class
+    named in the config that the model has is kept."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None:
+        return
+    blocks = {type(b).__name__ for b in transformer_blocks(gpt)}
+    own = [name for name in (getattr(gpt, "_no_split_modules", None) or ()) if name in blocks]
+    named = plugin.transformer_cls_names_to_wrap
+    if named and all(name in blocks for name in named):
+        return
+    if named:
+        say(f"note: the accelerate config shards by {', '.join(named)}, which {gpt.config.model_type} models do not "
+            f"have: sharding by their blocks, {', '.join(own)}")
+    plugin.transformer_cls_names_to_wrap = own
 
 
 def fill_deepspeed_config(accelerator: Accelerator, batch_size: int, accum: int, grad_clip: float) -> None:

@@ -38,7 +38,7 @@ class EvalOptions:
     text: str | None = option(None)
     """Score this text file (tokenized with the model's tokenizer) instead of a split."""
     block_size: int | None = option(None, min=1)
-    """Tokens per window; None: the model's context."""
+    """Tokens per window; None: the block_size the model was trained with (its recipe.yaml), else its context."""
     stride: int | None = option(None, min=1)
     """Tokens between window starts; less than block_size overlaps the windows, each scoring its last stride tokens; None: block_size."""
     batch_size: int | None = option(None, min=1)

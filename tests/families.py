@@ -23,6 +23,18 @@ FAMILY_SPECS = {
     "phi3": ("Phi3Config", {**_SMALL, "num_key_value_heads": 2}, ("<s>", "<|endoftext|>", False)),
     "opt": ("OPTConfig", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 128,
                           "word_embed_proj_dim": 64, "max_position_embeddings": 256}, ("</s>", "</s>", True)),
+    "gemma3": ("Gemma3TextConfig", {**_SMALL, "num_key_value_heads": 1, "head_dim": 16, "sliding_window": 16,
+                                    "layer_types": ["sliding_attention", "full_attention"]}, ("<bos>", "<eos>", True)),
+    "smollm3": ("SmolLM3Config", {**_SMALL, "num_key_value_heads": 2}, (None, "<|endoftext|>", False)),
+    "olmo2": ("Olmo2Config", {**_SMALL, "num_key_value_heads": 2}, (None, "<|endoftext|>", False)),
+    "mixtral": ("MixtralConfig", {**_SMALL, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2},
+                ("<s>", "</s>", True)),
+    "falcon": ("FalconConfig", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "new_decoder_architecture": True,
+                                "num_kv_heads": 2, "max_position_embeddings": 256}, (None, "<|endoftext|>", False)),
+    "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}, ("<s>", "</s>", False)),
+    "gpt_neo": ("GPTNeoConfig", {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "attention_types": [[["global", "local"], 1]],
+                                 "window_size": 16, "max_position_embeddings": 256}, ("<|endoftext|>", "<|endoftext|>", False)),
+    "mamba": ("MambaConfig", {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8}, (None, "<|endoftext|>", False)),
     "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}, ("<|endoftext|>", "<|endoftext|>", False)),
 }
 FAMILIES = tuple(FAMILY_SPECS)
@@ -59,7 +71,7 @@ def make_model_folder(family: str, folder: Path, text: str, seed: int = 0, **con
     class_name, kwargs, (bos, eos, adds_bos) = FAMILY_SPECS[family]
     tok = make_tokenizer(text, bos, eos, adds_bos)
     ids = {"bos_token_id": tok.convert_tokens_to_ids(bos) if bos else None, "eos_token_id": tok.eos_token_id}
-    if family in ("opt", "phi3"):  # their configs default to a pad id of their real vocabulary
+    if family in ("opt", "phi3", "smollm3"):  # their configs default to a pad id of their real vocabulary
         ids["pad_token_id"] = tok.eos_token_id
     dtype = config.pop("dtype", None)
     cfg = getattr(transformers, class_name)(vocab_size=len(tok), **ids, **{**kwargs, **config})

@@ -17,10 +17,11 @@ CFG = dict(vocab_size=65, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_to
            embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
 
 
-def sdpa_calls(model, x, y, compile_blocks=False) -> tuple[list[dict], torch.Tensor]:
+def sdpa_calls(model, x, y, compile_blocks=False, graphs=None) -> tuple[list[dict], torch.Tensor]:
     """(attn_mask, is_causal) of every scaled_dot_product_attention call in the Dynamo graphs of a
-    compiled training forward, and its loss. The backend records each FX graph and runs it as is."""
-    graphs = []
+    compiled training forward, and its loss. The backend records each FX graph (in `graphs`) and
+    runs it as is."""
+    graphs = [] if graphs is None else graphs
 
     def backend(gm, example_inputs):
         graphs.append(gm)
@@ -105,3 +106,52 @@ def test_eager_training_forward_never_reads_the_device():
     assert model.config.pad_token_id is None and model.generation_config.pad_token_id == 64
     use_training_attention(model)
     assert host_reads(model.train(), x) == 0
+
+
+@pytest.mark.parametrize("family, config", [("llama", {}), ("qwen3", {}), ("gpt_neox", {}), ("phi3", {}),
+                                            ("mistral", {"sliding_window": 4096}), ("gemma3", {"sliding_window": 32})])
+def test_every_familys_compiled_training_forward_is_one_graph_of_causal_sdpa(family, config, tmp_path, shakespeare_text):
+    """Llama, Qwen3, GPT-NeoX, Phi-3 and windowed models whose windows cover block_size: one
+    Dynamo graph (no graph break), every attention is_causal without a mask, the loss and
+    gradients of plain SDPA."""
+    from hfgpt.model.gpt import load_model
+    from tests.families import make_model_folder
+
+    folder = make_model_folder(family, tmp_path / family, shakespeare_text[:20_000], **config)
+    reference = load_model(str(folder), block_size=32, dropout=0.0).train()
+    model = copy.deepcopy(reference)
+    use_training_attention(model, block_size=32)
+    assert model.config._attn_implementation == "hfgpt_sdpa"
+    x = torch.randint(0, reference.config.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    graphs = []
+    calls, loss = sdpa_calls(model, x[:, :-1], x[:, 1:], graphs=graphs)
+    assert len(graphs) == 1 and len(calls) == 2
+    assert all(c["attn_mask"] is None and c["is_causal"] is True for c in calls)
+    expected = lm_loss(reference, x[:, :-1], x[:, 1:])
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    for a, b in zip(reference.parameters(), model.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("family, config", [("mistral", {"sliding_window": 8}),
+                                            ("gemma3", {"sliding_window": 8})])
+def test_a_window_shorter_than_block_size_trains_with_its_mask(family, config, tmp_path, shakespeare_text):
+    """Mistral's sliding window and Gemma 3's local layers, shorter than the training window: the
+    model keeps the attention transformers masks, which computes what eager attention with the
+    window computes, and not full causal attention."""
+    from hfgpt.model.gpt import load_model
+    from tests.families import make_model_folder
+
+    folder = make_model_folder(family, tmp_path / family, shakespeare_text[:20_000], **config)
+    model = load_model(str(folder), block_size=32, dropout=0.0).train()
+    use_training_attention(model, block_size=32)
+    assert model.config._attn_implementation == "sdpa"
+    x = torch.randint(0, model.config.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    loss = lm_loss(model, x[:, :-1], x[:, 1:])
+    model.set_attn_implementation("eager")
+    torch.testing.assert_close(loss, lm_loss(model, x[:, :-1], x[:, 1:]))
+    model.config.sliding_window = 4096
+    model.set_attn_implementation("sdpa")
+    assert (loss - lm_loss(model, x[:, :-1], x[:, 1:])).abs() > 1e-4  # the window changes what is computed

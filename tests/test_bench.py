@@ -95,6 +95,55 @@ def test_flops_per_token_is_nanogpts_formula():
     assert mfu(1e9, 156e3, peak_flops("cuda", "bf16", "NVIDIA A100 80GB PCIe")) == pytest.approx(0.5)
 
 
+def llama_weights(h=64, layers=2, heads=4, kv=2, inner=160, vocab=70) -> int:
+    """The matrices a token goes through in a Llama, by hand: grouped-query attention (k, v of kv
+    heads), the gated MLP's three matrices, the norms, the output layer (untied: the embedding is a lookup)."""
+    head = h // heads
+    attention = h * heads * head + 2 * h * kv * head + heads * head * h
+    return layers * (attention + 3 * h * inner + 2 * h) + h + vocab * h
+
+
+@pytest.mark.parametrize("window, keys", [(None, 64), (4096, 64), (16, 16)])
+def test_flops_per_token_counts_grouped_query_attention_gated_mlps_and_windows(window, keys):
+    from transformers import LlamaForCausalLM, MistralConfig, MistralForCausalLM, LlamaConfig
+
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=160, vocab_size=70, max_position_embeddings=128)
+    model = LlamaForCausalLM(LlamaConfig(**shape)) if window is None else \
+        MistralForCausalLM(MistralConfig(**shape, sliding_window=window))
+    assert flops_per_token(model, 64) == 6 * llama_weights() + 12 * 2 * 4 * 16 * keys
+
+
+def test_flops_per_token_of_lora_counts_weight_gradients_of_the_adapters_only():
+    """4N + 2N_trained: the frozen weights still carry the forward and the input gradients."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hfgpt.config import ModelConfig
+    from hfgpt.model.lora import add_lora
+
+    model = add_lora(LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                                  num_key_value_heads=2, intermediate_size=160, vocab_size=70)),
+                     ModelConfig(lora_r=4))
+    # r x (in + out) per adapted matrix: q, k, v, o, gate, up, down in each of the 2 layers
+    adapters = 2 * 4 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 160) + (160 + 64))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == adapters
+    n = llama_weights() + adapters
+    assert flops_per_token(model, 64) == 4 * n + 2 * adapters + 12 * 2 * 4 * 16 * 64
+
+
+def test_flops_per_token_of_a_mixture_of_experts_counts_the_experts_a_token_uses():
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    def flops(experts: int, per_token: int) -> float:
+        return flops_per_token(MixtralForCausalLM(MixtralConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=160,
+            vocab_size=70, num_local_experts=experts, num_experts_per_tok=per_token)), 64)
+
+    router = 64  # per layer and expert: its row of the router
+    assert flops(8, 2) - flops(4, 2) == 6 * 2 * 4 * router  # only the router grows; the experts used stay 2
+    assert flops(4, 2) == flops(4, 1) + 6 * 2 * 3 * 64 * 160  # one more expert per token: one more gated MLP
+
+
 def test_unknown_bench_mode(capsys):
     assert bench.main(["fly"]) == 2
     assert "unknown bench mode 'fly'" in capsys.readouterr().err

@@ -90,6 +90,35 @@ def test_fsdp_reduces_gradients_in_float32(version):
     plugin.validate_mixed_precision_policy()
 
 
+@pytest.mark.parametrize("architecture, block, named", [("gpt2", "GPT2Block", None), ("llama", "LlamaDecoderLayer", None),
+                                                         ("llama", "LlamaDecoderLayer", "GPT2Block")])
+def test_fsdp_shards_by_the_models_own_blocks(architecture, block, named, monkeypatch, capsys):
+    """The shipped fsdp.yaml as `accelerate launch` passes it, and one naming another family's block:
+    accelerate's own wrap policy (on NextTokenLoss, the module prepare() gets) picks each transformer
+    block of the model, whatever its family."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from hfgpt.training.strategies import set_wrap_unit
+
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(
+        ["--config_file", str(ROOT / "accelerate_configs" / "fsdp.yaml"), "train.py"]))
+    for name, value in prepare_multi_gpu_env(args).items():
+        if name.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(name, value)
+    if named:
+        monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", named)
+    plugin = FullyShardedDataParallelPlugin()
+    gpt = build_model(ModelConfig(architecture=architecture, n_layer=2, n_head=2, n_embd=32, block_size=16, bias=False),
+                      vocab_size=65, eot_token_id=None)
+    set_wrap_unit(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)), gpt)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, NextTokenLoss(gpt))
+    units = [type(m).__name__ for m in NextTokenLoss(gpt).modules() if policy(m)]
+    assert units == [block, block]
+    assert (f"shards by {named}" in capsys.readouterr().out) is bool(named)
+
+
 @pytest.mark.parametrize("strategy", [DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.FSDP,
                                       DistributedType.DEEPSPEED])
 def test_what_is_compiled_under_each_strategy(strategy):
@@ -99,7 +128,7 @@ def test_what_is_compiled_under_each_strategy(strategy):
                                 "compile": True})
     accelerator = SimpleNamespace(distributed_type=strategy, device=torch.device("cpu"), num_processes=1,
                                   state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=None),
-                                  prepare=lambda *objects: objects)
+                                  prepare=lambda *objects: objects, print=print)
     gpt = build_model(recipe.model, vocab_size=65, eot_token_id=None)
     model, _, compiled = prepare_training(recipe, accelerator, gpt, accum=1)
     blocks_compiled = [block._compiled_call_impl is not None for block in gpt.transformer.h]

@@ -152,10 +152,14 @@ def evaluate_model(options, folder: Path) -> dict:
     tokenizer = load_tokenizer(str(folder))
     device = torch.device(device_type(options.device))
     model = AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
-    context = n_positions(model) or options.block_size
-    block_size = options.block_size or context
-    if not block_size or (context and block_size > context):
-        raise UserError(f"--block_size={options.block_size} must be at most the model's {context} positions")
+    # windows of the context the model trained on (a rotary model's may be shorter than its own context)
+    context = n_positions(model)
+    block_size = options.block_size or recipe.get("block_size") or context
+    if not block_size:
+        raise UserError(f"{options.model} ({model.config.model_type}) has no fixed context: give the window length "
+                        "with --block_size=N (e.g. the block_size it was trained with)")
+    if context and block_size > context:
+        raise UserError(f"--block_size={block_size} must be at most the model's {context} positions")
     stride = options.stride or block_size
     if not 1 <= stride <= block_size:
         raise UserError(f"--stride={options.stride} must be between 1 and block_size={block_size}")

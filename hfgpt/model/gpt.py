@@ -163,7 +163,7 @@ def set_dropout(config, dropout: float, init_from: str, say=None) -> tuple[str, 
     without dropout, and `say` tells so (once, when dropout > 0)."""
     keys = dropout_keys(config)
     for key in keys:
-        setattr(config, key, dropout)
+        setattr(config.get_text_config(), key, dropout)
     if say is not None and dropout > 0:
         say(f"dropout={dropout}: " + (f"set {', '.join(keys)} of {config.model_type}" if keys else
                                        f"{config.model_type} models have no dropout setting; {init_from} trains without dropout"))

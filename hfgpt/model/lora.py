@@ -69,8 +69,12 @@ def add_lora(model, m: ModelConfig, base: str | None = None):
     fan_in_fan_out = kinds.pop()
     config = LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout, target_modules=targets,
                         fan_in_fan_out=fan_in_fan_out, bias="none", task_type="CAUSAL_LM")
-    with quiet_peft():
-        model = get_peft_model(model, config)
+    try:
+        with quiet_peft():
+            model = get_peft_model(model, config)
+    except ValueError as e:  # peft refuses some layers of some families (Mamba's out_proj and conv1d)
+        raise UserError(f"lora_target_modules: peft cannot adapt {', '.join(targets)} of {model.config.model_type} models "
+                        f"({first_line(e)}): set lora_target_modules to the layers it can (of {', '.join(targets)})") from None
     if base is not None:
         config.base_model_name_or_path, config.revision = split_revision(base)
     return model

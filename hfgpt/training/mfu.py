@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from hfgpt.model.families import model_shape, position_table
+from hfgpt.model.families import expert_share, model_shape, position_table
 
 HOPPER_SXM = {"bf16": 989, "fp16": 989, "tf32": 494, "fp32": 67}
 # (pattern, {precision: dense TFLOPS}) searched in the name torch reports, case-insensitively, in
@@ -67,7 +67,8 @@ def flops_per_token(model, block_size: int) -> float:
 
     - 2 per weight in the forward and 2 in the backward's input gradients, for every weight a token
       multiplies (its grouped-query key/value projections and gated MLP's three matrices as they
-      are); 2 more for the weight gradients of the trained ones only (LoRA: the adapters), so
+      are; of a mixture of experts, the experts a token goes through); 2 more for the weight
+      gradients of the trained ones only (LoRA: the adapters), so
       4N + 2N_trained, which is 6N when every weight trains. Lookups cost nothing: a position table
       and, unless it is tied to the output layer, the token embedding are not counted;
     - attention's scores and weighted sum, 12 per head dimension and key seen, per layer: T keys,
@@ -82,11 +83,15 @@ def flops_per_token(model, block_size: int) -> float:
     embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
     if embedding is not None and (output is None or output.weight is not embedding.weight):
         lookups.add(id(embedding.weight))
-    weights = [p for p in model.parameters() if id(p) not in lookups]
-    n = sum(p.numel() for p in weights)
-    trained = sum(p.numel() for p in weights if p.requires_grad)
-    keys = sum(min(block_size, w or block_size) for w in shape.windows)
-    return 4 * n + 2 * trained + 12 * shape.n_head * shape.head_dim * keys
+    share = expert_share(model.config)
+    n = trained = 0
+    for name, p in model.named_parameters():  # tied weights once
+        if id(p) in lookups:
+            continue
+        used = p.numel() * (share if ".experts." in name else 1)
+        n += used
+        trained += used if p.requires_grad else 0
+    return 4 * n + 2 * trained + 12 * shape.n_head * shape.head_dim * shape.keys_seen(block_size)
 
 
 def mfu(per_token: float, tokens_per_sec: float, peak: float | None) -> float | None:

@@ -276,3 +276,97 @@ def test_gradient_checkpointing_computes_the_same_gradients_in_every_family(fami
     assert runs.count(plain) == 1 and runs.count(checkpointed) == 2  # recomputed in the backward
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_architecture_llama_builds_a_plain_llama_from_nanogpts_names_and_resumes_bitwise(optimizer, tiny_recipe, workdir):
+    from transformers import LlamaForCausalLM
+
+    llama = {"architecture": "llama", "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 32, "bias": False,
+             "max_iters": 6, "eval_interval": 3, "lr_decay_iters": 6, "dropout": 0.1, "optimizer": optimizer,
+             "keep_last": None}
+    recipe = str(tiny_recipe(**llama))
+    assert train.main([recipe]) == 0
+    out = workdir / "out"
+    resume_elsewhere(recipe, out, workdir / "again")
+    assert same_tensors(out / "model.safetensors", workdir / "again" / "model.safetensors")
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert {k: config[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                   "head_dim", "intermediate_size", "max_position_embeddings", "attention_bias",
+                                   "mlp_bias", "tie_word_embeddings", "attention_dropout")} == {
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+        "intermediate_size": 64, "max_position_embeddings": 32, "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": True, "attention_dropout": 0.1}
+    model = LlamaForCausalLM.from_pretrained(out)
+    assert not any(name.endswith(".bias") for name, _ in model.named_parameters())
+    assert "llama" in (out / "README.md").read_text().split("---")[1]  # the card's tags
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"n_kv_head": 2}, "n_kv_head=2 is for architecture: llama"),
+    ({"architecture": "llama", "n_head": 4, "n_kv_head": 3}, "n_kv_head=3 does not divide n_head=4: pick a divisor of n_head (1, 2, 4)"),
+    ({"architecture": "llama", "n_head": 4, "n_embd": 36}, "architecture=llama rotates pairs of each head's 9 dimensions"),
+    ({"architecture": "mamba"}, "architecture"),
+])
+def test_a_modern_block_with_impossible_numbers_is_one_line(values, problem, tiny_recipe, capsys):
+    assert train.main([str(tiny_recipe(**values))]) == 2
+    errors = error_lines(capsys)
+    assert len(errors) == 1 and problem in errors[0], errors
+
+
+@pytest.mark.e2e
+def test_a_llama_from_the_hub_fine_tunes_resumes_adapts_and_samples(tmp_path, workdir, shakespeare_text):
+    """A Llama-shaped model served by the fake Hub under a SmolLM2 id, as a new user runs it: the
+    recipe changes only init_from and source; over HTTP; LoRA's resume loads the pinned base."""
+    from tests.fake_hub import FakeHub
+    from tests.test_hub import hub_env, run_script
+
+    repo = "HuggingFaceTB/SmolLM2-135M"
+    folder = make_model_folder("llama", tmp_path / "smol", shakespeare_text[:100_000])
+    (workdir / "text.txt").write_text(shakespeare_text[:30_000], encoding="utf-8")
+    recipe = write_recipe(workdir, "recipe.yaml", init_from=repo, source=str(workdir / "text.txt"), dataset="smol",
+                          out_dir=str(workdir / "out"))
+    with FakeHub(lfs_mode="lfs") as hub:
+        hub.add_files("model", repo, {p.name: p.read_bytes() for p in folder.iterdir()})
+        env = hub_env(hub, workdir / "hf-home", "lfs")
+        run_script(f"""
+            import json
+            from accelerate.state import AcceleratorState
+            from hfgpt import train
+            for args in ([], ["--init_from=resume", "--max_iters=8", "--lr_decay_iters=8"],
+                         ["--lora_r=4", "--out_dir=out-lora", "--max_iters=3"], ["--lora_r=4", "--out_dir=out-lora", "--init_from=resume"]):
+                AcceleratorState._reset_state(reset_partial_state=True)  # as a new process
+                assert train.main([{recipe!r}, *args]) == 0, args
+            print(json.dumps({{}}))
+        """, env, workdir)
+        assert any(path.startswith(f"/api/models/{repo}") for _, path in hub.requests)
+        served = hub.history("model", repo)[-1]["oid"]
+    adapter = json.loads((workdir / "out-lora" / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["base_model_name_or_path"], adapter["revision"]) == (repo, served)
+    assert [r["iter"] for r in read_metrics(workdir / "out") if "loss" in r] == list(range(1, 9))
+    meta = json.loads((workdir / "data" / "smol" / "meta.json").read_text())
+    assert (meta["tokenizer"], meta["document_start"]) == (repo, ["<s>"])
+    script = ("from transformers import pipeline\n"
+              f"for out in ({str(workdir / 'out')!r}, {str(workdir / 'out-lora')!r}):\n"
+              "    print(pipeline('text-generation', model=out)('ROMEO:', max_new_tokens=5)[0]['generated_text'])\n")
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, env=run_env())
+    assert result.returncode == 0 and result.stdout.count("ROMEO:") == 2, result.stderr[-2000:]
+
+
+def test_the_users_recipe_with_a_llama_folder_as_init_from_trains_resumes_and_samples(folder_of, workdir, shakespeare_text,
+                                                                                       capsys):
+    """recipes/my_dataset.yaml as shipped, given a Llama-shaped folder and a text (the run shortened
+    to 4 iterations for the test): what the README's fine-tuning section shows."""
+    from tests.conftest import ROOT
+
+    (workdir / "my_text.txt").write_text(shakespeare_text[:200_000], encoding="utf-8")
+    short = ["--max_iters=4", "--eval_interval=2", "--eval_iters=2", "--warmup_iters=1", "--lr_decay_iters=4"]
+    args = [str(ROOT / "recipes" / "my_dataset.yaml"), f"--init_from={folder_of('llama')}", "--source=my_text.txt", *short]
+    assert train.main(args) == 0
+    assert train.main([*args, "--init_from=resume", "--max_iters=6", "--lr_decay_iters=6"]) == 0
+    capsys.readouterr()
+    assert sample.main(["out-my-dataset", "--start=ROMEO:", "--num_samples=1", "--max_new_tokens=20"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+    assert [r["iter"] for r in read_metrics(workdir / "out-my-dataset") if "loss" in r] == [4, 6]  # log_interval 10: the ends

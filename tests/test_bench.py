@@ -75,6 +75,28 @@ def test_bench_finetune_measures_full_checkpointing_and_lora(workdir, capsys):
     assert result["n_layer_n_embd_n_head"] == [2, 32, 2] and result["block_size"] == 32 and result["cpu"]
 
 
+@pytest.mark.e2e
+def test_bench_finetune_runs_the_same_model_with_transformers_trainer(workdir, capsys):
+    """--trainer: hfgpt's step and Trainer's on the same SmolLM2-shaped model (shrunk), alternating;
+    the same parameters train on both sides, and the JSON holds each side's tokens/s and memory."""
+    tiny = ["--model=smollm2-135m", "--n_layer=2", "--n_embd=64", "--n_head=4", "--block_size=32", "--steps=2"]
+    for mode in ("checkpointing", "lora"):
+        rows = []
+        for side in ("hfgpt", "trainer"):
+            assert bench.main(["finetune", *tiny, f"--one={mode}", f"--side={side}"]) == 0
+            rows.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+        assert rows[0]["trainable_params"] == rows[1]["trainable_params"] and rows[0]["params"] == rows[1]["params"]
+        assert all(r["tokens_per_s"] > 0 and r["side"] == side for r, side in zip(rows, ("hfgpt", "trainer")))
+    path = workdir / "vs.json"
+    assert bench.main(["finetune", *tiny, "--modes=full", "--trainer", "--pairs=2", f"--json={path}"]) == 0
+    result = json.loads(path.read_text())
+    assert [(r["side"], r["first"]) for r in result["modes"]] == [("hfgpt", "hfgpt"), ("trainer", "hfgpt"),
+                                                                 ("trainer", "trainer"), ("hfgpt", "trainer")]
+    (summary,) = result["side_by_side"]
+    assert summary["speed_ratio"] == round(summary["hfgpt"]["tokens_per_s"] / summary["trainer"]["tokens_per_s"], 3)
+    assert result["n_layer_n_embd_n_head"] == [2, 64, 4]
+
+
 @pytest.mark.parametrize("name, precision, tflops", [
     ("NVIDIA A100-SXM4-80GB", "no", 156), ("Tesla T4", "no", 8.1), ("Tesla T4", "bf16", None),
     ("Tesla V100-SXM2-16GB", "bf16", None), ("Some Future GPU", "bf16", None),

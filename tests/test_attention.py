@@ -12,6 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from hfgpt.config import ModelConfig
 from hfgpt.model.attention import use_training_attention
 from hfgpt.model.gpt import build_model, lm_loss
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 CFG = dict(vocab_size=65, n_positions=32, n_embd=32, n_layer=2, n_head=2, bos_token_id=64, eos_token_id=64,
            embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
@@ -155,3 +156,23 @@ def test_a_window_shorter_than_block_size_trains_with_its_mask(family, config, t
     model.config.sliding_window = 4096
     model.set_attn_implementation("sdpa")
     assert (loss - lm_loss(model, x[:, :-1], x[:, 1:])).abs() > 1e-4  # the window changes what is computed
+
+
+def test_rotary_models_attention_runs_in_float32_under_cpu_autocast(tmp_path, shakespeare_text):
+    """A rotary model gives the attention float32 queries and keys (its cos and sin are float32)
+    under bf16 autocast; left on, autocast would run the CPU attention in bf16, whose backward is
+    ~4x slower: the training attention turns it off for them as for bf16 inputs."""
+    from hfgpt.model.attention import training_attention
+    from hfgpt.model.gpt import load_model
+    from tests.families import make_model_folder
+
+    model = load_model(str(make_model_folder("llama", tmp_path / "llama", shakespeare_text[:20_000])), block_size=32)
+    module = model.model.layers[0].self_attn
+    q, k, v = (torch.randn(2, 4, 32, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = training_attention(module, q, k[:, :2], v[:, :2], None, dropout=0.0, scaling=0.25)
+        plain, _ = sdpa_attention_forward(module, q, k[:, :2], v[:, :2], None, dropout=0.0, scaling=0.25)
+    reference, _ = sdpa_attention_forward(module, q, k[:, :2], v[:, :2], None, dropout=0.0, scaling=0.25)
+    assert plain.dtype == torch.bfloat16  # what autocast does to plain SDPA
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, reference)

@@ -32,9 +32,11 @@ def training_attention(module, query, key, value, attention_mask, **kwargs):
     are computed in float32, the rest of the model staying in mixed precision: torch's CPU flash
     attention is about 4x slower in bf16 than in float32 at GPT sizes (its backward: 4.5 vs 1.2 ms
     with the casts, for 12x4x64x32), while bf16 matmuls with AMX are 3-4x faster than float32 ones. Float32 is
-    also the more exact of the two, so pretrained models lose nothing by it."""
+    also the more exact of the two, so pretrained models lose nothing by it. Rotary models (Llama,
+    Qwen, ...) hand it float32 queries and keys under bf16 autocast (their cos/sin are float32):
+    autocast is off here for them too, or it would run the attention in bf16."""
     dtype = query.dtype
-    if query.device.type != "cpu" or dtype == torch.float32:
+    if query.device.type != "cpu" or not torch.is_autocast_enabled("cpu") and dtype == torch.float32:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from hfgpt import convert, prepare, sample, train
+from hfgpt import eval as hfgpt_eval
 from hfgpt.model.families import linear_layer_names, model_shape, transformer_blocks
 from tests.conftest import PYTHON, TINY, run_env
 from tests.families import FAMILY_SPECS, make_model_folder
@@ -106,6 +107,9 @@ def test_full_fine_tuning_resumes_bitwise_into_a_plain_folder_of_the_family(fami
     assert limit == (32 if family in LEARNED_POSITIONS else model_shape(
         AutoModelForCausalLM.from_pretrained(folder_of(family)).config).context)
     assert json.loads((out / "generation_config.json").read_text())["max_length"] == 32
+    assert hfgpt_eval.main([str(out)]) == 0  # scored on the whole val split, in windows of the trained block_size
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["block_size"] == 32 and results["loss"] < 6
 
 
 @pytest.mark.parametrize("family", LORA)
@@ -317,37 +321,59 @@ def test_a_modern_block_with_impossible_numbers_is_one_line(values, problem, tin
 
 
 @pytest.mark.e2e
-def test_a_llama_from_the_hub_fine_tunes_resumes_adapts_and_samples(tmp_path, workdir, shakespeare_text):
-    """A Llama-shaped model served by the fake Hub under a SmolLM2 id, as a new user runs it: the
-    recipe changes only init_from and source; over HTTP; LoRA's resume loads the pinned base."""
+def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_and_samples(tmp_path, workdir,
+                                                                                            shakespeare_text):
+    """A Llama-shaped model served by the fake Hub under a SmolLM2 id, the workflow GPT-2 has: over
+    HTTP, prepared with its tokenizer; SIGTERM checkpoints (143), the resume continues it; LoRA's
+    resume loads the pinned base; the folder is pushed, evaluated and sampled by plain transformers."""
+    import signal
+    import time
+
     from tests.fake_hub import FakeHub
-    from tests.test_hub import hub_env, run_script
+    from tests.test_hub import TOKEN, USER, hub_env, run_script
 
     repo = "HuggingFaceTB/SmolLM2-135M"
     folder = make_model_folder("llama", tmp_path / "smol", shakespeare_text[:100_000])
     (workdir / "text.txt").write_text(shakespeare_text[:30_000], encoding="utf-8")
     recipe = write_recipe(workdir, "recipe.yaml", init_from=repo, source=str(workdir / "text.txt"), dataset="smol",
-                          out_dir=str(workdir / "out"))
-    with FakeHub(lfs_mode="lfs") as hub:
+                          out_dir=str(workdir / "out"), max_iters=100_000, lr_decay_iters=100_000, eval_interval=100_000)
+    with FakeHub(lfs_mode="lfs", token=TOKEN, user=USER) as hub:
         hub.add_files("model", repo, {p.name: p.read_bytes() for p in folder.iterdir()})
         env = hub_env(hub, workdir / "hf-home", "lfs")
+        proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", recipe], env=env, cwd=workdir, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        metrics, deadline = workdir / "out" / "metrics.jsonl", time.time() + 120
+        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 143, stderr[-2000:]
+        stopped = max(r["iter"] for r in read_metrics(workdir / "out"))
         run_script(f"""
             import json
             from accelerate.state import AcceleratorState
-            from hfgpt import train
-            for args in ([], ["--init_from=resume", "--max_iters=8", "--lr_decay_iters=8"],
-                         ["--lora_r=4", "--out_dir=out-lora", "--max_iters=3"], ["--lora_r=4", "--out_dir=out-lora", "--init_from=resume"]):
+            from hfgpt import eval, push, train
+            short = ["--max_iters={stopped + 3}", "--lr_decay_iters={stopped + 3}", "--eval_interval={stopped + 3}"]
+            for args in (["--init_from=resume", *short], ["--lora_r=4", "--out_dir=out-lora", "--max_iters=3",
+                         "--lr_decay_iters=3", "--eval_interval=2"], ["--lora_r=4", "--out_dir=out-lora", "--init_from=resume",
+                         "--max_iters=3", "--lr_decay_iters=3", "--eval_interval=2"]):
                 AcceleratorState._reset_state(reset_partial_state=True)  # as a new process
                 assert train.main([{recipe!r}, *args]) == 0, args
+            assert push.main(["out", "--hub_model_id={USER}/smol-shakespeare"]) == 0
+            assert eval.main(["{USER}/smol-shakespeare", "--dataset=smol", "--out=hub-eval.json"]) == 0
             print(json.dumps({{}}))
         """, env, workdir)
         assert any(path.startswith(f"/api/models/{repo}") for _, path in hub.requests)
         served = hub.history("model", repo)[-1]["oid"]
+        assert hub.history("model", f"{USER}/smol-shakespeare")
     adapter = json.loads((workdir / "out-lora" / "adapter" / "adapter_config.json").read_text())
     assert (adapter["base_model_name_or_path"], adapter["revision"]) == (repo, served)
-    assert [r["iter"] for r in read_metrics(workdir / "out") if "loss" in r] == list(range(1, 9))
+    assert [r["iter"] for r in read_metrics(workdir / "out") if "loss" in r] == list(range(1, stopped + 4))
     meta = json.loads((workdir / "data" / "smol" / "meta.json").read_text())
     assert (meta["tokenizer"], meta["document_start"]) == (repo, ["<s>"])
+    assert json.loads((workdir / "hub-eval.json").read_text())["tokens"] == meta["val_tokens"] - 1  # all but the first
+    card = (workdir / "out" / "README.md").read_text()
+    assert f"base_model: {repo}" in card and "- llama" in card
     script = ("from transformers import pipeline\n"
               f"for out in ({str(workdir / 'out')!r}, {str(workdir / 'out-lora')!r}):\n"
               "    print(pipeline('text-generation', model=out)('ROMEO:', max_new_tokens=5)[0]['generated_text'])\n")

@@ -23,10 +23,13 @@ import torch
 
 from hfgpt.config import load_recipe
 from hfgpt.data.batches import Batches
+from hfgpt.model.families import transformer_blocks
 from hfgpt.model.gpt import build_model, lm_loss
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "batch_size": 4, "dropout": 0.0, "device": "cpu",
-        "compile": False, "out_dir": "out"}
+        "compile": False, "out_dir": "out",
+        # HFGPT_TEST_ARCH=llama: the same runs with a Llama block (no biases, as Llama's)
+        **({"architecture": "llama", "bias": False} if os.environ.get("HFGPT_TEST_ARCH") == "llama" else {})}
 VOCAB = 65
 
 
@@ -150,7 +153,7 @@ def fsdp_optimizer() -> dict:
     torch.manual_seed(0)
     model = NextTokenLoss(build_model(recipe.model, VOCAB, eot_token_id=None))
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    for block in model.lm.transformer.h:
+    for block in transformer_blocks(model.lm):
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, is_main_process=rank == 0)

@@ -188,31 +188,35 @@ def sharded_run(*args: str, launcher=(PYTHON,), env=None) -> dict:
     return json.loads(out.stdout.split("RESULT ")[-1])
 
 
-def test_fsdp2_optimizer_state_round_trips_through_safetensors(tmp_path):
-    """2 processes, FSDP2 with hfgpt's bf16 / float32-reduce policy: the main process writes the
-    gathered optimizer state as optimizer.safetensors + optimizer.json (no pickle); loaded back, every
-    shard holds exactly what was saved."""
+@pytest.mark.parametrize("architecture, tensors, first", [("gpt2", 28, "lm.transformer.h.0."),
+                                                          ("llama", 20, "lm.model.embed_tokens.")])
+def test_fsdp2_optimizer_state_round_trips_through_safetensors(tmp_path, architecture, tensors, first):
+    """2 processes, FSDP2 with hfgpt's bf16 / float32-reduce policy, sharded by the model's blocks:
+    the main process writes the gathered optimizer state as optimizer.safetensors + optimizer.json
+    (no pickle); loaded back, every shard holds exactly what was saved."""
     torchrun = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-    result = sharded_run("fsdp-optimizer", launcher=torchrun, env={"HFGPT_TEST_DIR": str(tmp_path)})
+    result = sharded_run("fsdp-optimizer", launcher=torchrun, env={"HFGPT_TEST_DIR": str(tmp_path),
+                                                                   "HFGPT_TEST_ARCH": architecture})
     assert result["files"] == ["optimizer.json", "optimizer.safetensors"]
-    assert result["equal"] and result["n"] == 28 and result["keys"][0].startswith("lm.transformer.h.0.")
+    assert result["equal"] and result["n"] == tensors and result["keys"][0].startswith(first)
 
 
-def test_deepspeed_steps_once_per_iteration_and_scales_the_loss_once():
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_deepspeed_steps_once_per_iteration_and_scales_the_loss_once(architecture):
     """ZeRO-2, 4 micro-batches an iteration: 2 iterations are 2 DeepSpeed steps (hfgpt 0.1: 8), and
     the weights equal plain torch's bit for bit (with SGD, a loss divided twice would show)."""
     pytest.importorskip("deepspeed")
-    result = sharded_run("deepspeed-steps")
+    result = sharded_run("deepspeed-steps", env={"HFGPT_TEST_ARCH": architecture})
     assert result == {"global_steps": 2, "max_weight_diff": 0.0, "gradient_accumulation_steps": 4}
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_saves_float32_master_weights_and_no_pickle_of_its_own(stage):
+@pytest.mark.parametrize("stage, architecture", [(2, "gpt2"), (3, "gpt2"), (3, "llama")])
+def test_deepspeed_saves_float32_master_weights_and_no_pickle_of_its_own(stage, architecture):
     """bf16 under ZeRO-2 and 3: the saved weights are DeepSpeed's float32 masters under the GPT's
     names (accelerate's get_state_dict gives bf16 under ZeRO-2 and nothing under ZeRO-3); the
     checkpoint holds DeepSpeed's own files but not accelerate's random_states pickle; it restores."""
     pytest.importorskip("deepspeed")
-    result = sharded_run("deepspeed-checkpoint", str(stage))
+    result = sharded_run("deepspeed-checkpoint", str(stage), env={"HFGPT_TEST_ARCH": architecture})
     assert result["dtypes"] == result["saved_dtypes"] == ["torch.float32"]
     assert result["equal_to_masters"] and result["names_are_the_models"]
     assert "model.safetensors" in result["files"] and "rng-0.safetensors" in result["files"]

@@ -49,6 +49,7 @@ def gpt2_config(*, n_layer: int, n_head: int, n_embd: int, block_size: int, drop
     return GPT2Config(
         vocab_size=vocab_size,
         n_positions=block_size,
+        n_ctx=block_size,  # GPT2Config ignores it, but llama.cpp's converter reads the context from it
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
@@ -211,6 +212,8 @@ def crop_block_size(model, block_size: int) -> None:
     if isinstance(wpe, torch.nn.Embedding) and block_size < wpe.num_embeddings:
         model.transformer.wpe = torch.nn.Embedding.from_pretrained(wpe.weight.data[:block_size].clone(), freeze=False)
         model.config.n_positions = block_size
+    if model.config.model_type == "gpt2":  # GPT-2's n_ctx (1024 in its config.json) says the same as n_positions
+        model.config.n_ctx = model.config.n_positions
     if model.generation_config is not None and (model.generation_config.max_length or 0) > block_size:
         model.generation_config.max_length = block_size
 

@@ -10,6 +10,7 @@ tokenizers or GPT-2's, become GGUF files that llama.cpp tokenizes and samples wi
 as transformers (hfgpt.gguf); the GGUF carries the folder's sampling defaults (temperature, top_k).
 """
 
+import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +47,8 @@ def target(options: ExportOptions, folder: Path, own: bool) -> Path:
 @command(Command("export", __doc__.split("\n\n")[0], options=ExportOptions))
 def main(parsed: Parsed) -> int:
     options = parsed.options
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        raise UserError("hfgpt export gguf needs the gguf package: pip install gguf (or pip install 'hfgpt[gguf]')") from None
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("hfgpt export gguf needs the gguf package: pip install gguf (or pip install 'hfgpt[gguf]')")
     from hfgpt.evaluation.score import model_folder
     from hfgpt.gguf import write_gguf
 

@@ -13,20 +13,23 @@ renamed when complete.
 import os
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 
 from hfgpt.core.errors import UserError
-from hfgpt.gguf.vocab import PRE
+from hfgpt.core.files import fsync_dir, owner_tag
+from hfgpt.data.tokenizer import model_tokenizer
+from hfgpt.gguf.families import family_of
+from hfgpt.gguf.vocab import PRE, gguf_vocab
 
-OUTTYPES = ("f32", "f16", "bf16")
+FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+              "bf16": gguf.LlamaFileType.MOSTLY_BF16}
 
 
 def _array(tensor: torch.Tensor, outtype: str):
     """(data, raw_dtype) for GGUFWriter.add_tensor: vectors (norms, biases) stay float32, as llama.cpp's
     converter keeps them; matrices in outtype (numpy has no bfloat16: gguf packs it)."""
-    import gguf
-
     data = tensor.detach().to(torch.float32).contiguous().numpy()
     if data.ndim <= 1 or outtype == "f32":
         return data, None
@@ -74,12 +77,7 @@ def add_sampling(writer, generation_config) -> None:
 def write_gguf(folder: Path, out: Path, outtype: str = "f32") -> dict:
     """Write `folder` (a model folder with its tokenizer) as the GGUF file `out`; returns what was
     written: architecture, vocabulary size, context, tensors, bytes."""
-    import gguf
     from transformers import AutoModelForCausalLM
-
-    from hfgpt.data.tokenizer import model_tokenizer
-    from hfgpt.gguf.families import family_of
-    from hfgpt.gguf.vocab import gguf_vocab
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} has no config.json: give a model folder (the out_dir of a training run; a LoRA "
@@ -92,31 +90,36 @@ def write_gguf(folder: Path, out: Path, outtype: str = "f32") -> dict:
     family = family_of(model.config, folder)
     vocab = gguf_vocab(tokenizer, folder)
     rows = vocabulary_rows(model, vocab, folder)
-    tmp = out.parent / f".tmp-{os.getpid()}-{out.name}"
+    tmp = out.parent / f".tmp-{owner_tag()}-{out.name}"  # a killed export's leftover is recognised as such
     writer = gguf.GGUFWriter(tmp, family.name)
     try:
         writer.add_name(folder.resolve().name)
-        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype])
+        writer.add_file_type(FILE_TYPES[outtype])
         writer.add_vocab_size(rows)
         family.hparams(writer, model.config)
         add_vocab(writer, vocab)
         add_sampling(writer, model.generation_config)
-        count = 0
-        for name, tensor in family.tensors(model.state_dict(), model.config):
-            if name in ("token_embd.weight", "output.weight"):
-                tensor = tensor[:rows]
-            data, raw_dtype = _array(tensor, outtype)
-            writer.add_tensor(name, data, raw_dtype=raw_dtype)
-            count += 1
+        count = add_tensors(writer, family, model, rows, outtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
         os.replace(tmp, out)
+        fsync_dir(out.parent)
     finally:
         writer.close()
-        if tmp.exists():
-            tmp.unlink()
-    return {"architecture": family.name, "vocab_size": rows, "context": model.config.max_position_embeddings
-            if family.name == "llama" else model.config.n_positions, "tensors": count, "bytes": out.stat().st_size}
+        tmp.unlink(missing_ok=True)
+    return {"architecture": family.name, "vocab_size": rows, "context": family.context(model.config),
+            "tensors": count, "bytes": out.stat().st_size}
+
+
+def add_tensors(writer, family, model, rows: int, outtype: str) -> int:
+    """Every weight, the embedding and output rows cut to `rows`; returns how many tensors."""
+    count = 0
+    for name, tensor in family.tensors(model.state_dict(), model.config):
+        if name in ("token_embd.weight", "output.weight"):
+            tensor = tensor[:rows]
+        data, raw_dtype = _array(tensor, outtype)
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
+        count += 1
+    return count

@@ -35,9 +35,12 @@ class Family:
     def name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.arch]
 
+    def context(self, config) -> int:
+        return config.n_positions if self.model_type == "gpt2" else config.max_position_embeddings
+
     def hparams(self, writer: gguf.GGUFWriter, config) -> None:
+        writer.add_context_length(self.context(config))
         if self.model_type == "gpt2":
-            writer.add_context_length(config.n_positions)
             writer.add_embedding_length(config.n_embd)
             writer.add_feed_forward_length(config.n_inner or 4 * config.n_embd)
             writer.add_block_count(config.n_layer)
@@ -45,7 +48,6 @@ class Family:
             writer.add_layer_norm_eps(config.layer_norm_epsilon)
             return
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_block_count(config.num_hidden_layers)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import size_text
+from hfgpt.core.files import size_text, writable_file
 
 
 @dataclass
@@ -36,12 +36,7 @@ def target(options: ExportOptions, folder: Path, own: bool) -> Path:
     if options.out is None:
         name = f"{folder.resolve().name if own else options.model.split('@')[0].split('/')[-1]}-{options.outtype}.gguf"
         return (folder if own else Path(".")) / name
-    out = Path(options.out)
-    if out.is_dir():
-        raise UserError(f"--out={out} is a folder: give a file name, e.g. {out / 'model.gguf'}")
-    if not out.parent.is_dir():
-        raise UserError(f"--out={out}: the folder {out.parent} does not exist: create it or choose another path")
-    return out
+    return writable_file(Path(options.out), "model.gguf")
 
 
 @command(Command("export", __doc__.split("\n\n")[0], options=ExportOptions))

@@ -6,6 +6,7 @@
     hfgpt sample out-shakespeare-char-cpu --start="ROMEO:"
     hfgpt eval out-shakespeare-char-cpu
     hfgpt push out-shakespeare-char-cpu --hub_model_id=user/shakespeare-char
+    hfgpt export gguf out-shakespeare-char-cpu
     hfgpt --version
 
 `hfgpt STEP ...` is the same as `python -m hfgpt.STEP ...`.
@@ -24,6 +25,7 @@ COMMANDS = {
     "eval": "loss, perplexity and bits per character/byte over a whole split",
     "push": "upload a run to the Hugging Face Hub",
     "convert": "convert nanoGPT checkpoints to Hugging Face model folders and back",
+    "export": "write a model folder as a GGUF file for llama.cpp, Ollama and LM Studio",
     "bench": "measure training, sampling or preparing speed",
 }
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hfgpt.config import Command, Parsed, command, option
-from hfgpt.core.errors import UserError
 
 
 @dataclass
@@ -49,24 +48,15 @@ class EvalOptions:
     """Where to write the results; None: eval_results.json in the model folder, or in the current folder for a Hub id."""
 
 
-def writable_target(path: Path) -> Path:
-    """Check before the evaluation that its results can be written at `path`."""
-    if path.is_dir():
-        raise UserError(f"--out={path} is a folder: give a file name, e.g. {path / 'eval_results.json'}")
-    if not path.parent.is_dir():
-        raise UserError(f"--out={path}: the folder {path.parent} does not exist: create it or choose another path")
-    return path
-
-
 @command(Command("eval", __doc__.split("\n\n")[0], options=EvalOptions))
 def main(parsed: Parsed) -> int:
     options = parsed.options
-    from hfgpt.core.files import atomic_write
+    from hfgpt.core.files import atomic_write, writable_file
     from hfgpt.evaluation.score import evaluate_model, model_folder
     from hfgpt.hub.card import EVAL_RESULTS, write_card
 
     if options.out:
-        writable_target(Path(options.out))
+        writable_file(Path(options.out), "eval_results.json")  # before evaluating
     folder, own = model_folder(options.model)
     out = Path(options.out) if options.out else (folder if own else Path(".")) / EVAL_RESULTS
     results = evaluate_model(options, folder)

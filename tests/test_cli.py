@@ -12,7 +12,7 @@ from hfgpt.config import KEYS, cautions, keys_of_step, load_recipe
 from hfgpt.config.recipe import FIELDS
 from tests.conftest import PYTHON, ROOT, run_env
 
-STEPS = ["prepare", "train", "sample", "eval", "push", "convert", "bench"]
+STEPS = ["prepare", "train", "sample", "eval", "push", "convert", "export", "bench"]
 
 
 def run(args: list[str], cwd, **kwargs) -> subprocess.CompletedProcess:
@@ -35,8 +35,8 @@ def test_every_step_has_help_that_names_both_commands(step, capsys):
 
 def test_help_is_fast_it_imports_no_torch(tmp_path):
     """--help prints from the option declarations alone: no torch, transformers or datasets import."""
-    script = ("import sys; from hfgpt import train, sample, eval, push, prepare\n"
-              "for m in (train, sample, eval, push, prepare): m.main(['--help'])\n"
+    script = ("import sys; from hfgpt import train, sample, eval, push, prepare, export\n"
+              "for m in (train, sample, eval, push, prepare, export): m.main(['--help'])\n"
               "print([name for name in ('torch', 'transformers', 'datasets') if name in sys.modules])")
     result = run([PYTHON, "-c", script], tmp_path)
     assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "[]", result.stderr[-2000:]

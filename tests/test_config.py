@@ -158,3 +158,86 @@ def test_fast_cpu_recipe_races_on_nanogpts_data_with_muon_wsd_and_one_evaluation
     assert fast.train.eval_interval == fast.train.max_iters == fast.optim.lr_decay_iters == 260
     assert fast.system.mixed_precision == "auto" and fast.system.compile is False
     assert (cpu.optim.optimizer, cpu.optim.lr_schedule) == ("adamw", "cosine")  # nanoGPT's numbers stay the reference
+
+
+NANOGPT_CONFIGS = ROOT / "tests" / "fixtures" / "nanogpt_config"  # nanoGPT's config/*.py as it ships them (ORIGIN.md)
+
+
+def nanogpt_reads(path: Path) -> dict:
+    """What nanoGPT's train.py gets from a config file: it exec()s it (here, in the test, on our fixture)."""
+    scope = {}
+    exec(path.read_text(), scope)
+    return {k: v for k, v in scope.items() if not k.startswith("__") and isinstance(v, (bool, int, float, str))}
+
+
+@pytest.mark.parametrize("path", sorted(p for p in NANOGPT_CONFIGS.glob("*.py") if p.name != "finetune_shakespeare.py"),
+                         ids=lambda p: p.name)
+def test_nanogpt_config_files_read_as_nanogpt_reads_them(path):
+    expected = nanogpt_reads(path)
+    recipe = load_recipe(str(path))
+    flat = recipe.to_dict()
+    for key, value in expected.items():
+        if key == "wandb_log":  # nanoGPT's switch for wandb: hfgpt's log_with has wandb in it or not
+            assert ("wandb" in (flat["log_with"] or "")) is value
+        else:
+            assert flat[key] == value and type(flat[key]) is type(value), key
+    assert len(expected) >= 5  # the eval configs have 5 keys, the training ones 11-20
+
+
+def test_nanogpt_config_values_and_command_line_overrides():
+    from hfgpt.config import Command, parse_command
+
+    parsed = parse_command([str(NANOGPT_CONFIGS / "train_gpt2.py"), "--batch_size=4"],
+                           Command("train", "Train.", recipe_step="train"))
+    r = parsed.recipe
+    assert r.train.gradient_accumulation_steps == 40  # `5 * 8` in the file
+    assert (r.train.batch_size, r.model.block_size, r.log.log_with, r.log.wandb_run_name) == (4, 1024, "wandb", "gpt2-124M")
+    r = load_recipe(str(NANOGPT_CONFIGS / "eval_gpt2_xl.py"))
+    assert (r.model.init_from, r.train.eval_only, r.train.eval_iters, r.log.log_with) == ("gpt2-xl", True, 500, None)
+
+
+def test_nanogpt_finetune_config_is_refused_line_by_line_without_running_it(tmp_path):
+    """It imports time and names its run 'ft-' + str(time.time()): code, which hfgpt does not run."""
+    path = NANOGPT_CONFIGS / "finetune_shakespeare.py"
+    with pytest.raises(UserError) as e:
+        load_recipe(str(path))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}: line 1: `import time` is not a `key = value` line")
+    assert lines[1].startswith(f"{path}: line 8: the value of wandb_run_name is not a literal")
+    fixed = tmp_path / "finetune_shakespeare.py"  # as the messages say: the import deleted, the value written
+    fixed.write_text(path.read_text().replace("import time\n", "").replace("'ft-' + str(time.time())", "'ft-shakespeare'"))
+    r = load_recipe(str(fixed))
+    assert (r.model.init_from, r.log.wandb_run_name, r.optim.decay_lr, r.train.gradient_accumulation_steps) == \
+        ("gpt2-xl", "ft-shakespeare", False, 32)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("import os\nos.system('touch pwned')\n", "line 1: `import os` is not a `key = value` line"),
+    ("n_layer = __import__('os').system('touch pwned')\n", "line 1: the value of n_layer is not a literal"),
+    ("batch_size = 2 ** 10 ** 10\n", "the value of batch_size is not a literal"),
+    ("n_layer = n_head = 4\n", "`n_layer = n_head = 4` is not a `key = value` line"),
+    ("for i in range(3):\n    n_layer = i\n", "line 1: `for i in range(3):` is not a `key = value` line"),
+    ("max_iters = 'a' * 10\n", "the value of max_iters is not a literal"),
+    ("n_layer = 4\nn_layer = \n", "line 2 is not valid Python"),
+    ("dtype = 'bfloat16'\n", "unknown key 'dtype': hfgpt calls it mixed_precision"),
+    ("backend = 'nccl'\n", "unknown key 'backend': hfgpt calls it nothing"),
+    ("n_layers = 4\n", "unknown key 'n_layers': did you mean 'n_layer'?"),
+    ("dropout = 'high'\n", "dropout='high' is not a valid float"),
+])
+def test_nanogpt_style_config_that_is_not_plain_values_is_refused(tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "config.py"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")
+                       .replace("?", r"\?")):
+        load_recipe(str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_nanogpt_style_config_arithmetic_and_last_assignment_wins(tmp_path):
+    path = tmp_path / "config.py"
+    path.write_text("learning_rate = 6e-4\nmin_lr = 6e-4 / 10\nmax_iters = 2**10 - 24\nbatch_size: int = 8\n"
+                         "n_layer = 4\nn_layer = 6  # a later line wins, as under exec\nlog_with = None\n")
+    r = load_recipe(str(path))
+    assert (r.optim.min_lr, r.train.max_iters, r.train.batch_size, r.model.n_layer) == (pytest.approx(6e-5), 1000, 8, 6)

@@ -18,11 +18,12 @@ from safetensors.torch import load_file
 
 from hfgpt import train
 from hfgpt.config import load_recipe
-from hfgpt.data.tokenizer import LOADING_KEYS, char_tokenizer, save_tokenizer
+from hfgpt.data.tokenizer import LOADING_KEYS, byte_tokenizer, char_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from hfgpt.model.gpt import build_model, causal_lm
 from hfgpt.model.lora import quiet_peft
 from hfgpt.training import checkpoint, run as training_run
 from tests.conftest import PYTHON, TINY, run_env
+from tests.helpers import run
 from tests.fake_hub import FakeHub
 from tests.test_hub import hub_env, run_script
 
@@ -57,6 +58,7 @@ def assert_portable_tokenizer(folder, block_size: int | None):
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] in ("PreTrainedTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast"), folder
     assert not set(config) & set(LOADING_KEYS) and not any(k.startswith("_") for k in config), folder
+    assert config["model_input_names"] == ["input_ids", "attention_mask"], folder  # no token_type_ids in 4.x
     if block_size is not None:
         assert config["model_max_length"] == block_size, folder
 
@@ -96,7 +98,8 @@ def test_gpt2_medium_from_the_hub_prepares_with_its_tokenizer_trains_resumes_sam
     out = workdir / "out"
     assert [i for i, loss, _ in metrics(out) if loss is not None] == [1, 2, 3, 4, 5, 6]
     config = json.loads((out / "config.json").read_text())
-    assert config["n_positions"] == 64 and config["dtype"] == "float32" and not config.get("task_specific_params")
+    # n_ctx too (gpt2-medium's config.json says 1024): llama.cpp's converter reads the context from it
+    assert config["n_positions"] == config["n_ctx"] == 64 and config["dtype"] == "float32" and not config.get("task_specific_params")
     for folder, block_size in ((out, 64), (out / "checkpoints" / "iter-000006", 64), (workdir / "data" / "tiny" / "tokenizer", None)):
         assert_portable_tokenizer(folder, block_size)
 
@@ -218,6 +221,60 @@ def test_every_saved_tokenizer_folder_reads_in_transformers_4_and_5(block64_run,
     assert convert.main(["to-hf", str(tmp_path / "nano" / "ckpt.pt"), str(tmp_path / "hf"),
                          f"--meta={tmp_path / 'nano' / 'meta.pkl'}"]) == 0
     assert_portable_tokenizer(tmp_path / "hf", 64)
+
+
+# The last transformers 4.x, with the tokenizers and huggingface_hub it takes (5.x's are too new for it);
+# torch and the rest come from the test's own environment.
+TRANSFORMERS_4 = ("transformers==4.57.6", "tokenizers==0.22.2", "huggingface_hub==0.36.2")
+GREEDY = """
+import json, sys, transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+out = {"version": transformers.__version__}
+for folder in sys.argv[1:]:
+    tok, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
+    inputs = tok("ROMEO: what", return_tensors="pt")  # generate(**inputs): the way the model card's readers call it
+    ids = model.generate(**inputs, do_sample=False, max_new_tokens=12)[0, inputs["input_ids"].shape[1]:]
+    out[folder] = {"inputs": sorted(inputs), "ids": ids.tolist()}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="session")
+def transformers_4(request) -> str:
+    """A folder holding transformers 4.57 (TRANSFORMERS_4), to put first on a subprocess's PYTHONPATH:
+    installed from the package index once, into pytest's cache folder (.pytest_cache), and reused."""
+    folder = request.config.cache.mkdir("transformers-4.57.6")
+    if not (folder / "complete").exists():
+        proc = run([PYTHON, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(folder),
+                    *TRANSFORMERS_4], cwd=folder, timeout=300)
+        assert proc.returncode == 0, f"pip could not install {' '.join(TRANSFORMERS_4)}: {proc.stderr[-2000:]}"
+        (folder / "complete").touch()
+    return str(folder)
+
+
+@pytest.mark.e2e
+def test_generate_from_tokenizer_inputs_gives_the_same_tokens_in_transformers_4_and_5(
+        tmp_path, shakespeare_text, gpt2_dir, transformers_4):
+    """transformers 4.x's tokenizers return token_type_ids unless the config names the model's inputs,
+    and GPT-2 adds their embeddings when generate(**inputs) passes them on: other tokens, silently."""
+    text = shakespeare_text[:20_000]
+    folders = []
+    for kind, tok in (("char", char_tokenizer(text)), ("byte", byte_tokenizer()), ("bpe", train_bpe(iter([text]), 400)),
+                      ("gpt2", load_tokenizer(str(gpt2_dir)))):
+        torch.manual_seed(0)
+        model = build_model(load_recipe(overrides={**TINY, "block_size": 64}).model, len(tok), tok.eos_token_id)
+        model.save_pretrained(tmp_path / kind)
+        save_tokenizer(tok, tmp_path / kind, 64)
+        folders.append(str(tmp_path / kind))
+    env = run_env()
+    v4 = run([PYTHON, "-c", GREEDY, *folders], tmp_path, {**env, "PYTHONPATH": f"{transformers_4}:{env['PYTHONPATH']}"})
+    v5 = run([PYTHON, "-c", GREEDY, *folders], tmp_path, env)
+    assert v4.returncode == 0 and v5.returncode == 0, v4.stderr[-3000:] + v5.stderr[-3000:]
+    v4, v5 = json.loads(v4.stdout.splitlines()[-1]), json.loads(v5.stdout.splitlines()[-1])
+    assert v4.pop("version") == "4.57.6" and v5.pop("version").startswith("5.")
+    for folder in folders:
+        assert v4[folder]["inputs"] == v5[folder]["inputs"] == ["attention_mask", "input_ids"], folder
+        assert v4[folder]["ids"] == v5[folder]["ids"] and len(v5[folder]["ids"]) == 12, folder
 
 
 def test_master_weights_are_float32_whatever_the_stored_dtype(tiny_recipe, workdir, shakespeare_text):

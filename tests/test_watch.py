@@ -3,6 +3,7 @@ evaluation, and every saved model folder has a model card that renders."""
 
 import json
 import struct
+import urllib.request
 
 import pytest
 import yaml
@@ -11,6 +12,7 @@ from markdown_it import MarkdownIt
 
 from hfgpt import train
 from hfgpt.hub.card import write_card
+from tests.conftest import free_port
 
 SECRET = "hf_" + "WatchTestSecret" * 3
 
@@ -89,6 +91,43 @@ def test_tensorboard_and_offline_wandb_get_every_step(tiny_recipe, workdir, monk
     assert logged[(20, "samples/0")] == evals[-1]["samples"][0]
     for path in out.rglob("*"):  # the token is in the environment, and nowhere in what the run wrote
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+
+
+def test_trackio_gets_every_step_offline_and_its_dashboard_shows_the_run(tiny_recipe, workdir, monkeypatch):
+    """trackio keeps its runs in one local database per project (TRACKIO_DIR, else $HF_HOME/trackio:
+    a folder of this test session, conftest's HF_HOME) that its dashboard reads."""
+    from trackio.sqlite_storage import SQLiteStorage
+
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):  # nothing leaves the machine
+        monkeypatch.setenv(proxy, "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    project = f"watch-{workdir.name}"
+    recipe = tiny_recipe(max_iters=20, eval_interval=10, log_interval=5, lr_decay_iters=20, log_with="trackio",
+                         wandb_project=project, wandb_run_name="tiny-run", eval_samples=1, sample_max_new_tokens=20)
+    assert train.main([str(recipe)]) == 0
+    rows = read_metrics(workdir / "out")
+    logged = {(log["step"], key): value for log in SQLiteStorage.get_logs(project, "tiny-run") for key, value in log.items()}
+    for r in rows:
+        for key, value in r.items():
+            if key not in ("iter", "samples"):
+                assert logged[(r["iter"], key)] == pytest.approx(value), (r["iter"], key)
+    assert logged[(20, "samples/0")] == rows[-1]["samples"][0]
+    assert SQLiteStorage.get_runs(project) == ["tiny-run"]
+
+    import trackio  # the dashboard (`trackio show --project NAME`, as the README says), on a local port
+
+    app, url, _, _ = trackio.show(project=project, open_browser=False, block_thread=False, server_port=free_port())
+    try:
+        with urllib.request.urlopen(f"{url}?project={project}", timeout=30) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        ask = urllib.request.Request(f"{url.rstrip('/')}/api/get_runs_for_project", data=json.dumps(
+            {"project": project}).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(ask, timeout=30) as answer:
+            runs = json.loads(answer.read())
+    finally:
+        app.close()
+    print(runs)
+    assert [run["name"] for run in runs["data"]] == ["tiny-run"]
 
 
 def test_samples_leave_the_training_run_unchanged(tiny_recipe, workdir):

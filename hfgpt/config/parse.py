@@ -26,6 +26,7 @@ import yaml
 
 from hfgpt import __version__
 from hfgpt.config.options import convert, field_types, help_lines, problems_of, type_name
+from hfgpt.config.pyconfig import read_py_config
 from hfgpt.config.recipe import KEYS, SECTIONS, Recipe, keys_of_step, tracker_names, validate
 from hfgpt.core.errors import UserError, cli
 
@@ -128,6 +129,8 @@ def read_recipe_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"recipe {path} not found: give the path of a YAML recipe, e.g. recipes/shakespeare_char_cpu.yaml")
+    if p.suffix == ".py":  # a nanoGPT config file: its literal assignments, never run
+        return read_py_config(p)
     try:
         loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

@@ -11,6 +11,7 @@
     freed = remove_dead_temp(folder, (".tmp-", ".prepare-"))  # bytes of killed writers' leftovers (only theirs)
     with disk_space(folder, need_bytes):          # "no space left on device" as a one-line UserError
         ...
+    writable_file(Path(options.out), "model.gguf")  # an --out file can be written, checked before the work
 
 Temporary names are unique per writer (a fixed name would let two commands writing the same
 file, e.g. `hfgpt.eval` during training, trample each other) and carry the writer's host and
@@ -243,3 +244,12 @@ def read_json(path: Path) -> dict:
 
 
 # --- one writer per folder ----------------------------------------------------------------------
+
+
+def writable_file(path: Path, example: str) -> Path:
+    """Check, before the work that produces it, that a file can be written at `path` (an --out option)."""
+    if path.is_dir():
+        raise UserError(f"--out={path} is a folder: give a file name, e.g. {path / example}")
+    if not path.parent.is_dir():
+        raise UserError(f"--out={path}: the folder {path.parent} does not exist: create it or choose another path")
+    return path

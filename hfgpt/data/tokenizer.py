@@ -36,6 +36,7 @@ UNK = "<unk>"
 # exist"). PreTrainedTokenizerFast loads tokenizer.json in both; 5.x maps it back to its backend.
 V5_ONLY_CLASSES = ("TokenizersBackend", "PythonBackend", "SentencePieceBackend", "MistralCommonBackend")
 PORTABLE_CLASS = "PreTrainedTokenizerFast"
+MODEL_INPUTS = ("input_ids", "attention_mask")
 # Keys from_pretrained puts into a tokenizer's init_kwargs (where it was loaded from, and how) that
 # save_pretrained writes back: they describe one machine's load, not the tokenizer. `backend` is
 # 5.x's own tag, set again when absent.
@@ -176,12 +177,17 @@ def vocabulary_mismatch(data_tok, data_name: str, model_tok, model_name: str, da
 
 def portable_config(config: dict, block_size: int | None = None) -> dict:
     """tokenizer_config.json's content as transformers 4.x and 5.x both read it: a class both have,
-    no loading-time keys (nor private `_...` ones), model_max_length = block_size when given."""
+    no loading-time keys (nor private `_...` ones), the model's inputs named (no token_type_ids),
+    model_max_length = block_size when given."""
     out = {k: v for k, v in config.items() if k not in LOADING_KEYS and not k.startswith("_")}
     if out.get("tokenizer_class") in V5_ONLY_CLASSES or "tokenizer_class" not in out:
         out["tokenizer_class"] = PORTABLE_CLASS
     if block_size is not None:
         out["model_max_length"] = block_size
+    # A causal LM takes ids and a mask. Without this key 4.x's PreTrainedTokenizerFast returns
+    # token_type_ids too, which generate(**tok(text, return_tensors="pt")) passes on and GPT-2 adds
+    # as embeddings: other logits, silently (5.x and pipeline() leave them out).
+    out["model_input_names"] = list(MODEL_INPUTS)
     return out
 
 

@@ -202,8 +202,8 @@ def crop_block_size(model, block_size: int) -> None:
         table.weight = torch.nn.Parameter(table.weight.data[:rows].clone())
         table.num_embeddings = rows
         model.config.max_position_embeddings = block_size  # GPT-2: n_positions, through its attribute_map
-        if getattr(model.config, "n_ctx", None) is not None:
-            model.config.n_ctx = block_size
+    if model.config.model_type == "gpt2":  # GPT-2's n_ctx (1024 in its config.json) says the same as n_positions
+        model.config.n_ctx = model.config.n_positions
     if model.generation_config is not None and (model.generation_config.max_length or 0) > block_size:
         model.generation_config.max_length = block_size
 

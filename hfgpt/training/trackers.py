@@ -30,7 +30,7 @@ def tracker_options(recipe: Recipe) -> dict:
     if missing:
         packages = " ".join(PACKAGES.get(n, n) for n in missing)
         raise UserError(f"log_with={recipe.log.log_with}: {', '.join(missing)} is not installed: pip install {packages} "
-                        "(pip install 'hfgpt[trackers]' brings tensorboard and wandb), or leave it out of log_with")
+                        "(pip install 'hfgpt[trackers]' brings tensorboard, wandb and trackio), or leave it out of log_with")
     return {"log_with": names, "project_dir": str(Path(recipe.train.out_dir) / "runs")}
 
 
@@ -40,8 +40,9 @@ def start_trackers(accelerator, recipe: Recipe) -> None:
         return
     out_dir = Path(recipe.train.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    wandb = {"dir": str(out_dir)} | ({"name": recipe.log.wandb_run_name} if recipe.log.wandb_run_name else {})
+    name = {"name": recipe.log.wandb_run_name} if recipe.log.wandb_run_name else {}
     # tensorboard's hparams take numbers, strings and booleans only
     config = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in recipe.to_dict().items()
               if v is not None}
-    accelerator.init_trackers(recipe.log.wandb_project, config=config, init_kwargs={"wandb": wandb})
+    accelerator.init_trackers(recipe.log.wandb_project, config=config,
+                              init_kwargs={"wandb": {"dir": str(out_dir)} | name, "trackio": name})

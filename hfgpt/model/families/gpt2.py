@@ -18,7 +18,7 @@ def gpt2_config(*, n_layer: int, n_head: int, n_embd: int, block_size: int, drop
     return GPT2Config(
         vocab_size=vocab_size,
         n_positions=block_size,
-        n_ctx=block_size,
+        n_ctx=block_size,  # GPT2Config ignores it, but llama.cpp's converter reads the context from it
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,

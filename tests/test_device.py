@@ -3,6 +3,8 @@ Mac here)."""
 
 from types import SimpleNamespace
 
+import time
+
 import pytest
 import torch
 
@@ -113,7 +115,9 @@ def test_shipped_accelerate_configs_load(path):
                 "accelerate_configs/fsdp.yaml": "FSDP", "accelerate_configs/deepspeed.yaml": "DEEPSPEED"}[path]
     assert config.distributed_type.value == expected
     if expected == "FSDP":
-        assert config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "GPT2Block"
+        # no block class named: hfgpt shards by the model's own (test_strategies.py::test_fsdp_shards_by_the_models_own_blocks)
+        assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+        assert "fsdp_transformer_layer_cls_to_wrap" not in config.fsdp_config
     if expected == "DEEPSPEED":
         assert config.deepspeed_config["zero_stage"] == 2
 
@@ -167,3 +171,47 @@ def test_without_mps_only_the_cpu_generator(machine):
     with forked_rng(torch.device("cpu")):
         torch.rand(3)
     assert torch.equal(torch.get_rng_state(), saved["torch"])
+
+
+@pytest.mark.parametrize("requested, env, busy, expected", [
+    (None, {}, 0.0, 2), (None, {}, 0.2, 2), (None, {}, 0.4, 1), (None, {}, 1.9, 1), (None, {}, 3.0, 1),
+    (None, {"OMP_NUM_THREADS": "3"}, 1.9, 3), (None, {"MKL_NUM_THREADS": "2"}, 1.9, 2), (4, {"OMP_NUM_THREADS": "1"}, 0.0, 4),
+])
+def test_cpu_threads_fit_the_cores_free_now_unless_fixed(requested, env, busy, expected, monkeypatch):
+    """2 usable cores: the busy ones (other work, as /proc/stat shows it) are left to it, a core
+    more than a quarter busy counts as taken; the recipe's threads, then OMP_NUM_THREADS or
+    MKL_NUM_THREADS, decide when given."""
+    from hfgpt.core import device
+
+    for name in device.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(device, "usable_cpus", lambda: 2)
+    threads, why = device.cpu_threads(requested, busy=busy)
+    assert threads == expected and why
+
+
+def test_busy_cores_sees_other_work(monkeypatch):
+    """A process spinning on one core while busy_cores watches: at least half a core busy."""
+    import multiprocessing
+    import sys
+
+    from hfgpt.core.device import busy_cores
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/stat is Linux's")
+    quiet = busy_cores(0.3)
+    spinner = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.2)
+        loaded = busy_cores(0.5)
+    finally:
+        spinner.terminate()
+    assert loaded >= 0.5 and loaded > quiet - 0.5
+
+
+def _spin():
+    while True:
+        pass

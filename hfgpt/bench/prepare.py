@@ -30,7 +30,7 @@ import numpy as np
 from hfgpt.bench import child_env, measure, report
 from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError
-from hfgpt.data.encode import usable_cpus
+from hfgpt.core.device import usable_cpus
 from hfgpt.data.nanogpt_data import same_tokens
 from hfgpt.data.prepare import tokenizer_name
 

@@ -172,6 +172,8 @@ class SystemConfig:
     """'no' (float32), 'fp16' or 'bf16'; 'auto' takes accelerate's config, else bf16 on GPUs that support it and on CPUs with bf16 instructions (AMX, avx512_bf16, ARM bf16+SVE), else fp16 on CUDA, else no."""
     compile: bool | None = option(None)
     """torch.compile the model; None turns it on for CUDA and off on CPU and MPS."""
+    threads: int | None = option(None, min=1)
+    """CPU threads of a CPU run; None: OMP_NUM_THREADS when set, else the cores free when the run starts (the run says how many it took and why)."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from hfgpt.core.device import usable_cpus
 from hfgpt.data.shards import ShardWriter
 from hfgpt.data.sources import Source
 from hfgpt.data.tokenizer import EOT
@@ -125,11 +126,6 @@ def _is_gpt2(spec: dict) -> bool:
 def _fingerprint(vocab: dict[str, int], merges: list) -> str:
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     return hashlib.sha256(json.dumps([sorted(vocab.items(), key=lambda kv: kv[1]), merges]).encode()).hexdigest()
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on (os.sched_getaffinity is Linux-only)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _batches(source: Source, is_val, documents: dict) -> Iterator[tuple[str, list[str], list[bool], list[bool]]]:

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 
 from hfgpt.config import Recipe
-from hfgpt.core.device import available_memory, device_type, resolve_mixed_precision, should_compile
+from hfgpt.core.device import available_memory, cpu_threads, device_type, resolve_mixed_precision, should_compile
 from hfgpt.core.errors import UserError
 from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
 from hfgpt.data.prepare import dataset_dir, ensure_prepared, tokenizer_name
@@ -63,8 +63,13 @@ def make_accelerator(recipe: Recipe, **options) -> Accelerator:
     if dev == "cuda":  # TF32 matmuls: float32 range, tensor-core speed (as nanoGPT)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if dev == "cpu":  # before the model exists: torch's thread pool starts with its first parallel op
+        threads, why = cpu_threads(recipe.system.threads)
+        torch.set_num_threads(threads)
     accelerator = Accelerator(cpu=dev == "cpu", mixed_precision=resolve_mixed_precision(recipe.system.mixed_precision, dev),
                               **options)
+    if dev == "cpu":
+        accelerator.print(f"threads: {threads} ({why})")
     fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP and accelerator.is_main_process:
         print(f"note: accelerate runs FSDP on GPUs only; on {dev} this run is plain data parallel "

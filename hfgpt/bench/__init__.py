@@ -98,16 +98,19 @@ def _pss_kb(pid: int) -> int:
         return 0
 
 
-def measure(cmd: list[str], env: dict | None = None, cwd: str | Path | None = None, pss: bool = True) -> dict:
+def measure(cmd: list[str], env: dict | None = None, cwd: str | Path | None = None, pss: bool = True,
+            lines: bool = False) -> dict:
     """Run cmd (in cwd); its wall time, CPU time (user + system) and peak memory (with pss: the
-    largest total PSS of its process tree, sampled every 0.1 s by a thread here); a UserError with
-    the end of its output when it fails."""
+    largest total PSS of its process tree, sampled every 0.1 s by a thread here), with `lines` its
+    output's lines and the seconds since its start at which each came ("lines": [(seconds, line)]);
+    a UserError with the end of its output when it fails."""
     start = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sampler = Sampler(child.pid)
     if pss:
         sampler.start()
-    output = child.stdout.read()
+    timed = [(time.perf_counter() - start, line) for line in child.stdout]
+    output = "".join(line for _, line in timed)
     _, status, usage = os.wait4(child.pid, 0)  # usage: the child's and its waited-for descendants'
     wall = time.perf_counter() - start
     if pss:
@@ -118,4 +121,4 @@ def measure(cmd: list[str], env: dict | None = None, cwd: str | Path | None = No
         raise UserError(f"{' '.join(cmd)} failed ({child.returncode}):\n{output[-3000:]}")
     rss_mb = usage.ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)  # bytes on macOS, KB on Linux
     return {"seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": rss_mb,
-            "peak_pss_total_mb": sampler.peak_kb / 1024 if pss else None}
+            "peak_pss_total_mb": sampler.peak_kb / 1024 if pss else None, **({"lines": timed} if lines else {})}

@@ -3,6 +3,7 @@
     python -m hfgpt.bench race recipes/shakespeare_char_cpu_fast.yaml --nanogpt=../nanoGPT --pairs=3
     python -m hfgpt.bench race recipes/shakespeare_char_cpu_fast.yaml --nanogpt=../nanoGPT --threads=1 --json=race.json
     python -m hfgpt.bench race recipes/shakespeare_char.yaml --nanogpt=../nanoGPT   # a CUDA GPU: nanoGPT's GPU recipe
+    python -m hfgpt.bench race --source=notes.txt --tokenizer=char --time_budget=35s --nanogpt=../nanoGPT --plot=race.png
 
 What a nanoGPT user waits for is a model as good as nanoGPT's: this times both to a saved model
 and scores both. First, untimed: hfgpt's data is prepared (python -m hfgpt.prepare RECIPE), and
@@ -17,10 +18,14 @@ each timed from the command to its exit (imports, evaluations, saving), with its
 the load average before it. Then, untimed: nanoGPT's ckpt.pt becomes a model folder (hfgpt.convert
 to-hf, with its meta.pkl) and hfgpt.eval scores both on the whole val split of hfgpt's data: nats
 per character over the same tokens. Reported: every pair (walls, CPU seconds, the ratio hfgpt /
-nanoGPT, both losses) and the medians, with the CPU. --threads=N sets OMP_NUM_THREADS for both.
+nanoGPT, both losses) and the medians, with the CPU, and each side's val-loss estimates with the
+seconds at which it printed them (--plot draws them). --threads=N sets OMP_NUM_THREADS for both.
+Any char-level text races (nanoGPT's prepare.py makes its char vocabulary from any input.txt),
+e.g. a time budget against nanoGPT's fixed recipe: --source=FILE --tokenizer=char --time_budget=35s.
 """
 
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -53,6 +58,8 @@ class BenchRaceOptions:
     """Keep the runs here (nanogpt/ the scratch copy, nanogpt-N/ and hfgpt-N/ the runs); None: a temporary folder, removed at the end."""
     json: str | None = option(None)
     """Write the result here as JSON."""
+    plot: str | None = option(None)
+    """Draw both sides' val loss against wall seconds into this PNG."""
 
 
 def prepare_both(recipe: Recipe, recipe_argv: list[str], clone: Path, scratch: Path, env: dict) -> None:
@@ -97,6 +104,45 @@ def whole_val_loss(model: Path, recipe: Recipe, out: Path) -> float:
     return json.loads(out.read_text())["loss"]
 
 
+# what each side prints at an evaluation: nanoGPT's train.py and hfgpt's progress
+EVALUATION = re.compile(r"^(?:step|iter) (\d+): train loss ([\d.]+), val loss ([\d.]+)")
+
+
+def val_curve(lines: list[tuple[float, str]]) -> list[list[float]]:
+    """[seconds since the process started, iteration, val loss] of each evaluation a side printed."""
+    return [[round(t, 2), int(m[1]), float(m[3])] for t, line in lines if (m := EVALUATION.match(line.strip()))]
+
+
+def plot_race(runs: list[dict], png: Path, title: str) -> None:
+    """The sides' val-loss estimates against wall seconds since each process started (every pair),
+    each run's whole-val score at its exit as a larger marker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from hfgpt.core.files import atomic_file
+
+    fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for side, color, name in (("nanogpt", "C0", "nanoGPT"), ("hfgpt", "C1", "hfgpt")):
+        for i, run in enumerate(runs):
+            if run[f"{side}_curve"]:
+                t, _, loss = zip(*run[f"{side}_curve"])
+                ax.plot(t, loss, "o-", color=color, markersize=3, alpha=0.8,
+                        label=f"{name}: val loss estimates" if i == 0 else None)
+            if run.get(f"{side}_val_loss") is not None:
+                ax.plot([run[f"{side}_s"]], [run[f"{side}_val_loss"]], "*", color=color, markersize=12,
+                        label=f"{name}: whole-val loss at its exit" if i == 0 else None)
+    ax.set_xlabel("wall seconds since the process started")
+    ax.set_ylabel("val loss (nats per token)")
+    ax.set_ylim(top=min(4.5, ax.get_ylim()[1]))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    with atomic_file(png) as f:
+        fig.savefig(f, format="png")
+
+
 def race(recipe: Recipe, recipe_argv: list[str], o: BenchRaceOptions, work: Path) -> dict:
     from hfgpt import convert
 
@@ -115,8 +161,9 @@ def race(recipe: Recipe, recipe_argv: list[str], o: BenchRaceOptions, work: Path
             cmd, cwd = sides[side]
             shutil.rmtree(outs[pair][side], ignore_errors=True)
             run[f"{side}_load"] = round(os.getloadavg()[0], 2)
-            result = measure(cmd, env, cwd=cwd, pss=False)
+            result = measure(cmd, env, cwd=cwd, pss=False, lines=True)
             run[f"{side}_s"], run[f"{side}_cpu_s"] = round(result["seconds"], 2), round(result["cpu_seconds"], 2)
+            run[f"{side}_curve"] = val_curve(result["lines"])
             print(f"pair {pair + 1}: {side} {result['seconds']:.1f} s ({result['cpu_seconds']:.1f} CPU s, load "
                   f"{run[f'{side}_load']})", flush=True)
         run["ratio"] = round(run["hfgpt_s"] / run["nanogpt_s"], 3)
@@ -132,6 +179,8 @@ def race(recipe: Recipe, recipe_argv: list[str], o: BenchRaceOptions, work: Path
     median = {key: statistics.median(run[key] for run in runs)
               for key in ("ratio", "cpu_ratio", "nanogpt_s", "hfgpt_s", "nanogpt_val_loss", "hfgpt_val_loss")}
     nano_cmd = commands(recipe, recipe_argv, scratch, outs[0])["nanogpt"][0]
+    if o.plot:
+        plot_race(runs, Path(o.plot), f"{' '.join(recipe_argv)} against nanoGPT's recipe; {cpu_name()}, threads {o.threads}")
     return {"recipe": " ".join(recipe_argv), "nanogpt_command": " ".join(["python", *nano_cmd[1:-1]]), "cpu": cpu_name(),
             "threads": o.threads, "pairs": runs, **{f"median_{key}": value for key, value in median.items()},
             "hfgpt_at_or_below_in_every_pair": all(r["hfgpt_val_loss"] <= r["nanogpt_val_loss"] for r in runs)}

@@ -15,7 +15,8 @@ prepares the data again; `shapes="model"`: the model, so a resume refuses a chan
 `shapes="new_model"`: only a model built from scratch; `shapes="optimizer"`: the optimizer's
 state, so a resume refuses a change too), which steps read them, and whether its
 values may be URLs (`urls=True`: saved and shown without their query string and user:password@,
-where presigned URLs keep their secrets). Values from YAML and the command line are converted to the declared type.
+where presigned URLs keep their secrets), and whether a time budget's plan may choose it (`planned=True`:
+when the user did not set it). Values from YAML and the command line are converted to the declared type.
 """
 
 import ast
@@ -34,10 +35,10 @@ NONE_WORDS = ("none", "null", "~", "")
 
 def option(default=MISSING, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
            above: float | None = None, below: float | None = None, finite: bool = False, positional: bool = False, shapes: str | None = None,
-           steps: tuple[str, ...] | None = None, urls: bool = False):
+           steps: tuple[str, ...] | None = None, urls: bool = False, planned: bool = False):
     """A dataclass field carrying its rules (see the module docstring)."""
     metadata = {"choices": choices, "min": min, "max": max, "above": above, "below": below, "finite": finite or None,
-                "positional": positional, "shapes": shapes, "steps": steps, "urls": urls}
+                "positional": positional, "shapes": shapes, "steps": steps, "urls": urls, "planned": planned}
     metadata = {k: v for k, v in metadata.items() if v is not None and v is not False}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)

@@ -163,6 +163,7 @@ def build_recipe(layers: list[tuple[str, dict]], problems: list[str], extra: dic
             _fill(getattr(recipe, KEYS[key]), {key: value}, where, problems)
     if wandb_log and "wandb" not in tracker_names(recipe.log.log_with):
         recipe.log.log_with = ",".join(tracker_names(recipe.log.log_with) + ["wandb"])
+    recipe.given = frozenset(k for _, values in layers for k in values if k in KEYS) | ({"log_with"} if wandb_log else set())
     return recipe
 
 

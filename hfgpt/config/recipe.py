@@ -13,6 +13,7 @@ collected and reported together, one line each.
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -28,7 +29,7 @@ class DataConfig:
     """Where the text comes from and how it becomes tokens (python -m hfgpt.prepare)."""
 
     STEPS: ClassVar = ("prepare", "train")
-    dataset: str = option("openwebtext")
+    dataset: str = option("openwebtext", planned=True)
     """Name of the dataset: its token files, meta.json and tokenizer live in data_dir/dataset/."""
     data_dir: str = option("data")
     """Folder that holds one subfolder per dataset."""
@@ -65,21 +66,21 @@ class ModelConfig:
     STEPS: ClassVar = ("train",)
     init_from: str = option("scratch", steps=("prepare", "train"))
     """'scratch' builds a new model of `architecture`; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder, loaded with float32 weights (whatever dtype it stores), whose tokenizer the data is then prepared with (unless tokenizer is set)."""
-    architecture: str = option("gpt2", choices=("gpt2", "llama"), shapes="new_model")
+    architecture: str = option("gpt2", choices=("gpt2", "llama"), shapes="new_model", planned=True)
     """The model init_from: scratch builds: 'gpt2' (nanoGPT's: learned positions, LayerNorm, GELU MLP; a GPT2LMHeadModel) or 'llama' (rotary positions, RMSNorm, SwiGLU MLP, n_kv_head for grouped-query attention; a LlamaForCausalLM). A loaded model keeps its own."""
-    n_layer: int = option(12, min=1, shapes="new_model")
+    n_layer: int = option(12, min=1, shapes="new_model", planned=True)
     """Transformer blocks."""
-    n_head: int = option(12, min=1, shapes="new_model")
+    n_head: int = option(12, min=1, shapes="new_model", planned=True)
     """Attention heads per block; must divide n_embd."""
-    n_embd: int = option(768, min=1, shapes="new_model")
+    n_embd: int = option(768, min=1, shapes="new_model", planned=True)
     """Width of the residual stream."""
     n_kv_head: int | None = option(None, min=1, shapes="new_model")
     """architecture: llama: key/value heads per block, a divisor of n_head (grouped-query attention: n_head / n_kv_head query heads share each); None: n_head."""
-    block_size: int = option(1024, min=1, shapes="model", steps=("prepare", "train"))
+    block_size: int = option(1024, min=1, shapes="model", steps=("prepare", "train"), planned=True)
     """Context length in tokens (the model's n_positions); a loaded model is cropped to it."""
-    dropout: float = option(0.0, min=0, below=1)
+    dropout: float = option(0.0, min=0, below=1, planned=True)
     """Dropout: 0 for pretraining, try 0.1+ for finetuning. gpt2: on embeddings, attention and residuals; llama: on attention (its only dropout); a loaded model: each dropout setting its family has (Llama, Qwen, Mistral: attention_dropout; GPT-NeoX: attention_dropout, hidden_dropout; GPT-2: embd_, attn_, resid_pdrop)."""
-    bias: bool = option(True, shapes="model")
+    bias: bool = option(True, shapes="model", planned=True)
     """gpt2: False fixes the Linear and LayerNorm biases at zero, as nanoGPT's bias=False (the saved model keeps GPT-2's layout); llama: True adds a bias to every Linear, False (Llama's own) has none; a loaded model: False zeroes and freezes its biases before the first iteration (nothing to do for families without biases)."""
     gradient_checkpointing: bool = option(False)
     """Recompute each transformer block's activations in the backward instead of keeping them (transformers' own checkpointing): far less memory, about a third more compute."""
@@ -98,33 +99,33 @@ class OptimConfig:
     """The optimizer (AdamW, or Muon for the blocks' matrices) and the learning-rate schedule (linear warmup, then cosine or warmup-stable-decay to min_lr)."""
 
     STEPS: ClassVar = ("train",)
-    optimizer: str = option("adamw", choices=("adamw", "muon"), shapes="optimizer")
+    optimizer: str = option("adamw", choices=("adamw", "muon"), shapes="optimizer", planned=True)
     """'adamw' (nanoGPT's) for every weight; 'muon': Muon (torch.optim.Muon, at muon_lr) for the 2-D weight matrices inside the transformer blocks, AdamW (at learning_rate) for the embeddings, norms and biases."""
-    learning_rate: float = option(6e-4, above=0, finite=True)
+    learning_rate: float = option(6e-4, above=0, finite=True, planned=True)
     """Peak learning rate of AdamW (with optimizer: muon, of the embeddings, norms and biases)."""
-    muon_lr: float = option(0.02, above=0, finite=True)
+    muon_lr: float = option(0.02, above=0, finite=True, planned=True)
     """Peak learning rate of the Muon matrices (optimizer: muon), on learning_rate's schedule; scaled per matrix by 0.2 x sqrt(its larger side) (torch's match_rms_adamw), so it reads like an AdamW learning rate. Depends on batch and depth: 0.004-0.008 at 12 x 64 tokens with 4 blocks, 0.02 at 48 x 64 with 1."""
-    muon_momentum: float = option(0.95, min=0, below=1)
+    muon_momentum: float = option(0.95, min=0, below=1, planned=True)
     """Muon's Nesterov momentum; short runs (a few hundred steps) do better with 0.9."""
-    weight_decay: float = option(0.1, min=0, finite=True)
+    weight_decay: float = option(0.1, min=0, finite=True, planned=True)
     """AdamW weight decay, applied to tensors with 2 or more dimensions only (with optimizer: muon, the embeddings; the Muon matrices are not decayed)."""
     beta1: float = option(0.9, min=0, below=1)
     """AdamW beta1."""
-    beta2: float = option(0.95, min=0, below=1)
+    beta2: float = option(0.95, min=0, below=1, planned=True)
     """AdamW beta2."""
     grad_clip: float = option(1.0, min=0, finite=True)
     """Clip the gradient norm at this value; 0 disables clipping."""
     decay_lr: bool = option(True)
     """Decay the learning rate (warmup, then lr_schedule); False keeps it constant at learning_rate."""
-    lr_schedule: str = option("cosine", choices=("cosine", "wsd"))
+    lr_schedule: str = option("cosine", choices=("cosine", "wsd"), planned=True)
     """After the warmup: 'cosine' (nanoGPT's) decays to min_lr at lr_decay_iters; 'wsd' (warmup-stable-decay) holds learning_rate, then decays linearly to min_lr over the last decay_fraction of lr_decay_iters."""
-    decay_fraction: float = option(0.4, above=0, max=1)
+    decay_fraction: float = option(0.4, above=0, max=1, planned=True)
     """With lr_schedule: wsd, the share of lr_decay_iters spent decaying (0.2-0.5 is usual; 0.4 did best in short runs here)."""
-    warmup_iters: int = option(2000, min=0)
+    warmup_iters: int = option(2000, min=0, planned=True)
     """Iterations of linear warmup."""
-    lr_decay_iters: int = option(600000, min=0)
+    lr_decay_iters: int = option(600000, min=0, planned=True)
     """Iteration at which the schedule reaches min_lr; usually equal to max_iters."""
-    min_lr: float = option(6e-5, min=0, finite=True)
+    min_lr: float = option(6e-5, min=0, finite=True, planned=True)
     """Floor of the schedule; usually learning_rate / 10."""
 
 
@@ -133,30 +134,32 @@ class TrainConfig:
     """The training loop: batches, iterations, evaluation and where results go."""
 
     STEPS: ClassVar = ("train",)
-    out_dir: str = option("out")
+    out_dir: str = option("out", planned=True)
     """Folder for the trained model (a standard Hugging Face model folder) and metrics.jsonl; one run at a time (out_dir/.lock)."""
     overwrite_out_dir: bool = option(False)
     """Let a new run (init_from other than resume) replace another run in out_dir: its model, checkpoints, metrics and plot are removed first; without it such a run stops."""
-    batch_size: int = option(12, min=1)
+    batch_size: int = option(12, min=1, planned=True)
     """Windows per micro-batch on each process."""
-    gradient_accumulation_steps: int = option(40, min=1)
+    gradient_accumulation_steps: int = option(40, min=1, planned=True)
     """Micro-batches per iteration, summed over all processes (the global batch does not change with their number)."""
-    max_iters: int = option(600000, min=0)
+    max_iters: int = option(600000, min=0, planned=True)
     """Training iterations (optimizer steps)."""
-    eval_interval: int = option(2000, min=1)
+    eval_interval: int = option(2000, min=1, planned=True)
     """Estimate train and val loss, and save when val improves, every this many iterations."""
-    eval_iters: int = option(200, min=1)
+    eval_iters: int = option(200, min=1, planned=True)
     """Batches per loss estimate."""
     eval_only: bool = option(False)
     """Exit after the first evaluation."""
-    log_interval: int = option(1, min=1)
+    log_interval: int = option(1, min=1, planned=True)
     """Log loss, lr and tokens/s every this many iterations (with several processes, also when SIGINT/SIGTERM is acted on)."""
-    always_save_checkpoint: bool = option(True)
+    always_save_checkpoint: bool = option(True, planned=True)
     """Save the model in out_dir at every evaluation, not only when val loss improves."""
     keep_last: int | None = option(2, min=1)
     """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); with always_save_checkpoint the best one is kept too (without it, out_dir is the best model); None keeps all."""
     resume_from: str | None = option(None)
     """With init_from=resume: the checkpoint folder to continue from, or a Hub repo pushed with hub_strategy=checkpoint (user/name[@revision]: its last-checkpoint/ is downloaded); None takes the newest complete one in out_dir/checkpoints."""
+    time_budget: str | None = option(None)
+    """Train within this much wall time, e.g. 90s, 2m, 1h30m (the whole python -m hfgpt.train, evaluation and saving included): hfgpt measures this machine and plans every key you did not set (model shape, batch, optimizer and learning rates, schedule, iterations, dropout), prints the plan and writes it into recipe.yaml; a machine slower than measured still ends on time, its learning rate decayed."""
     seed: int = option(1337, min=0, max=2**32 - 1, steps=("prepare", "train"))
     """Seed for initialisation, batches and dropout (each process adds its rank); prepare draws the validation documents with it."""
 
@@ -231,6 +234,8 @@ class Recipe:
     def get(self, key: str):
         return getattr(getattr(self, KEYS[key]), key)
 
+    given: ClassVar[frozenset] = frozenset()  # the keys a recipe file or the command line set (the parser records them)
+
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
 KEYS = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
@@ -244,9 +249,25 @@ def shown_urls(value):
     return shown_url(value) if isinstance(value, str) and is_url(value) else value
 
 
+DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float | None:
+    """'90s', '2m', '1h30m', '45' (seconds) -> seconds; None when it is not a duration."""
+    match = DURATION.match(str(text).strip().lower())
+    if not match or not any(match.groupdict().values()):
+        return None
+    return 3600 * float(match["h"] or 0) + 60 * float(match["m"] or 0) + float(match["s"] or 0)
+
+
 def keys_that_shape(what: str) -> tuple[str, ...]:
     """The recipe keys whose change changes the token files ('data') or the model ('model')."""
     return tuple(k for k, f in FIELDS.items() if f.metadata.get("shapes") == what)
+
+
+def planned_keys() -> tuple[str, ...]:
+    """The keys a time budget's plan chooses when the recipe does not set them."""
+    return tuple(k for k, f in FIELDS.items() if f.metadata.get("planned"))
 
 
 def keys_of_step(step: str) -> set[str]:
@@ -317,6 +338,9 @@ def validate(recipe: Recipe) -> list[str]:
          "use optimizer: adamw with LoRA, or lora_r: 0")
     for name in tracker_names(recipe.log.log_with):
         need(name in TRACKERS, f"log_with: '{name}' is not a tracker; choose from {', '.join(TRACKERS)} (comma-separated)")
+    if t.time_budget is not None:
+        need((parse_duration(t.time_budget) or 0) > 0,
+             f"time_budget={t.time_budget!r} is not a duration: write e.g. 90s, 2m or 1h30m")
     hub_id = recipe.hub.hub_model_id
     need(hub_id is None or (HUB_ID.fullmatch(hub_id) is not None and "@" not in hub_id),
          f"hub_model_id='{hub_id}' is not a Hub repo id: write user/name or org/name")

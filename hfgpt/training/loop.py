@@ -22,6 +22,8 @@ from hfgpt.core.files import disk_space
 from hfgpt.hub.card import write_card
 from hfgpt.hub.download import resume_from_hub
 from hfgpt.hub.push import Pusher
+from hfgpt.training import rules
+from hfgpt.training.budget import Deadline, name_budget_run
 from hfgpt.training.checkpoint import checkpoint_path, save_checkpoint, save_model_folder
 from hfgpt.training.resume import restore, resume_point, set_aside_newer
 from hfgpt.training.evaluate import estimate_loss, eval_samples
@@ -37,6 +39,7 @@ from hfgpt.training.trackers import start_trackers, tracker_options
 def train(recipe: Recipe) -> dict:
     """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
     loss, the iterations done and the signal that stopped the run (0 if none)."""
+    name_budget_run(recipe)  # time_budget without a dataset or out_dir: named after the source
     accelerator = make_accelerator(recipe, **tracker_options(recipe))
     with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)):  # out_dir is this run's until it ends
         return loop(recipe, accelerator)
@@ -59,15 +62,17 @@ def loop(r: Recipe, accelerator) -> dict:
     watch = LossWatch(accelerator.device, Path(t.out_dir))
     resumed_at, saved_at, stopped = (state.iter if resume else None), None, 0
 
+    deadline = Deadline(r, state, rules.AFTER_S, on_cpu=accelerator.device.type == "cpu") if t.time_budget else None
     window = run.batches.next_window()
     with StopSignal(every=t.log_interval) as stop:
         while True:
-            lr = set_lr(run.optimizer, state.iter, r.optim)
+            end = state.last_iter(t.max_iters)
+            lr = set_lr(run.optimizer, state.iter, r.optim, lr_decay_iters=state.end, decay_from=state.decay_from)
 
             # evaluate; save the model when val improves (or always) and a resumable checkpoint
-            if (state.iter % t.eval_interval == 0 or state.iter == t.max_iters) and (state.iter != resumed_at or t.eval_only):
+            if (state.iter % t.eval_interval == 0 or state.iter == end) and (state.iter != resumed_at or t.eval_only):
                 saved_at = evaluate_and_save(run, state, r, progress, watch, pusher) or saved_at
-            if t.eval_only or state.iter >= t.max_iters:
+            if t.eval_only or state.iter >= end:
                 break
             if stopped := stop.received(accelerator, state.iter):
                 watch.check(state.iter)
@@ -83,9 +88,11 @@ def loop(r: Recipe, accelerator) -> dict:
             state.iter += 1
             state.tokens_seen += run.tokens_per_iter
 
-            if state.iter % t.log_interval == 0 or state.iter == t.max_iters:
+            if state.iter % t.log_interval == 0 or state.iter == end:
                 watch.check(state.iter)
                 progress.log(state, loss.item(), lr)
+                if deadline is not None:  # a time budget: the end moves with the pace
+                    deadline.update(state, end, lr, r.optim.decay_fraction, progress.say)
             progress.update()
 
     progress.close()

@@ -20,6 +20,7 @@ the wide side itself), and the per-matrix scale used here, torch's adjust_lr_fn=
 not weight-decayed (weight_decay is AdamW's, for the embeddings).
 """
 
+import dataclasses
 import math
 
 import torch
@@ -89,10 +90,16 @@ class MuonAdamW(torch.optim.Optimizer):
         self.adamw.step()
 
 
-def set_lr(optimizer, it: int, o: OptimConfig) -> float:
+def set_lr(optimizer, it: int, o: OptimConfig, lr_decay_iters: int | None = None, decay_from: list | None = None) -> float:
     """Set every group's learning rate for iteration `it` (Muon's groups: muon_lr on the same schedule)
-    and return AdamW's, the one logged."""
-    lr = get_lr(it, o)
+    and return AdamW's, the one logged. `lr_decay_iters` overrides o's (a time budget's moved end);
+    from decay_from = [iteration, lr] on, the rate falls linearly from lr to min_lr at lr_decay_iters."""
+    o = o if lr_decay_iters is None else dataclasses.replace(o, lr_decay_iters=lr_decay_iters)
+    if decay_from is not None and it >= decay_from[0]:
+        start, rate = decay_from
+        lr = rate + (it - start) / max(o.lr_decay_iters - start, 1) * (o.min_lr - rate)
+    else:
+        lr = get_lr(it, o)
     for group in optimizer.param_groups:
         group["lr"] = lr * o.muon_lr / o.learning_rate if group.get("muon") else lr
     return lr

@@ -76,13 +76,14 @@ class Progress:
         utilization = mfu(self.run.flops_per_token, tokens_per_sec, peak)
         elapsed = now - self.started
         done = state.iter - self.start_iter
-        eta = elapsed / done * (self.recipe.train.max_iters - state.iter) if done else 0.0
+        last = state.last_iter(self.recipe.train.max_iters)
+        eta = elapsed / done * (last - state.iter) if done else 0.0
         self.metrics.write(iter=state.iter, loss=loss, lr=lr, tokens_per_sec=round(tokens_per_sec, 1),
                            ms_per_iter=round(ms_per_iter, 2), elapsed_s=round(elapsed, 3),
                            **({"mfu": round(utilization, 4)} if utilization is not None else {}))
         shown_mfu = f", mfu {utilization:.1%}" if utilization is not None else ""
         if self.bar.disable and self.main:
-            print(f"iter {state.iter}/{self.recipe.train.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
+            print(f"iter {state.iter}/{last}: loss {loss:.4f}, lr {lr:.2e}, "
                   f"{ms_per_iter:.1f} ms/iter, {tokens_per_sec:,.0f} tokens/s{shown_mfu}, elapsed {clock(elapsed)}, "
                   f"eta {clock(eta)}", flush=True)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)

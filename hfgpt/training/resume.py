@@ -22,6 +22,7 @@ from hfgpt.config import Recipe, keys_that_shape
 from hfgpt.core.device import set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import fsync_dir, size_text, tree_bytes
+from hfgpt.training.budget import restore_plan
 from hfgpt.training.checkpoint import STATE, broken, checkpoint_dir, list_checkpoints, load_tree, read_state
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state
@@ -82,6 +83,8 @@ def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
                             "checkpoint, or point resume_from at one they all have")
     if recipe.data.tokenizer is None:  # the data goes on with the tokenizer the run was prepared with
         recipe.data.tokenizer = state["recipe"].get("tokenizer")
+    if recipe.train.time_budget:  # a budget's plan goes on as it was made
+        restore_plan(recipe, state["recipe"])
     message = check_resume(recipe, folder, state)
     if accelerator.is_main_process:
         print("\n".join([*notes, message]))

@@ -136,6 +136,8 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
     # the data there on a shared file system, or prepares its own copy), then everyone else
     with accelerator.main_process_first(), accelerator.local_main_process_first():
         meta = ensure_prepared(r)
+    if r.train.time_budget and checkpoint is None:
+        plan_run(r, meta, accelerator)
     folder = dataset_dir(r)
     tokenizer = load_tokenizer(str(folder / "tokenizer"))
     train_tokens = load_tokens(folder, meta, "train", r.model.block_size)
@@ -163,6 +165,20 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
                tokens_per_iter=t.gradient_accumulation_steps * t.batch_size * r.model.block_size, compiled=compiled,
                flops_per_token=per_token, peak_flops=peak_flops(accelerator.device.type, accelerator.mixed_precision),
                shared_storage=shared)
+
+
+def plan_run(recipe: Recipe, meta: dict, accelerator: Accelerator) -> None:
+    """A time budget's plan (hfgpt.training.budget): made by the main process, set on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    from hfgpt.training.budget import plan_budget, set_values
+
+    values = [None]
+    if accelerator.is_main_process:
+        values = [plan_budget(recipe, meta, accelerator.device, accelerator.mixed_precision, say=accelerator.print).values]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(values)
+        set_values(recipe, values[0])
 
 
 def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):

@@ -26,6 +26,15 @@ class LoopState:
     """Iteration of the last evaluation; train_loss and val_loss are its estimates."""
     train_loss: float | None = None
     val_loss: float | None = None
+    end: int | None = None
+    """The last iteration when a time budget moved it before max_iters (a machine slower than planned)."""
+    decay_from: list | None = None
+    """[iteration, learning rate]: a time budget's end moved up into the decay: from there the rate falls linearly to min_lr at end."""
+    budget_spent_s: float = 0.0
+    """Seconds of the time budget spent (by this process and the ones a resume continues)."""
+
+    def last_iter(self, max_iters: int) -> int:
+        return self.end if self.end is not None else max_iters
 
     def evaluated(self, train_loss: float, val_loss: float) -> bool:
         """Record an evaluation at this iteration; True when val improved on the best so far."""

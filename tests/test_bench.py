@@ -233,3 +233,13 @@ def test_bench_train_against_nanogpts_step(tiny_recipe, workdir):
     assert all(p["ratio"] == round(p["hfgpt_tokens_per_sec"] / p["nanogpt_tokens_per_sec"], 3) for p in result["pairs"])
     assert result["median_ratio"] == statistics.median(p["ratio"] for p in result["pairs"])
     assert result["mixed_precision"] == "no" and result["device"] == "cpu" and result["cpu"]
+
+
+def test_bench_optim_counts_muons_ops_beside_torchs(workdir):
+    path = workdir / "optim.json"
+    assert bench.main(["optim", "--optimizer=muon", "--n_layer=3", "--n_head=2", "--n_embd=32", "--block_size=16",
+                       "--vocab_size=100", "--device=cpu", "--steps=2", f"--json={path}"]) == 0
+    result = json.loads(path.read_text())
+    assert result["muon"]["ops_per_step"] < result["torch_muon"]["ops_per_step"] / 2  # 12 matrices of 4 shapes
+    assert result["muon_vs_torch_max_abs_diff"] == 0.0 and result["adamw"]["ops_per_step"] <= 8  # fused
+    assert result["muon"]["host_ms"] > 0 and result["shape"] == [3, 2, 32]

@@ -165,7 +165,8 @@ def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
     sharded = accelerator.distributed_type.value if accelerator.distributed_type in SHARDED else None
     optimizer = make_optimizer(gpt, recipe.optim, accelerator.device.type, sharded=sharded)
     compiled = should_compile(recipe.system.compile, accelerator.device.type)
-    model = NextTokenLoss(gpt)
+    # FSDP and DeepSpeed compile the blocks only: the head and the loss run eagerly, chunked (no float32 logits)
+    model = NextTokenLoss(gpt, chunked=accelerator.distributed_type in SHARDED)
     if compiled and accelerator.distributed_type in SHARDED:
         compile_blocks(gpt)
     elif compiled:

@@ -295,3 +295,18 @@ def test_fsdp2_with_the_chunked_loss_makes_no_float32_logits(tmp_path, monkeypat
         assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("native_bf16, precision", [(True, "bf16"), (False, "fp16")])
+def test_the_shipped_deepspeed_config_leaves_the_precision_to_the_recipe(monkeypatch, native_bf16, precision):
+    """accelerate launch --config_file accelerate_configs/deepspeed.yaml: mixed_precision auto picks bf16
+    on GPUs that compute it and fp16 on those that only emulate it (V100, T4), as without DeepSpeed."""
+    from hfgpt.core.device import resolve_mixed_precision
+
+    for name, value in launcher_environment(str(ROOT / "accelerate_configs" / "deepspeed.yaml")).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native_bf16)
+    assert resolve_mixed_precision("auto", "cuda") == precision
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision(precision)  # what Accelerator(mixed_precision=...) does with it
+    assert plugin.deepspeed_config[precision]["enabled"] is True

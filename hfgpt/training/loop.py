@@ -51,6 +51,8 @@ def loop(r: Recipe, accelerator) -> dict:
     run = setup(r, accelerator, checkpoint=resume)
     state = (restore(accelerator, run.model, run.optimizer, run.batches, resume) if resume
              else LoopState(init_from=r.model.init_from))
+    if resume and run.skipped is not None:
+        run.skipped.fill_(state.skipped_steps)  # fp16's skipped steps before the resume
     if resume and not t.eval_only and accelerator.is_main_process:
         set_aside_newer(t.out_dir, state.iter)  # a rewound run: the newer checkpoints are never "latest" again
     start_trackers(accelerator, r)
@@ -85,6 +87,7 @@ def loop(r: Recipe, accelerator) -> dict:
 
             if state.iter % t.log_interval == 0 or state.iter == t.max_iters:
                 watch.check(state.iter)
+                count_skipped(run, state)
                 progress.log(state, loss.item(), lr)
             progress.update()
 
@@ -132,11 +135,19 @@ def checkpoint(run: Run, state: LoopState, r: Recipe, progress: Progress, sample
     """A resumable checkpoint of this iteration, with its model card; metrics.jsonl's rows up to it
     are on disk before it is published."""
     progress.metrics.sync()
+    count_skipped(run, state)
     folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state,
                              shared=run.shared_storage)
     if run.accelerator.is_main_process:
         write_card(folder, {**state.to_json(), "samples": list(samples)})
     return folder
+
+
+def count_skipped(run: Run, state: LoopState) -> None:
+    """state.skipped_steps from the device's count of fp16's skipped steps (a sync: at log lines and saves)."""
+    skipped = run.skipped_steps()
+    if skipped is not None:
+        state.skipped_steps = skipped
 
 
 class LossWatch:

@@ -9,7 +9,9 @@ log_interval; metrics.jsonl and the trackers; loss.png at each evaluation; a sum
 
 Without a terminal (CI, nohup, accelerate launch into a file) each log line reads
     iter 250/2000: loss 2.0312, lr 9.40e-04, 31.4 ms/iter, 24,459 tokens/s, elapsed 0:08, eta 0:55
-with `mfu` only where the device's peak is known; evaluations print on their own line.
+with `mfu` only where the device's peak is known and, in fp16, `N steps skipped (fp16 overflow)`
+once the loss scaler has skipped any (metrics.jsonl: `skipped_steps` in every fp16 row);
+evaluations print on their own line.
 """
 
 import time
@@ -77,13 +79,17 @@ class Progress:
         elapsed = now - self.started
         done = state.iter - self.start_iter
         eta = elapsed / done * (self.recipe.train.max_iters - state.iter) if done else 0.0
+        fp16 = self.accelerator.mixed_precision == "fp16"  # the loss scaler skips steps whose gradients overflow
         self.metrics.write(iter=state.iter, loss=loss, lr=lr, tokens_per_sec=round(tokens_per_sec, 1),
                            ms_per_iter=round(ms_per_iter, 2), elapsed_s=round(elapsed, 3),
-                           **({"mfu": round(utilization, 4)} if utilization is not None else {}))
-        shown_mfu = f", mfu {utilization:.1%}" if utilization is not None else ""
+                           **({"mfu": round(utilization, 4)} if utilization is not None else {}),
+                           **({"skipped_steps": state.skipped_steps} if fp16 else {}))
+        extra = f", mfu {utilization:.1%}" if utilization is not None else ""
+        if fp16 and state.skipped_steps:
+            extra += f", {state.skipped_steps} steps skipped (fp16 overflow)"
         if self.bar.disable and self.main:
             print(f"iter {state.iter}/{self.recipe.train.max_iters}: loss {loss:.4f}, lr {lr:.2e}, "
-                  f"{ms_per_iter:.1f} ms/iter, {tokens_per_sec:,.0f} tokens/s{shown_mfu}, elapsed {clock(elapsed)}, "
+                  f"{ms_per_iter:.1f} ms/iter, {tokens_per_sec:,.0f} tokens/s{extra}, elapsed {clock(elapsed)}, "
                   f"eta {clock(eta)}", flush=True)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
         self.t_log, self.iters_since_log = now, 0
@@ -117,6 +123,9 @@ class Progress:
             lines[0] += f" train loss {state.train_loss:.4f}, val loss {state.val_loss:.4f}"
         if state.best_val_loss is not None:
             lines[0] += f"; best val loss {state.best_val_loss:.4f}"
+        if state.skipped_steps:
+            lines.append(f"  fp16:        {state.skipped_steps:,} optimizer steps skipped by the loss scaler (gradients "
+                         "overflowed; many of them: use bf16, or lower learning_rate)")
         if (out / "config.json").is_file():
             lines.append(f"  model:       {out}/ (model card README.md, loss.png, metrics.jsonl)")
         found = [folder.name for folder, _ in list_checkpoints(out)]

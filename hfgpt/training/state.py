@@ -26,6 +26,8 @@ class LoopState:
     """Iteration of the last evaluation; train_loss and val_loss are its estimates."""
     train_loss: float | None = None
     val_loss: float | None = None
+    skipped_steps: int = 0
+    """Optimizer steps skipped by fp16's loss scaler (gradients with an inf or NaN), over the whole run."""
 
     def evaluated(self, train_loss: float, val_loss: float) -> bool:
         """Record an evaluation at this iteration; True when val improved on the best so far."""

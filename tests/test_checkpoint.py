@@ -332,16 +332,17 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_
             return real(tensors, path, *args, **kwargs)
 
         monkeypatch.setattr(checkpoint, "save_file", writer)
-    else:  # the model folder saved at the second evaluation
-        real, calls = checkpoint.write_model_files, []
+    else:  # the model folder saved at the second evaluation: the checkpoint's files, copied where links fail
+        real, saves = checkpoint.link_or_copy, set()
 
-        def writer(model, state_dict, tokenizer, folder, recipe=None):
-            calls.append(folder.name)
-            if sum(name.startswith(".saving-") for name in calls) == 2:
-                full_disk(folder / "model.safetensors")
-            return real(model, state_dict, tokenizer, folder, recipe)
+        def writer(src, dst):
+            if dst.parent.name.startswith(".saving-"):
+                saves.add(dst.parent.name)
+                if len(saves) == 2:
+                    full_disk(dst)
+            return real(src, dst)
 
-        monkeypatch.setattr(checkpoint, "write_model_files", writer)
+        monkeypatch.setattr(checkpoint, "link_or_copy", writer)
     assert train.main([str(recipe)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     where = out / "checkpoints" if save == "checkpoint" else out
@@ -456,3 +457,29 @@ def test_replace_dir_never_loses_both_copies(tmp_path, monkeypatch, exchange):
     assert not final.exists()
     files.remove_dead_temp(tmp_path, (".old-", ".tmp-"))
     assert (final / "state.json").read_text() == "old"
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_out_dir_and_the_checkpoint_are_one_serialization(tiny_recipe, workdir, monkeypatch, links):
+    """When val improves, out_dir's model files are the checkpoint's: written once, then hard-linked
+    (or copied where the file system has no links), never serialized from the model a second time."""
+    from transformers import PreTrainedModel
+
+    real_save, gpt_folder_saves = PreTrainedModel.save_pretrained, []
+
+    def counted(self, folder, *args, **kwargs):
+        gpt_folder_saves.append(Path(folder).name)
+        return real_save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", counted)
+    if not links:
+        def no_links(src, dst):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        monkeypatch.setattr(os, "link", no_links)
+    assert train.main([str(tiny_recipe(max_iters=20, eval_interval=10, lr_decay_iters=20))]) == 0
+    out = workdir / "out"
+    assert [name.split("-")[1] for name in gpt_folder_saves] == ["iter", "iter"]  # .tmp-iter-0000NN-...: twice
+    final = out / "checkpoints" / "iter-000020"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml"):
+        assert (out / name).samefile(final / name) == links
+        assert (out / name).read_bytes() == (final / name).read_bytes()

@@ -1,5 +1,6 @@
 """What a run shows and records as it goes: a progress bar on a terminal, else one plain line per
-log_interval; metrics.jsonl and the trackers; loss.png at each evaluation; a summary at the end.
+log_interval; metrics.jsonl and the trackers; loss.png at each evaluation (drawn in a background
+thread); a summary at the end.
 
     progress = Progress(accelerator, recipe, run, state)
     progress.log(state, loss=2.31, lr=1e-3)       # every log_interval iterations
@@ -23,7 +24,7 @@ from hfgpt.config import Recipe
 from hfgpt.training.checkpoint import checkpoint_dir, list_checkpoints
 from hfgpt.training.metrics import MetricsLog
 from hfgpt.training.mfu import mfu
-from hfgpt.training.plot import plot_losses
+from hfgpt.training.plot import Plotter
 from hfgpt.training.state import LoopState
 
 PRECISION = {"no": "float32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}
@@ -47,6 +48,8 @@ class Progress:
         self.t_log, self.iters_since_log = time.time(), 0
         self.bar = tqdm(total=recipe.train.max_iters, initial=state.iter, disable=not self.main or None,
                         desc="training", unit="it", dynamic_ncols=True)
+        self.plotter = Plotter(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", run.tokens_per_iter,
+                               title=str(self.out_dir)) if self.main else None
 
     def say(self, message: str) -> None:
         """A line on the main process, above the bar when there is one."""
@@ -95,12 +98,11 @@ class Progress:
         self.t_log, self.iters_since_log = now, 0
 
     def evaluation(self, state: LoopState, samples: list[str]) -> None:
-        """The evaluation's row in metrics.jsonl, the redrawn loss.png and a line."""
+        """The evaluation's row in metrics.jsonl, loss.png's redraw asked for and a line."""
         row = {"iter": state.iter, "train_loss": state.train_loss, "val_loss": state.val_loss}
         self.metrics.write(**row, **({"samples": samples} if samples else {}))
-        if self.main:
-            plot_losses(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", self.run.tokens_per_iter,
-                        title=str(self.out_dir))
+        if self.plotter:
+            self.plotter.request()
         self.say(f"iter {state.iter}: train loss {state.train_loss:.4f}, val loss {state.val_loss:.4f}")
 
     def restart_clock(self) -> None:
@@ -108,8 +110,11 @@ class Progress:
         self.t_log = time.time()
 
     def close(self) -> None:
+        """The bar and metrics.jsonl closed, loss.png's last redraw done."""
         self.bar.close()
         self.metrics.close()
+        if self.plotter:
+            self.plotter.finish()
 
     def summary(self, state: LoopState) -> None:
         """What the run did and where its results are, with the next commands."""

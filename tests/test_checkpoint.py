@@ -459,27 +459,40 @@ def test_replace_dir_never_loses_both_copies(tmp_path, monkeypatch, exchange):
     assert (final / "state.json").read_text() == "old"
 
 
-@pytest.mark.parametrize("links", [True, False])
-def test_out_dir_and_the_checkpoint_are_one_serialization(tiny_recipe, workdir, monkeypatch, links):
-    """When val improves, out_dir's model files are the checkpoint's: written once, then hard-linked
-    (or copied where the file system has no links), never serialized from the model a second time."""
+def test_out_dir_and_the_checkpoint_are_one_serialization(tiny_recipe, workdir, monkeypatch):
+    """When val improves, out_dir's model files are the checkpoint's: written once, then hard-linked,
+    never serialized from the model a second time."""
     from transformers import PreTrainedModel
 
-    real_save, gpt_folder_saves = PreTrainedModel.save_pretrained, []
+    real_save, saved_into = PreTrainedModel.save_pretrained, []
 
     def counted(self, folder, *args, **kwargs):
-        gpt_folder_saves.append(Path(folder).name)
+        saved_into.append(Path(folder).name)
         return real_save(self, folder, *args, **kwargs)
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", counted)
-    if not links:
-        def no_links(src, dst):
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        monkeypatch.setattr(os, "link", no_links)
     assert train.main([str(tiny_recipe(max_iters=20, eval_interval=10, lr_decay_iters=20))]) == 0
     out = workdir / "out"
-    assert [name.split("-")[1] for name in gpt_folder_saves] == ["iter", "iter"]  # .tmp-iter-0000NN-...: twice
+    assert [name.split("-")[1] for name in saved_into] == ["iter", "iter"]  # .tmp-iter-0000NN-...: the checkpoints only
     final = out / "checkpoints" / "iter-000020"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml"):
-        assert (out / name).samefile(final / name) == links
-        assert (out / name).read_bytes() == (final / name).read_bytes()
+        assert (out / name).samefile(final / name)
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EPERM, errno.ENOSPC])
+def test_link_or_copy_copies_where_links_fail(tmp_path, monkeypatch, error):
+    """Another file system (EXDEV) or one without hard links (EPERM): a copy; a full disk is not hidden."""
+    (tmp_path / "a" / "adapter").mkdir(parents=True)
+    (tmp_path / "a" / "adapter" / "w.safetensors").write_bytes(b"weights")
+
+    def no_link(src, dst):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "link", no_link)
+    if error == errno.ENOSPC:
+        with pytest.raises(OSError):
+            files.link_or_copy(tmp_path / "a", tmp_path / "b")
+        return
+    files.link_or_copy(tmp_path / "a", tmp_path / "b")
+    copy = tmp_path / "b" / "adapter" / "w.safetensors"
+    assert copy.read_bytes() == b"weights" and not copy.samefile(tmp_path / "a" / "adapter" / "w.safetensors")

@@ -30,6 +30,7 @@ from hfgpt.training.resume import restore, resume_point, set_aside_newer
 from hfgpt.training.evaluate import card_samples, estimate_loss, eval_samples, folder_samples
 from hfgpt.training.optim import set_lr
 from hfgpt.training.out_dir import claim
+from hfgpt.training.plot import plots_finished
 from hfgpt.training.progress import Progress
 from hfgpt.training.run import Run, make_accelerator, setup, train_step
 from hfgpt.training.signals import StopSignal, signal_name
@@ -42,7 +43,8 @@ def train(recipe: Recipe) -> dict:
     """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
     loss, the iterations done and the signal that stopped the run (0 if none)."""
     accelerator = make_accelerator(recipe, **tracker_options(recipe))
-    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)):  # out_dir is this run's until it ends
+    # out_dir is this run's until it ends, with loss.png's last redraw done
+    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)), plots_finished():
         return loop(recipe, accelerator)
 
 

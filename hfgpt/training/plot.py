@@ -4,6 +4,7 @@
     plotter = Plotter(Path("out/metrics.jsonl"), Path("out/loss.png"), tokens_per_iter=768)
     plotter.request()      # at each evaluation: redrawn in a background thread
     plotter.finish()       # at the end: the last redraw done
+    with plots_finished(): ...  # no redraw outlives the block, also when it ends in an error
 
 train redraws it from metrics.jsonl at every evaluation, off the training thread (a redraw takes
 0.5-1.8 s, which an evaluation would otherwise wait for); the model card shows it. Drawn with
@@ -12,6 +13,7 @@ thread is safe), written to a temporary name and renamed, so a reader never sees
 """
 
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from hfgpt.core.files import atomic_file
@@ -63,6 +65,7 @@ class Plotter:
         self.args = (metrics_path, png, tokens_per_iter, title)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hfgpt-plot")
         self.futures: list[Future] = []
+        OPEN.append(self)
 
     def request(self) -> None:
         self._raise_failures()
@@ -72,6 +75,8 @@ class Plotter:
 
     def finish(self) -> None:
         self.pool.shutdown(wait=True)
+        if self in OPEN:
+            OPEN.remove(self)
         self._raise_failures()
 
     def _raise_failures(self) -> None:
@@ -79,3 +84,18 @@ class Plotter:
         self.futures = [f for f in self.futures if not f.done()]
         for future in done:
             future.result()
+
+
+OPEN: list[Plotter] = []  # the plotters not finished yet
+
+
+@contextmanager
+def plots_finished():
+    """Wait, when the block ends, for every redraw started in it: a run that stops on an error leaves
+    no redraw running (and no half-written temporary loss.png) past it. Their own errors are the
+    finished plotters' to raise; here the block's error, if any, is the one that counts."""
+    try:
+        yield
+    finally:
+        while OPEN:
+            OPEN.pop().pool.shutdown(wait=True)

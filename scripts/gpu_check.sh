@@ -24,7 +24,8 @@
 #                         and fsdp.yaml (FSDP2, blocks compiled, chunked loss): 20 iterations of a 2-layer model
 #                         each (~35 s, most of it compile): smoke-ddp.jsonl, smoke-fsdp.jsonl (their metrics), smoke.json
 # tests     120   ~150 s  python -m pytest -m gpu tests/test_gpu.py (auto precision, fused attention, pinned
-#                         copy, fp16 + scaler, resume): test_gpu.xml, tests.txt; cut at the budget left
+#                         copy, fp16 + scaler and its skipped steps, Muon against torch's, resume): test_gpu.xml,
+#                         tests.txt; cut at the budget left (the resume test, last, takes ~75 s)
 # total     ~525 s estimated, against a 480 s budget: the tests step gets what is left (~100 s; at least 30).
 #
 # On the GPU machine lent to this project (device tool, .gpu carried):

@@ -23,7 +23,7 @@ memory-efficient, math). With --fp16 (the default) hfgpt is timed again in fp16,
 GradScaler. Prints and (--json) writes one JSON object. --nanogpt_kernels=false leaves out the
 profile of nanoGPT's model (it compiles that model once more, in this process: ~40 s on an H100).
 --dry_run runs every part on the CPU at its smallest (a 1-layer 32-wide model, nanoGPT's bench.py
-on 16 tokens, no compile, no profile): scripts/gpu_check.sh's dry run, which checks commands, not speed.
+on 16 tokens with its model made as small, no compile, no profile): scripts/gpu_check.sh's dry run, which checks commands, not speed.
 """
 
 import re
@@ -46,6 +46,9 @@ GPT2_VOCAB = 50257
 DRY_RUN_RECIPE = {"n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 2, "block_size": 32, "device": "cpu",
                   "compile": False}
 DRY_RUN_NANOGPT = ["--device=cpu", "--compile=False", "--dtype=float32", "--batch_size=1", "--block_size=16"]
+DRY_RUN_SHIM = ("import torch, model; torch.cuda.synchronize = lambda *a: None; config = model.GPTConfig; "
+                "model.GPTConfig = lambda **k: config(**{**k, 'n_layer': 1, 'n_head': 2, 'n_embd': 32}); "
+                "exec(open('bench.py').read())")
 # SDPA's kernels by the names the profiler shows: ATen's op, and the CUDA kernels it launches
 ATTENTION = {
     "flash": ("_scaled_dot_product_flash_attention", "flash_fwd", "flash_bwd"),
@@ -149,8 +152,8 @@ def nanogpt_side(repo: Path, precision: str, peak: float | None, kernels: bool =
     dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
     args = ["--real_data=False", "--compile=True", f"--dtype={dtype}"] + (DRY_RUN_NANOGPT if dry_run else [])
     script = ["bench.py"]
-    if dry_run:  # bench.py calls torch.cuda.synchronize() whatever the device
-        script = ["-c", "import torch; torch.cuda.synchronize = lambda *a: None; exec(open('bench.py').read())"]
+    if dry_run:  # bench.py calls torch.cuda.synchronize() whatever the device, and fixes GPT-2 124M's shape
+        script = ["-c", DRY_RUN_SHIM]
     out = subprocess.run([sys.executable, *script, *args], cwd=repo, capture_output=True, text=True, timeout=1800)
     found = re.search(r"time per iteration: ([\d.]+)ms, MFU: ([\d.]+)%", out.stdout)
     if out.returncode or not found:

@@ -4,6 +4,7 @@
 # then carry .gpu/ along (at most 64 MiB; this makes ~25 MB).
 #
 #   scripts/gpu_bundle.sh NANOGPT_CLONE [TINY_SHAKESPEARE]      # default ../shared/data/tinyshakespeare/input.txt
+#   scripts/gpu_bundle.sh /work/.mirror/karpathy+nanoGPT/repo    # a bare git directory works too (the fetch tool's)
 #   BUNDLE="data" scripts/gpu_bundle.sh NANOGPT_CLONE FILE      # only some parts: nanogpt data wheels
 #
 #   nanogpt  .gpu/nanoGPT/: the clone's code as git archive gives it (no .git, no assets/), with its
@@ -34,12 +35,15 @@ mkdir -p "$GPU"
 for part in $BUNDLE; do
     case $part in
     nanogpt)
-        [ -f "$NANOGPT/train.py" ] && [ -f "$NANOGPT/bench.py" ] ||
-            { echo "error: $NANOGPT has no train.py and bench.py: give a clone of karpathy/nanoGPT" >&2; exit 2; }
-        rm -rf "$GPU/nanoGPT" && mkdir -p "$GPU/nanoGPT"
-        if git -C "$NANOGPT" rev-parse --git-dir > /dev/null 2>&1; then
+        if git -C "$NANOGPT" rev-parse --git-dir > /dev/null 2>&1; then  # a clone, or a bare git directory
+            git -C "$NANOGPT" cat-file -e HEAD:train.py 2> /dev/null && git -C "$NANOGPT" cat-file -e HEAD:bench.py ||
+                { echo "error: $NANOGPT has no train.py and bench.py: give a clone of karpathy/nanoGPT" >&2; exit 2; }
+            rm -rf "$GPU/nanoGPT" && mkdir -p "$GPU/nanoGPT"
             git -C "$NANOGPT" archive HEAD | tar -x -C "$GPU/nanoGPT" --exclude=assets
         else
+            [ -f "$NANOGPT/train.py" ] && [ -f "$NANOGPT/bench.py" ] ||
+                { echo "error: $NANOGPT has no train.py and bench.py: give a clone of karpathy/nanoGPT" >&2; exit 2; }
+            rm -rf "$GPU/nanoGPT" && mkdir -p "$GPU/nanoGPT"
             (cd "$NANOGPT" && tar -c --exclude=.git --exclude=assets .) | tar -x -C "$GPU/nanoGPT"
         fi
         data=$GPU/nanoGPT/data/shakespeare_char

@@ -28,8 +28,10 @@
 #                         tests.txt; cut at the budget left (the resume test, last, takes ~75 s)
 # total     ~525 s estimated, against a 480 s budget: the tests step gets what is left (~100 s; at least 30).
 #
-# On the GPU machine lent to this project (device tool, .gpu carried):
-#   PYTHON=/opt/torch/.venv/bin/python3 OUT=$OUT scripts/gpu_check.sh
+# On the GPU machine lent to this project: here, scripts/gpu_bundle.sh /work/.mirror/karpathy+nanoGPT/repo
+# (the fetch tool's copy of github:karpathy/nanoGPT); then the device tool's run with carry [".gpu"],
+# timeout_s 540 and the command (OUT set there: the files come back)
+#   PYTHON=/opt/torch/.venv/bin/python3 scripts/gpu_check.sh
 #
 # What the GPU machine lacks (../shared/notes/gpu-machine.md: torch 2.11+cu130, transformers 5.17,
 # accelerate 1.15, no datasets, no evaluate, no registry) comes from .gpu/ (GPU_DIR), filled by

@@ -304,3 +304,32 @@ def test_bench_train_against_nanogpts_step(tiny_recipe, workdir):
     assert all(p["ratio"] == round(p["hfgpt_tokens_per_sec"] / p["nanogpt_tokens_per_sec"], 3) for p in result["pairs"])
     assert result["median_ratio"] == statistics.median(p["ratio"] for p in result["pairs"])
     assert result["mixed_precision"] == "no" and result["device"] == "cpu" and result["cpu"]
+
+
+def test_bench_optim_counts_muons_ops_beside_torchs(workdir):
+    path = workdir / "optim.json"
+    assert bench.main(["optim", "--optimizer=muon", "--n_layer=3", "--n_head=2", "--n_embd=32", "--block_size=16",
+                       "--vocab_size=100", "--device=cpu", "--steps=2", f"--json={path}"]) == 0
+    result = json.loads(path.read_text())
+    assert result["muon"]["ops_per_step"] < result["torch_muon"]["ops_per_step"] / 2  # 12 matrices of 4 shapes
+    assert result["muon_vs_torch_max_abs_diff"] == 0.0 and result["adamw"]["ops_per_step"] <= 8  # fused
+    assert result["muon"]["host_ms"] > 0 and result["shape"] == [3, 2, 32]
+
+
+def test_bench_evaluation_times_the_loops_evaluation(tiny_recipe, workdir):
+    """The loop's evaluate_and_save, timed phase by phase; the extras are what is left beyond the loss
+    estimate and the checkpoint, and the run's folder is gone afterwards."""
+    path = workdir / "eval.json"
+    assert bench.main(["evaluation", str(tiny_recipe()), "--evaluations=1", "--loss_batches=2", "--eval_iters=8",
+                       "--eval_samples=1", "--sample_max_new_tokens=10", f"--json={path}"]) == 0
+    result = json.loads(path.read_text())
+    assert len(result["evaluations"]) == 1 and result["loss_batches"] == 2 and result["eval_iters"] == 8
+    assert result["loss_estimate_at_eval_iters_s"] == pytest.approx(4 * result["loss_estimate_s"], rel=0.01)
+    parts = ("loss_estimate_s", "samples_s", "checkpoint_s", "cards_s", "row_and_plot_s")
+    assert all(result[k] > 0 for k in parts) and "model_folder_s" not in result  # out_dir: the checkpoint's files
+    assert result["evaluation_s"] >= sum(result[k] for k in parts) * 0.99
+    for row in result["evaluations"]:
+        assert row["extras_s"] == pytest.approx(sum(row.get(k, 0) for k in ("samples_s", "cards_s", "row_and_plot_s")))
+        assert 0 <= row["other_s"] < 0.5 * row["evaluation_s"]
+    assert result["card_sample_s"] > 0 and result["end_of_run_s"] > 0
+    assert [p.name for p in workdir.iterdir() if p.name.startswith("hfgpt-bench")] == []

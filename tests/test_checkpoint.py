@@ -332,16 +332,17 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_
             return real(tensors, path, *args, **kwargs)
 
         monkeypatch.setattr(checkpoint, "save_file", writer)
-    else:  # the model folder saved at the second evaluation
-        real, calls = checkpoint.write_model_files, []
+    else:  # the model folder saved at the second evaluation: the checkpoint's files, copied where links fail
+        real, saves = checkpoint.link_or_copy, set()
 
-        def writer(model, state_dict, tokenizer, folder, recipe=None):
-            calls.append(folder.name)
-            if sum(name.startswith(".saving-") for name in calls) == 2:
-                full_disk(folder / "model.safetensors")
-            return real(model, state_dict, tokenizer, folder, recipe)
+        def writer(src, dst):
+            if dst.parent.name.startswith(".saving-"):
+                saves.add(dst.parent.name)
+                if len(saves) == 2:
+                    full_disk(dst)
+            return real(src, dst)
 
-        monkeypatch.setattr(checkpoint, "write_model_files", writer)
+        monkeypatch.setattr(checkpoint, "link_or_copy", writer)
     assert train.main([str(recipe)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     where = out / "checkpoints" if save == "checkpoint" else out
@@ -456,3 +457,42 @@ def test_replace_dir_never_loses_both_copies(tmp_path, monkeypatch, exchange):
     assert not final.exists()
     files.remove_dead_temp(tmp_path, (".old-", ".tmp-"))
     assert (final / "state.json").read_text() == "old"
+
+
+def test_out_dir_and_the_checkpoint_are_one_serialization(tiny_recipe, workdir, monkeypatch):
+    """When val improves, out_dir's model files are the checkpoint's: written once, then hard-linked,
+    never serialized from the model a second time."""
+    from transformers import PreTrainedModel
+
+    real_save, saved_into = PreTrainedModel.save_pretrained, []
+
+    def counted(self, folder, *args, **kwargs):
+        saved_into.append(Path(folder).name)
+        return real_save(self, folder, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", counted)
+    assert train.main([str(tiny_recipe(max_iters=20, eval_interval=10, lr_decay_iters=20))]) == 0
+    out = workdir / "out"
+    assert [name.split("-")[1] for name in saved_into] == ["iter", "iter"]  # .tmp-iter-0000NN-...: the checkpoints only
+    final = out / "checkpoints" / "iter-000020"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml"):
+        assert (out / name).samefile(final / name)
+
+
+@pytest.mark.parametrize("error", [errno.EXDEV, errno.EPERM, errno.ENOSPC])
+def test_link_or_copy_copies_where_links_fail(tmp_path, monkeypatch, error):
+    """Another file system (EXDEV) or one without hard links (EPERM): a copy; a full disk is not hidden."""
+    (tmp_path / "a" / "adapter").mkdir(parents=True)
+    (tmp_path / "a" / "adapter" / "w.safetensors").write_bytes(b"weights")
+
+    def no_link(src, dst):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "link", no_link)
+    if error == errno.ENOSPC:
+        with pytest.raises(OSError):
+            files.link_or_copy(tmp_path / "a", tmp_path / "b")
+        return
+    files.link_or_copy(tmp_path / "a", tmp_path / "b")
+    copy = tmp_path / "b" / "adapter" / "w.safetensors"
+    assert copy.read_bytes() == b"weights" and not copy.samefile(tmp_path / "a" / "adapter" / "w.safetensors")

@@ -3,7 +3,8 @@ scripts/gpu_check.sh runs these first, then the GPU bench).
 
 What a CPU cannot show: the precision auto picks and this GPU's MFU peak, the attention kernel a
 compiled bf16 training step really runs (flash or cuDNN, never the memory-efficient or math one on
-sm80+), the pinned single-copy batch, fp16 with the loss scaler, and a resume that is exact enough
+sm80+), the pinned single-copy batch, fp16 with the loss scaler (and its skipped steps counted),
+hfgpt's batched Muon against torch's on CUDA's kernels, and a resume that is exact enough
 (CUDA's atomic adds in the embedding backward make it not bitwise) with float32 weights saved.
 """
 
@@ -98,6 +99,28 @@ def test_fp16_with_the_loss_scaler_trains():
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0] - 1, losses[::10]
     assert 1 <= run.accelerator.scaler.get_scale() < 2**24
+    assert 0 <= run.skipped_steps() < 30  # counted on the device, fused AdamW or not
+
+
+def test_batched_muon_agrees_with_torchs_muon_on_cuda():
+    """On CUDA batched and single matmuls may take different cuBLAS kernels: equal to bf16 rounding."""
+    from hfgpt.training.optim import BatchedMuon
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_head=4, n_embd=256, vocab_size=128, n_positions=64)).cuda()
+    mine = [p for block in model.transformer.h for p in block.parameters() if p.dim() == 2]
+    theirs = [p.detach().clone() for p in mine]
+    settings = {"lr": 0.02, "momentum": 0.95, "weight_decay": 0.0, "adjust_lr_fn": "match_rms_adamw"}
+    a, b = BatchedMuon(mine, **settings), torch.optim.Muon(theirs, **settings)
+    for _ in range(5):
+        for p, q in zip(mine, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    worst = max(((p - q).abs().max() / q.abs().max()).item() for p, q in zip(mine, theirs))
+    assert worst < 1e-2, worst
 
 
 def test_resume_is_exact_enough_and_saves_float32(tmp_path, shakespeare_text):

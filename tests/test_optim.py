@@ -6,6 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import train
+from hfgpt.bench.optim import counted_ops
 from hfgpt.config import OptimConfig
 from hfgpt.core.errors import UserError
 from hfgpt.training.optim import MuonAdamW, get_lr, make_optimizer, set_lr
@@ -105,3 +106,33 @@ def test_bad_optimizer_settings_are_one_line_each(capsys, args, message):
     assert train.main(args) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
+
+
+def step_ops(optimizer) -> int:
+    """ATen ops of one optimizer.step() (the step is taken)."""
+    return sum(counted_ops(optimizer.step).values())
+
+
+def test_muon_is_batched_by_shape_and_steps_as_torchs_muon():
+    """hfgpt's Muon dispatches one set of ops per shape of matrix, as many for 6 blocks as for 2
+    (torch.optim.Muon: ~28 per matrix), and moves the matrices exactly as torch.optim.Muon does."""
+    ops, torch_ops = {}, {}
+    for n_layer in (2, 6):
+        model = tiny_gpt2(n_layer)
+        opt = make_optimizer(model, OptimConfig(optimizer="muon", muon_momentum=0.9), "cpu")
+        group = opt.muon.param_groups[0]
+        theirs = [p.detach().clone() for p in group["params"]]
+        reference = torch.optim.Muon(theirs, **{k: group[k] for k in ("lr", "momentum", "weight_decay", "nesterov",
+                                                                      "ns_coefficients", "eps", "ns_steps", "adjust_lr_fn")})
+        generator = torch.Generator().manual_seed(n_layer)
+        for step in range(3):
+            for p, q in zip(group["params"], theirs):
+                p.grad = torch.randn(p.shape, generator=generator)
+                q.grad = p.grad.clone()
+            ops[n_layer] = step_ops(opt.muon)
+            reference.step()
+        for p, q in zip(group["params"], theirs):
+            assert torch.equal(p, q)  # bitwise on the CPU: the same ops, batched
+        torch_ops[n_layer] = step_ops(reference)
+    assert ops[2] == ops[6]  # one set of ops per shape: GPT-2's blocks have 4 shapes of matrix
+    assert torch_ops[6] > 5 * ops[6] and torch_ops[6] > 2.5 * torch_ops[2]

@@ -134,8 +134,10 @@ def test_what_is_compiled_under_each_strategy(strategy):
     blocks_compiled = [block._compiled_call_impl is not None for block in gpt.transformer.h]
     if strategy in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         assert type(model) is NextTokenLoss and blocks_compiled == [True, True]
+        assert model.chunked  # the eager head: chunked, no float32 logits
     else:
         assert type(model._orig_mod) is NextTokenLoss and blocks_compiled == [False, False]
+        assert not model._orig_mod.chunked  # compiled whole: inductor fuses the cast into the loss
     assert compiled and causal_lm(model) is gpt and gpt.config._attn_implementation == "hfgpt_sdpa"
 
 
@@ -222,3 +224,122 @@ def test_deepspeed_saves_float32_master_weights_and_no_pickle_of_its_own(stage, 
     assert "model.safetensors" in result["files"] and "rng-0.safetensors" in result["files"]
     assert not any(name.endswith(".pkl") for name in result["files"])
     assert result["restored_iter"] == 2
+
+
+def float32_tensors(step) -> list[tuple]:
+    """Shapes of the float32 tensors that the ops of step() make (forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Census(TorchDispatchMode):
+        shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    self.shapes.append(tuple(t.shape))
+            return out
+
+    with Census() as census:
+        step()
+    return census.shapes
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_sharded_loss_never_makes_float32_logits(monkeypatch, family):
+    """Under FSDP and DeepSpeed the head runs eagerly: NextTokenLoss(chunked=True) takes the output layer
+    and the cross-entropy chunk by chunk, so no float32 (B, T, vocab) tensor is made, forward or
+    backward (lm_loss makes several), and the loss and gradients are lm_loss's; for any causal LM
+    whose logits are its head applied to its final hidden states."""
+    from hfgpt.model import loss
+
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 8 * 1000)  # 8 rows a chunk here: 8 chunks of 1000 logits
+    gpt = build_model(TINY_GPT, vocab_size=1000, eot_token_id=None) if family == "gpt2" else tiny_llama()
+    reference = copy.deepcopy(gpt)
+    chunked = NextTokenLoss(gpt, chunked=True)
+    assert chunked.chunked
+    x, y = torch.randint(1000, (4, 16)), torch.randint(1000, (4, 16))
+    losses = {}
+    for name, module in (("chunked", chunked), ("plain", NextTokenLoss(reference))):
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                losses[name] = module(x, y)
+            losses[name].backward()
+
+        big = [s for s in float32_tensors(step) if torch.Size(s).numel() >= 4 * 16 * 1000]
+        assert bool(big) == (name == "plain"), big  # plain: (64, 1000) logits, log-softmax and its gradient
+    assert losses["chunked"].item() == pytest.approx(losses["plain"].item(), abs=1e-4)
+    for a, b in zip(gpt.parameters(), reference.parameters()):  # bf16 matmuls both: equal to bf16 rounding
+        assert torch.allclose(a.grad, b.grad, rtol=2e-2, atol=1e-2 * b.grad.abs().max().item()), a.shape
+    with torch.no_grad():  # evaluation: the loss alone, chunked too
+        assert chunked(x, y).item() == pytest.approx(lm_loss(reference, x, y).item(), abs=1e-5)
+
+
+def test_a_head_that_is_not_a_plain_linear_layer_keeps_lm_loss():
+    """Gemma 2 soft-caps its logits (tanh): not head(hidden states), so the chunked loss is not taken."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           final_logit_softcapping=1.0))
+    assert not NextTokenLoss(gemma, chunked=True).chunked
+    assert NextTokenLoss(tiny_llama(), chunked=True).chunked
+
+
+def test_fsdp2_with_the_chunked_loss_makes_no_float32_logits(tmp_path, monkeypatch):
+    """The module prepare_training gives FSDP, sharded with fully_shard (bf16 compute, as hfgpt's policy)
+    on a 1-process group: no float32 (B, T, vocab) tensor in a training step, and the loss of the
+    unsharded model."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from hfgpt.model import loss
+
+    monkeypatch.setattr(loss, "CHUNK_ELEMENTS", 8 * 1000)
+    recipe = load_recipe(None, {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "device": "cpu",
+                                "compile": False, "dropout": 0.0})
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, device=torch.device("cpu"), num_processes=1,
+                                  state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=None),
+                                  prepare=lambda *objects: objects)
+    torch.manual_seed(0)
+    gpt = build_model(recipe.model, vocab_size=1000, eot_token_id=None)
+    reference = copy.deepcopy(gpt)
+    model, optimizer, _ = prepare_training(recipe, accelerator, gpt, accum=1)
+    assert type(model) is NextTokenLoss and model.chunked
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in gpt.transformer.h:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        x, y = torch.randint(1000, (4, 16)), torch.randint(1000, (4, 16))
+        losses = []
+        shapes = float32_tensors(lambda: losses.append(model(x, y)) or losses[0].backward())
+        assert not [s for s in shapes if torch.Size(s).numel() >= 4 * 16 * 1000], shapes
+        assert losses[0].item() == pytest.approx(lm_loss(reference, x, y).item(), abs=0.02)  # bf16 weights
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("native_bf16, precision", [(True, "bf16"), (False, "fp16")])
+def test_the_shipped_deepspeed_config_leaves_the_precision_to_the_recipe(monkeypatch, native_bf16, precision):
+    """accelerate launch --config_file accelerate_configs/deepspeed.yaml: mixed_precision auto picks bf16
+    on GPUs that compute it and fp16 on those that only emulate it (V100, T4), as without DeepSpeed."""
+    from hfgpt.core.device import resolve_mixed_precision
+
+    for name, value in launcher_environment(str(ROOT / "accelerate_configs" / "deepspeed.yaml")).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation or native_bf16)
+    assert resolve_mixed_precision("auto", "cuda") == precision
+    plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision(precision)  # what Accelerator(mixed_precision=...) does with it
+    assert plugin.deepspeed_config[precision]["enabled"] is True

@@ -175,3 +175,38 @@ def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakesp
     assert [r["iter"] for r in evals] == [0, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"] - 1
     model = GPT2LMHeadModel.from_pretrained(workdir / "fast")
     assert model.config.n_layer == 1 and model.config.n_embd == 128
+
+
+def test_fp16_skipped_steps_are_counted_and_logged_with_a_fused_optimizer(tiny_recipe, workdir, monkeypatch, capsys):
+    """fp16's loss scaler skips the steps whose gradients overflow; with a fused AdamW (hfgpt's on CUDA
+    and CPU) GradScaler lets the optimizer's kernel skip them, so accelerate's step_was_skipped stays
+    False: hfgpt counts them itself, in metrics.jsonl (skipped_steps), state.json and the summary. On the
+    CPU, as the CUDA scaler works: accelerate's fp16 with torch's CPU GradScaler, starting at a scale
+    of 2**127 (the first steps overflow)."""
+    import accelerate
+
+    class Fp16OnCpu(accelerate.Accelerator):
+        def __init__(self, **options):
+            super().__init__(**options)
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)
+
+    monkeypatch.setattr(training_run, "resolve_mixed_precision", lambda requested, dev: "fp16")
+    monkeypatch.setattr(training_run, "Accelerator", Fp16OnCpu)
+    seen = []
+    real_step = training_run.step_optimizer
+
+    def step(run):
+        before = [p.detach().clone() for p in run.model.parameters()]
+        real_step(run)
+        seen.append(all(torch.equal(a, b) for a, b in zip(before, run.model.parameters())))
+        assert run.optimizer.step_was_skipped is False and run.optimizer.optimizer.defaults["fused"]
+
+    monkeypatch.setattr(training_run, "step_optimizer", step)
+    assert train.main([str(tiny_recipe(max_iters=12, eval_interval=12, lr_decay_iters=12, log_interval=4))]) == 0
+    skipped = sum(seen)
+    assert 1 <= skipped < 12  # the scale halves at each overflow, then steps are taken
+    rows = [r for r in read_metrics(workdir / "out") if "loss" in r]
+    assert [r["iter"] for r in rows] == [4, 8, 12] and rows[-1]["skipped_steps"] == skipped
+    state = json.loads((workdir / "out" / "checkpoints" / "iter-000012" / "state.json").read_text())
+    assert state["skipped_steps"] == skipped
+    assert f"{skipped:,} optimizer steps skipped by the loss scaler" in capsys.readouterr().out

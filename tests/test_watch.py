@@ -184,3 +184,52 @@ def test_tracker_that_is_not_installed_is_a_one_line_error(tiny_recipe, capsys):
     assert train.main([str(tiny_recipe()), "--log_with=mlflow"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pip install mlflow" in errors[0]
+
+
+def test_the_evaluations_neither_draw_nor_generate_on_the_training_thread(tiny_recipe, workdir, monkeypatch):
+    """An evaluation asks for loss.png's redraw and goes on (matplotlib takes 0.5-1.8 s a redraw); the
+    run ends with the last redraw done, from every evaluation's row. With eval_samples None on a GPU
+    the evaluations generate no text (on a GPU a 200-token sample costs about what the loss estimate
+    does): out_dir's card gets one at the end, from the model saved there."""
+    import threading
+    import time
+
+    from hfgpt.config import LogConfig
+    from hfgpt.training import evaluate, loop, plot
+
+    real, draws = plot.plot_losses, []
+
+    def slow(metrics_path, *args, **kwargs):
+        time.sleep(0.2)
+        rows = [r for r in read_metrics(metrics_path.parent) if "val_loss" in r]
+        draws.append((threading.current_thread() is threading.main_thread(), len(rows)))
+        return real(metrics_path, *args, **kwargs)
+
+    monkeypatch.setattr(plot, "plot_losses", slow)
+    assert [evaluate.card_samples(LogConfig(eval_samples=n), dev) for n, dev in
+            [(None, "cuda"), (None, "mps"), (None, "cpu"), (2, "cuda"), (0, "cuda")]] == [1, 1, 0, 0, 0]
+    monkeypatch.setattr(loop, "card_samples", lambda log, dev: evaluate.card_samples(log, "cuda"))  # as on a GPU
+    assert train.main([str(tiny_recipe(max_iters=30, eval_interval=10, lr_decay_iters=30, sample_start="ROMEO:",
+                                       sample_max_new_tokens=20))]) == 0
+    out = workdir / "out"
+    assert draws and not any(main for main, _ in draws) and draws[-1][1] == 4  # evaluations at 0, 10, 20, 30
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [r for r in read_metrics(out) if "samples" in r]
+    facts = json.loads((out / "training.json").read_text())
+    assert len(facts["samples"]) == 1 and facts["samples"][0].startswith("ROMEO:")
+    card = (out / "README.md").read_text()
+    assert f"## A sample (iteration {facts['iter']:,})" in card and "![train and val loss" in card
+
+
+def test_a_redraw_that_fails_stops_the_run_with_one_line(tiny_recipe, workdir, monkeypatch, capsys):
+    import errno
+
+    from hfgpt.training import plot
+
+    def full(metrics_path, png, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(png))
+
+    monkeypatch.setattr(plot, "plot_losses", full)
+    assert train.main([str(tiny_recipe(max_iters=20, eval_interval=10, lr_decay_iters=20))]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no space left on the device of" in errors[0]

@@ -1,15 +1,17 @@
 """Benchmarks of hfgpt's steps: training throughput, sampling speed, tokenization throughput, GPU training,
-fine-tuning memory, time to nanoGPT's loss.
+an evaluation's extras, the optimizer step's host cost, fine-tuning memory, time to nanoGPT's loss.
 
     python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
     python -m hfgpt.bench prepare recipes/my_dataset.yaml
     python -m hfgpt.bench gpu --nanogpt=../nanoGPT          # a CUDA GPU: hfgpt beside nanoGPT's bench.py
+    python -m hfgpt.bench evaluation recipes/shakespeare_char.yaml --loss_batches=2   # an evaluation's extras
+    python -m hfgpt.bench optim --optimizer=muon --device=meta   # ops and host time of an optimizer step, GPT-2 124M
     python -m hfgpt.bench finetune --model=gpt2-medium --block_size=512
     python -m hfgpt.bench race recipes/shakespeare_char_cpu_fast.yaml --nanogpt=../nanoGPT  # time to nanoGPT's loss
 
-Each mode lives in its own module (hfgpt.bench.train, .sample, .prepare, .gpu, .finetune, .race), prints its
-figures and writes them as JSON with `report`; `measure` times a child process.
+Each mode lives in its own module (hfgpt.bench.train, .sample, .prepare, .gpu, .evaluation, .optim,
+.finetune, .race), prints its figures and writes them as JSON with `report`; `measure` times a child process.
 """
 
 import json

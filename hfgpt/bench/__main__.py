@@ -1,9 +1,11 @@
-"""python -m hfgpt.bench MODE ...: run one benchmark mode (train, sample, prepare, gpu, finetune or race).
+"""python -m hfgpt.bench MODE ...: run one benchmark mode (train, sample, prepare, gpu, evaluation, optim, finetune or race).
 
     python -m hfgpt.bench train recipes/shakespeare_char_cpu.yaml --json=bench.json
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
     python -m hfgpt.bench prepare recipes/my_dataset.yaml
     python -m hfgpt.bench gpu --nanogpt=../nanoGPT --json=bench-gpu.json     # on a CUDA GPU
+    python -m hfgpt.bench evaluation recipes/shakespeare_char.yaml --loss_batches=2
+    python -m hfgpt.bench optim --optimizer=muon --device=meta
     python -m hfgpt.bench finetune --model=gpt2-medium --block_size=512
     python -m hfgpt.bench race recipes/shakespeare_char_cpu_fast.yaml --nanogpt=../nanoGPT --pairs=3
 """
@@ -16,6 +18,8 @@ MODES = {
     "sample": "generation tokens/s at a given length",
     "prepare": "tokenization throughput and peak memory of prepare",
     "gpu": "GPT-2 124M on a CUDA GPU beside nanoGPT's bench.py: ms/iter, MFU, attention kernels",
+    "evaluation": "what one evaluation during training costs beyond its loss estimate (samples, plot, saves, cards)",
+    "optim": "ATen ops and host time of one optimizer step (Muon beside torch.optim.Muon) for a GPT-2 shape",
     "finetune": "peak memory and s/iter of full, gradient-checkpointed and LoRA fine-tuning of a GPT-2 config",
     "race": "time to quality: nanoGPT's recipe and an hfgpt recipe as whole processes, wall times and whole-val losses",
 }

@@ -191,7 +191,7 @@ class LogConfig:
     wandb_run_name: str | None = option(None)
     """Name of the run in wandb; None lets wandb pick one."""
     eval_samples: int | None = option(None, min=0)
-    """Texts generated at each evaluation, written to metrics.jsonl, the trackers and the model card; None: 1 on a GPU, 0 on the CPU (where generating slows small runs)."""
+    """Texts generated at each evaluation, written to metrics.jsonl, the trackers and the model card; None: none at the evaluations (so that they cost no generation) and, on a GPU, one at the end of the run for out_dir's model card, from the model saved there (none on the CPU, where generating slows small runs)."""
     sample_start: str = option("\n")
     """Prompt of the texts generated at each evaluation."""
     sample_max_new_tokens: int = option(200, min=1)

@@ -26,6 +26,7 @@ from hfgpt.config import ModelConfig
 from hfgpt.core.errors import UserError, first_line
 from hfgpt.core.names import hub_repo, split_revision
 from hfgpt.model.families import ARCHITECTURES, count_parameters, dropout_keys, model_shape, new_config, position_table
+from hfgpt.model.loss import chunked_lm_loss, output_layer
 
 # Sampling defaults written into every saved model, so a plain pipeline samples as nanoGPT's sample.py.
 SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 200}
@@ -228,18 +229,24 @@ class NextTokenLoss(torch.nn.Module):
     accelerate's mixed precision wraps the prepared module's forward and copies every bf16/fp16
     output to float32 (convert_outputs_to_fp32), which for GPT-2 124M's (12, 1024, 50304) logits
     is 2.5 GB a micro-batch. The causal LM is the only child, `lm`: state dict names carry "lm."
-    (own_names removes it)."""
+    (own_names removes it).
 
-    def __init__(self, lm):
+    chunked=True (FSDP and DeepSpeed, where the head runs outside any compiled graph): the loss of
+    hfgpt.model.loss.chunked_lm_loss, which never holds the float32 (B, T, vocab) logits, for every
+    model whose logits are its output layer applied to its final hidden states (checked here once;
+    others keep lm_loss)."""
+
+    def __init__(self, lm, chunked: bool = False):
         super().__init__()
         self.lm = lm
+        self.chunked = chunked and output_layer(lm) is not None
 
     @property
     def config(self):  # accelerate's DeepSpeed preparation reads model.config
         return self.lm.config
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return lm_loss(self.lm, x, y)
+        return chunked_lm_loss(self.lm, x, y) if self.chunked else lm_loss(self.lm, x, y)
 
 
 COMPILED_PREFIX, WRAPPER_PREFIX = "_orig_mod.", "lm."  # torch.compile's and NextTokenLoss's child names

@@ -46,8 +46,8 @@ from hfgpt import __version__
 from hfgpt.config import Recipe
 from hfgpt.core.device import rng_states
 from hfgpt.core.errors import first_line
-from hfgpt.core.files import (atomic_write, disk_space, fsync_dir, make_temp_dir, remove_tree, replace_dir,
-                              sync_tree)
+from hfgpt.core.files import (atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir, remove_tree,
+                              replace_dir, sync_tree, tree_bytes)
 from hfgpt.model.folder import write_adapter_files, write_model_files
 from hfgpt.model.gpt import causal_lm
 from hfgpt.model.lora import is_lora
@@ -57,20 +57,28 @@ from hfgpt.training.strategies import model_state_dict, optimizer_state
 STATE = "state.json"
 
 
-def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None) -> None:
-    """Write out_dir's model files (called on every process; the main one writes).
+def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None,
+                      files_from: Path | None = None) -> None:
+    """Write out_dir's model files (called on every process; the main one writes), or with
+    `files_from` (a checkpoint being written: save_checkpoint's model_to, on the main process only)
+    take that folder's files as they are, hard-linked: the weights are serialized once for both.
 
     The files go to a temporary folder inside out_dir, are flushed to disk and then moved into
     place one by one, so a crash (or a full disk) while writing leaves the previous model files whole."""
-    state_dict = model_state_dict(accelerator, model)  # gathers sharded weights: every process takes part
+    # gathers sharded weights: every process takes part
+    state_dict = model_state_dict(accelerator, model) if files_from is None else None
     if not accelerator.is_main_process:
         return
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out, ".saving-")
     try:
-        with disk_space(out, tensor_bytes(state_dict)):
-            write_model_files(model, state_dict, tokenizer, tmp, recipe)
+        with disk_space(out, tensor_bytes(state_dict) if files_from is None else tree_bytes(files_from)):
+            if files_from is None:
+                write_model_files(model, state_dict, tokenizer, tmp, recipe)
+            else:
+                for item in sorted(files_from.iterdir()):
+                    link_or_copy(item, tmp / item.name)
         sync_tree(tmp)
         for item in sorted(tmp.iterdir()):
             replace_dir(item, out / item.name) if item.is_dir() else os.replace(item, out / item.name)  # adapter/
@@ -141,12 +149,14 @@ def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
 
 
 def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
-                    state: LoopState, shared: bool = True) -> Path:
+                    state: LoopState, shared: bool = True, model_to: Path | None = None) -> Path:
     """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process): into the main
     process's temporary folder, swapped in when whole; on a failure (a full disk: one line naming
     the space needed) the temporary folder is removed and the earlier checkpoints stay as they are.
     `shared`: out_dir is on storage every machine sees (else each machine's first process writes
-    its own copy, in a folder of the same name on that machine)."""
+    its own copy, in a folder of the same name on that machine). `model_to` (out_dir; not for LoRA,
+    whose checkpoint holds the adapter only): the checkpoint's model files are also saved there
+    (save_model_folder, hard links of the same files), before the checkpoint is published."""
     final = checkpoint_path(recipe.train.out_dir, state.iter)
     writer = accelerator.is_main_process if shared else accelerator.is_local_main_process
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -172,6 +182,8 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
                 write_adapter_files(model, state_dict, tmp, recipe)
             elif writer:
                 write_model_files(model, state_dict, tokenizer, tmp, recipe)
+                if model_to is not None and accelerator.is_main_process:  # the model files only, so far
+                    save_model_folder(accelerator, model, tokenizer, model_to, recipe, files_from=tmp)
             if writer:
                 if optimizer_dict is not None:
                     save_tree(optimizer_dict, tmp, "optimizer")

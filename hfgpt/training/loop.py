@@ -3,7 +3,8 @@
     result = train(recipe)          # python -m hfgpt.train RECIPE (hfgpt/train.py) calls this
 
 Each iteration: set the learning rate; every eval_interval iterations evaluate, save out_dir when
-val improves (always, with always_save_checkpoint) and write a resumable checkpoint; stop at
+val improves (always, with always_save_checkpoint) and write a resumable checkpoint (out_dir's
+model files are the checkpoint's, written once: see evaluate_and_save); stop at
 max_iters or on SIGINT/SIGTERM (after a checkpoint; with several processes the signal is looked at
 every log_interval iterations); otherwise one optimizer step over
 gradient_accumulation_steps micro-batches, then log every log_interval iterations. The run's
@@ -18,21 +19,25 @@ import torch
 
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import disk_space
-from hfgpt.hub.card import write_card
+from hfgpt.core.files import disk_space, read_json
+from hfgpt.hub.card import FACTS, write_card
 from hfgpt.hub.download import resume_from_hub
 from hfgpt.hub.push import Pusher
 from hfgpt.training import rules
 from hfgpt.training.budget import Deadline, name_budget_run
+from hfgpt.model.gpt import causal_lm
+from hfgpt.model.lora import is_lora
 from hfgpt.training.checkpoint import checkpoint_path, save_checkpoint, save_model_folder
 from hfgpt.training.resume import restore, resume_point, set_aside_newer
-from hfgpt.training.evaluate import estimate_loss, eval_samples
+from hfgpt.training.evaluate import card_samples, estimate_loss, eval_samples, folder_samples
 from hfgpt.training.optim import set_lr
 from hfgpt.training.out_dir import claim
+from hfgpt.training.plot import plots_finished
 from hfgpt.training.progress import Progress
 from hfgpt.training.run import Run, make_accelerator, setup, train_step
 from hfgpt.training.signals import StopSignal, signal_name
 from hfgpt.training.state import LoopState
+from hfgpt.training.strategies import SHARDED
 from hfgpt.training.trackers import start_trackers, tracker_options
 
 
@@ -41,7 +46,8 @@ def train(recipe: Recipe) -> dict:
     loss, the iterations done and the signal that stopped the run (0 if none)."""
     name_budget_run(recipe)  # time_budget without a dataset or out_dir: named after the source
     accelerator = make_accelerator(recipe, **tracker_options(recipe))
-    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)):  # out_dir is this run's until it ends
+    # out_dir is this run's until it ends, with loss.png's last redraw done
+    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)), plots_finished():
         return loop(recipe, accelerator)
 
 
@@ -54,6 +60,8 @@ def loop(r: Recipe, accelerator) -> dict:
     run = setup(r, accelerator, checkpoint=resume)
     state = (restore(accelerator, run.model, run.optimizer, run.batches, resume) if resume
              else LoopState(init_from=r.model.init_from))
+    if resume and run.skipped is not None:
+        run.skipped.fill_(state.skipped_steps)  # fp16's skipped steps before the resume
     if resume and not t.eval_only and accelerator.is_main_process:
         set_aside_newer(t.out_dir, state.iter)  # a rewound run: the newer checkpoints are never "latest" again
     start_trackers(accelerator, r)
@@ -90,6 +98,7 @@ def loop(r: Recipe, accelerator) -> dict:
 
             if state.iter % t.log_interval == 0 or state.iter == end:
                 watch.check(state.iter)
+                count_skipped(run, state)
                 progress.log(state, loss.item(), lr)
                 if deadline is not None:  # a time budget: the end moves with the pace
                     deadline.update(state, end, lr, r.optim.decay_fraction, progress.say)
@@ -98,6 +107,7 @@ def loop(r: Recipe, accelerator) -> dict:
     progress.close()
     accelerator.wait_for_everyone()
     if not stopped:
+        finish_card(run, r)
         progress.summary(state)
     accelerator.end_training()
     if pusher:  # a failed push after a signal is reported, and the signal's exit code kept
@@ -123,27 +133,55 @@ def evaluate_and_save(run: Run, state: LoopState, r: Recipe, progress: Progress,
     if state.iter == 0 or r.train.eval_only:
         return None
     model_saved = improved or r.train.always_save_checkpoint
-    if model_saved:
+    # out_dir's model files are the checkpoint's, written once and hard-linked (a LoRA checkpoint holds
+    # the adapter alone: out_dir's merged model is written for it)
+    lora = is_lora(causal_lm(run.model))
+    if model_saved and lora:
         save_model_folder(accelerator, run.model, run.tokenizer, out_dir, r)
+    folder = checkpoint(run, state, r, progress, samples, model_to=out_dir if model_saved and not lora else None)
+    if model_saved:
         if accelerator.is_main_process:
             write_card(out_dir, {**state.to_json(), "samples": samples})
         progress.say(f"saved {out_dir} (val loss {state.val_loss:.4f})")
-    folder = checkpoint(run, state, r, progress, samples)
     if pusher:
         pusher.after_save(state.iter, state.val_loss, model_saved, folder)
     progress.restart_clock()
     return state.iter
 
 
-def checkpoint(run: Run, state: LoopState, r: Recipe, progress: Progress, samples: list[str] = ()) -> Path:
+def finish_card(run: Run, r: Recipe) -> None:
+    """out_dir's model card once more at the end, from its files: loss.png is drawn in the background,
+    after the card of a save may have been rendered. With eval_samples None on a GPU (card_samples)
+    it also gets its text now, generated once from the model saved there (the evaluations made none)."""
+    accelerator, out_dir = run.accelerator, Path(r.train.out_dir)
+    if r.train.eval_only or not accelerator.is_main_process or not (out_dir / FACTS).is_file():
+        return
+    facts = read_json(out_dir / FACTS)
+    n = card_samples(r.log, accelerator.device.type)
+    if n and accelerator.distributed_type not in SHARDED and (out_dir / "config.json").is_file():
+        facts["samples"] = folder_samples(out_dir, r.log, n, seed=r.train.seed + facts.get("iter", 0),
+                                          device=accelerator.device.type)
+    write_card(out_dir, facts)
+
+
+def checkpoint(run: Run, state: LoopState, r: Recipe, progress: Progress, samples: list[str] = (),
+               model_to: Path | None = None) -> Path:
     """A resumable checkpoint of this iteration, with its model card; metrics.jsonl's rows up to it
-    are on disk before it is published."""
+    are on disk before it is published. model_to: out_dir, which gets its model files first."""
     progress.metrics.sync()
+    count_skipped(run, state)
     folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state,
-                             shared=run.shared_storage)
+                             shared=run.shared_storage, model_to=model_to)
     if run.accelerator.is_main_process:
         write_card(folder, {**state.to_json(), "samples": list(samples)})
     return folder
+
+
+def count_skipped(run: Run, state: LoopState) -> None:
+    """state.skipped_steps from the device's count of fp16's skipped steps (a sync: at log lines and saves)."""
+    skipped = run.skipped_steps()
+    if skipped is not None:
+        state.skipped_steps = skipped
 
 
 class LossWatch:

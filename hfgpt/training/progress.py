@@ -1,5 +1,6 @@
 """What a run shows and records as it goes: a progress bar on a terminal, else one plain line per
-log_interval; metrics.jsonl and the trackers; loss.png at each evaluation; a summary at the end.
+log_interval; metrics.jsonl and the trackers; loss.png at each evaluation (drawn in a background
+thread); a summary at the end.
 
     progress = Progress(accelerator, recipe, run, state)
     progress.log(state, loss=2.31, lr=1e-3)       # every log_interval iterations
@@ -9,7 +10,9 @@ log_interval; metrics.jsonl and the trackers; loss.png at each evaluation; a sum
 
 Without a terminal (CI, nohup, accelerate launch into a file) each log line reads
     iter 250/2000: loss 2.0312, lr 9.40e-04, 31.4 ms/iter, 24,459 tokens/s, elapsed 0:08, eta 0:55
-with `mfu` only where the device's peak is known; evaluations print on their own line.
+with `mfu` only where the device's peak is known and, in fp16, `N steps skipped (fp16 overflow)`
+once the loss scaler has skipped any (metrics.jsonl: `skipped_steps` in every fp16 row);
+evaluations print on their own line.
 """
 
 import time
@@ -21,7 +24,7 @@ from hfgpt.config import Recipe
 from hfgpt.training.checkpoint import checkpoint_dir, list_checkpoints
 from hfgpt.training.metrics import MetricsLog
 from hfgpt.training.mfu import mfu
-from hfgpt.training.plot import plot_losses
+from hfgpt.training.plot import Plotter
 from hfgpt.training.state import LoopState
 
 PRECISION = {"no": "float32", "bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision"}
@@ -45,6 +48,8 @@ class Progress:
         self.t_log, self.iters_since_log = time.time(), 0
         self.bar = tqdm(total=recipe.train.max_iters, initial=state.iter, disable=not self.main or None,
                         desc="training", unit="it", dynamic_ncols=True)
+        self.plotter = Plotter(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", run.tokens_per_iter,
+                               title=str(self.out_dir)) if self.main else None
 
     def say(self, message: str) -> None:
         """A line on the main process, above the bar when there is one."""
@@ -78,24 +83,27 @@ class Progress:
         done = state.iter - self.start_iter
         last = state.last_iter(self.recipe.train.max_iters)
         eta = elapsed / done * (last - state.iter) if done else 0.0
+        fp16 = self.accelerator.mixed_precision == "fp16"  # the loss scaler skips steps whose gradients overflow
         self.metrics.write(iter=state.iter, loss=loss, lr=lr, tokens_per_sec=round(tokens_per_sec, 1),
                            ms_per_iter=round(ms_per_iter, 2), elapsed_s=round(elapsed, 3),
-                           **({"mfu": round(utilization, 4)} if utilization is not None else {}))
-        shown_mfu = f", mfu {utilization:.1%}" if utilization is not None else ""
+                           **({"mfu": round(utilization, 4)} if utilization is not None else {}),
+                           **({"skipped_steps": state.skipped_steps} if fp16 else {}))
+        extra = f", mfu {utilization:.1%}" if utilization is not None else ""
+        if fp16 and state.skipped_steps:
+            extra += f", {state.skipped_steps} steps skipped (fp16 overflow)"
         if self.bar.disable and self.main:
             print(f"iter {state.iter}/{last}: loss {loss:.4f}, lr {lr:.2e}, "
-                  f"{ms_per_iter:.1f} ms/iter, {tokens_per_sec:,.0f} tokens/s{shown_mfu}, elapsed {clock(elapsed)}, "
+                  f"{ms_per_iter:.1f} ms/iter, {tokens_per_sec:,.0f} tokens/s{extra}, elapsed {clock(elapsed)}, "
                   f"eta {clock(eta)}", flush=True)
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
         self.t_log, self.iters_since_log = now, 0
 
     def evaluation(self, state: LoopState, samples: list[str]) -> None:
-        """The evaluation's row in metrics.jsonl, the redrawn loss.png and a line."""
+        """The evaluation's row in metrics.jsonl, loss.png's redraw asked for and a line."""
         row = {"iter": state.iter, "train_loss": state.train_loss, "val_loss": state.val_loss}
         self.metrics.write(**row, **({"samples": samples} if samples else {}))
-        if self.main:
-            plot_losses(self.out_dir / "metrics.jsonl", self.out_dir / "loss.png", self.run.tokens_per_iter,
-                        title=str(self.out_dir))
+        if self.plotter:
+            self.plotter.request()
         self.say(f"iter {state.iter}: train loss {state.train_loss:.4f}, val loss {state.val_loss:.4f}")
 
     def restart_clock(self) -> None:
@@ -103,8 +111,11 @@ class Progress:
         self.t_log = time.time()
 
     def close(self) -> None:
+        """The bar and metrics.jsonl closed, loss.png's last redraw done."""
         self.bar.close()
         self.metrics.close()
+        if self.plotter:
+            self.plotter.finish()
 
     def summary(self, state: LoopState) -> None:
         """What the run did and where its results are, with the next commands."""
@@ -118,6 +129,9 @@ class Progress:
             lines[0] += f" train loss {state.train_loss:.4f}, val loss {state.val_loss:.4f}"
         if state.best_val_loss is not None:
             lines[0] += f"; best val loss {state.best_val_loss:.4f}"
+        if state.skipped_steps:
+            lines.append(f"  fp16:        {state.skipped_steps:,} optimizer steps skipped by the loss scaler (gradients "
+                         "overflowed; many of them: use bf16, or lower learning_rate)")
         if (out / "config.json").is_file():
             lines.append(f"  model:       {out}/ (model card README.md, loss.png, metrics.jsonl)")
         found = [folder.name for folder, _ in list_checkpoints(out)]

@@ -51,6 +51,19 @@ class Run:
     flops_per_token: float
     peak_flops: float | None  # None where the device's peak is unknown (MFU is then not reported)
     shared_storage: bool = True  # out_dir is seen by every machine (else each writes its own checkpoints)
+    skipped: torch.Tensor | None = None  # fp16 with torch's loss scaler: the steps it skipped, on the device
+
+    def __post_init__(self):
+        if self.skipped is None and self.accelerator.scaler is not None:
+            self.skipped = torch.zeros((), dtype=torch.int64, device=self.accelerator.device)
+
+    def skipped_steps(self) -> int | None:
+        """Optimizer steps that fp16's loss scaler skipped so far (their gradients held an inf or NaN;
+        the scale is halved instead), or None without one (bf16, float32). A device sync: log time only."""
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            return engine.skipped_steps if engine.fp16_enabled() else None  # DeepSpeed's own scaler counts them
+        return int(self.skipped.item()) if self.skipped is not None else None
 
     @property
     def n_params(self) -> int:
@@ -189,7 +202,8 @@ def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):
     sharded = accelerator.distributed_type.value if accelerator.distributed_type in SHARDED else None
     optimizer = make_optimizer(gpt, recipe.optim, accelerator.device.type, sharded=sharded)
     compiled = should_compile(recipe.system.compile, accelerator.device.type)
-    model = NextTokenLoss(gpt)
+    # FSDP and DeepSpeed compile the blocks only: the head and the loss run eagerly, chunked (no float32 logits)
+    model = NextTokenLoss(gpt, chunked=accelerator.distributed_type in SHARDED)
     if compiled and accelerator.distributed_type in SHARDED:
         compile_blocks(gpt)
     elif compiled:
@@ -215,6 +229,22 @@ def stepper(run: Run, grad_clip: float):
     return step
 
 
+def step_optimizer(run: Run) -> None:
+    """optimizer.step(), counting the steps fp16's loss scaler skips in run.skipped without a sync.
+
+    accelerate's optimizer.step_was_skipped cannot tell: with a fused optimizer (hfgpt's AdamW on
+    CUDA) GradScaler hands the inf check to the optimizer's kernel and calls its step every time.
+    A skipped step is one where update() lowered the scale (it only ever lowers it for an inf or
+    NaN gradient), read from the scaler's device tensor (_scale: get_scale() would sync)."""
+    scaler = run.accelerator.scaler
+    if getattr(run, "skipped", None) is None or scaler is None:
+        run.optimizer.step()
+        return
+    before = scaler._scale.clone()  # made by the first scale(), in accelerator.backward
+    run.optimizer.step()
+    run.skipped += scaler._scale < before
+
+
 def train_step(run: Run, window: torch.Tensor, grad_clip: float):
     """One iteration: forward and backward over `accum` micro-batches, clip, update. Returns the
     iteration's mean loss (on the device, not synced) and the next window, fetched while the device works.
@@ -234,7 +264,7 @@ def train_step(run: Run, window: torch.Tensor, grad_clip: float):
             if accelerator.sync_gradients:
                 if grad_clip > 0 and accelerator.distributed_type != DistributedType.DEEPSPEED:
                     accelerator.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
+                step_optimizer(run)
                 optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach() / run.accum
     return loss_sum, window

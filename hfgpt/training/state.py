@@ -35,6 +35,8 @@ class LoopState:
 
     def last_iter(self, max_iters: int) -> int:
         return self.end if self.end is not None else max_iters
+    skipped_steps: int = 0
+    """Optimizer steps skipped by fp16's loss scaler (gradients with an inf or NaN), over the whole run."""
 
     def evaluated(self, train_loss: float, val_loss: float) -> bool:
         """Record an evaluation at this iteration; True when val improved on the best so far."""

@@ -22,17 +22,21 @@ out_dir, and a new run does not replace another run's results there unless overw
 
 import os
 import sys
+import time
 
 from hfgpt.config import Command, Parsed, cautions, command
 
 
 @command(Command("train", "Train a GPT on the recipe's dataset (prepares it first if needed).", recipe_step="train"))
 def main(parsed: Parsed) -> int:
+    started = time.time()
     if os.environ.get("RANK", "0") == "0":  # once, not once per process under accelerate launch
         for note in cautions(parsed.recipe):
             print(f"warning: {note}", file=sys.stderr)
+    from hfgpt.training.budget import process_start, start_clock
     from hfgpt.training.loop import train
 
+    start_clock(process_start() if parsed.command_line else started)  # a time budget counts from here
     result = train(parsed.recipe)
     return 128 + result["signal"] if result["signal"] else 0
 

@@ -145,7 +145,7 @@ def test_prepare_from_a_local_copy_names_the_copy(workdir, shakespeare, capsys):
 def test_adding_a_key_is_one_field():
     """Every rule and flag of a key comes from its field: the help, the range check and what it shapes."""
     field = FIELDS["block_size"]
-    assert field.metadata == {"min": 1, "shapes": "model", "steps": ("prepare", "train")}
+    assert field.metadata == {"min": 1, "shapes": "model", "steps": ("prepare", "train"), "planned": True}
     with pytest.raises(Exception, match="block_size=0 must be at least 1"):
         load_recipe(None, ["--block_size=0"])
     assert sys.modules["hfgpt.config.recipe"].keys_that_shape("model") == ("block_size", "bias", "lora_r", "lora_alpha",

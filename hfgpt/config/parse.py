@@ -71,6 +71,7 @@ class Parsed:
     recipe: Recipe | None
     options: object | None
     recipe_argv: list[str]  # the recipe's part of the command line, to pass on to a child command
+    command_line: bool = False  # main() read sys.argv: the process was started to run this command
 
 
 def unknown_key(key: str, where: str, extra: dict[str, str] | None = None, recipe: bool = True) -> str:
@@ -271,6 +272,8 @@ def command(spec: Command) -> Callable:
         @functools.wraps(run)
         def main(argv=None) -> int:
             parsed = parse_command(argv, spec)
+            if parsed is not None:
+                parsed.command_line = argv is None
             return 0 if parsed is None else run(parsed)
 
         main.spec = spec

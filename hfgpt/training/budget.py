@@ -34,11 +34,24 @@ MEASURE_STEPS, WARMUP_STEPS = 4, 2  # timed and untimed steps per candidate shap
 MEASURE_SHARE = 0.05  # of the budget, at most, spent measuring candidates (one more may be measured past it)
 
 
+_STARTED: list[float] = []  # when the run started: start_clock()
+
+
 def process_start() -> float:
-    """When this process started (the budget counts from there)."""
+    """When this process started."""
     import psutil  # installed with accelerate
 
     return psutil.Process(os.getpid()).create_time()
+
+
+def start_clock(started: float) -> None:
+    """The moment the budget counts from: the process's start for python -m hfgpt.train (imports
+    included), the call for train.main([...]) inside a longer-lived process."""
+    _STARTED[:] = [started]
+
+
+def clock_start() -> float:
+    return _STARTED[0] if _STARTED else process_start()
 
 
 @dataclass
@@ -118,7 +131,7 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
 
     t, m = recipe.train, recipe.model
     budget = parse_duration(t.time_budget)
-    left = budget - (time.time() - process_start())
+    left = budget - (time.time() - clock_start())
     given = recipe.given
     if left <= 0:
         raise UserError(f"time_budget={t.time_budget} was spent before training could start ({budget - left:.0f} s on start-up "
@@ -139,7 +152,7 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
             continue
         trial = dataclasses.replace(m, **shape, block_size=block)
         step_s = time_step(trial, meta["vocab_size"], batch, device, precision)
-        iterations = rules.iterations(budget - (time.time() - process_start()), step_s)
+        iterations = rules.iterations(budget - (time.time() - clock_start()), step_s)
         tokens = iterations * batch * block
         loss = rules.predicted_loss(rules.non_embedding_params(trial), tokens, meta["train_tokens"], meta["tokenizer"])
         plan.measured.append({**shape, "s_per_iter": round(step_s, 4), "iterations": iterations, "tokens": tokens,
@@ -153,7 +166,7 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
     if best is None:
         raise UserError(f"time_budget={t.time_budget}: no model shape fits n_head={m.n_head}, n_embd={m.n_embd}")
     _, shape, step_s = best
-    iterations = t.max_iters if "max_iters" in given else rules.iterations(budget - (time.time() - process_start()), step_s)
+    iterations = t.max_iters if "max_iters" in given else rules.iterations(budget - (time.time() - clock_start()), step_s)
     tokens = iterations * batch * block
     epochs = tokens / max(meta["train_tokens"], 1)
     values = {"architecture": rules.ARCHITECTURE, **shape, "block_size": block, "batch_size": batch,
@@ -170,7 +183,7 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
                 f"measured on this machine (candidate: time per iteration -> predicted loss): {shown}",
                 f"chosen: {recipe.model.n_layer} x {recipe.model.n_embd}, {iterations:,} iterations of {batch} x {block} "
                 f"tokens = {tokens:,} tokens ({epochs:.1f} passes over the text), expected to end at "
-                f"{time.strftime('%H:%M:%S', time.localtime(process_start() + budget))}",
+                f"{time.strftime('%H:%M:%S', time.localtime(clock_start() + budget))}",
                 "set yourself any key to keep it; the plan is in out_dir/recipe.yaml (resume continues it)"]
     say(plan.describe())
     return plan
@@ -181,7 +194,7 @@ class Deadline:
 
     def __init__(self, recipe: Recipe, state, reserve_s: float, on_cpu: bool = True):
         self.budget = parse_duration(recipe.train.time_budget)
-        self.started = process_start()
+        self.started = clock_start()
         self.spent_before = state.budget_spent_s  # by earlier processes of a resumed run
         self.reserve, self.on_cpu = reserve_s, on_cpu
         self.may_extend = "max_iters" not in recipe.given  # the user's max_iters is a most, never raised

@@ -25,8 +25,9 @@ from pathlib import Path
 import yaml
 
 from hfgpt import __version__
-from hfgpt.config.options import convert, field_types, help_lines, problems_of, type_name
+from hfgpt.config.options import convert, field_types, help_lines, problems_of, quoted, type_name
 from hfgpt.config.recipe import KEYS, SECTIONS, Recipe, keys_of_step, tracker_names, validate
+from hfgpt.config.yaml_load import load_yaml
 from hfgpt.core.errors import UserError, cli
 
 # Names from nanoGPT and its docs that hfgpt spells otherwise: the message points to ours.
@@ -121,7 +122,7 @@ def _fill(instance, values: dict, where: str, problems: list[str]) -> None:
         try:
             setattr(instance, key, convert(key, value, types_[key]))
         except (ValueError, TypeError):
-            problems.append(f"{where}: {key}={value!r} is not a valid {type_name(types_[key])}")
+            problems.append(f"{where}: {key}={quoted(value)} is not a valid {type_name(types_[key])}")
 
 
 def read_recipe_file(path: str) -> dict:
@@ -129,7 +130,7 @@ def read_recipe_file(path: str) -> dict:
     if not p.is_file():
         raise UserError(f"recipe {path} not found: give the path of a YAML recipe, e.g. recipes/shakespeare_char_cpu.yaml")
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loaded = load_yaml(p.read_text(encoding="utf-8"), path)  # safe_load, refusing duplicate keys and alias bombs
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -165,6 +165,9 @@ def load_model(init_from: str, block_size: int, dropout: float | None = None):
     folder, cropped to block_size positions, with float32 weights whatever dtype its files store
     (transformers 5 would keep a bf16 model in bf16: master weights must be float32, and
     mixed_precision decides the compute dtype)."""
+    from hfgpt.model.folder import check_model_folder  # folder.py imports this module
+
+    check_model_folder(init_from)
     name, revision = split_revision(init_from)
     repo = hub_repo(name)
     kwargs = {"revision": revision} if revision else {}

@@ -4,7 +4,7 @@
 
 Each iteration: set the learning rate; every eval_interval iterations evaluate, save out_dir when
 val improves (always, with always_save_checkpoint) and write a resumable checkpoint; stop at
-max_iters or on SIGINT/SIGTERM (after a checkpoint; with several processes the signal is looked at
+max_iters or on SIGINT/SIGTERM/SIGUSR1 (after a checkpoint; with several processes the signal is looked at
 every log_interval iterations); otherwise one optimizer step over
 gradient_accumulation_steps micro-batches, then log every log_interval iterations. The run's
 counters are one LoopState, saved in every checkpoint and restored whole by a resume. The run
@@ -22,14 +22,14 @@ from hfgpt.core.files import disk_space
 from hfgpt.hub.card import write_card
 from hfgpt.hub.download import resume_from_hub
 from hfgpt.hub.push import Pusher
-from hfgpt.training.checkpoint import checkpoint_path, save_checkpoint, save_model_folder
+from hfgpt.training.checkpoint import after_full_disk, checkpoint_path, save_checkpoint, save_model_folder
 from hfgpt.training.resume import restore, resume_point, set_aside_newer
 from hfgpt.training.evaluate import estimate_loss, eval_samples
 from hfgpt.training.optim import set_lr
 from hfgpt.training.out_dir import claim
 from hfgpt.training.progress import Progress
 from hfgpt.training.run import Run, make_accelerator, setup, train_step
-from hfgpt.training.signals import StopSignal, signal_name
+from hfgpt.training.signals import StopSignal, catch_early, next_step, signal_name
 from hfgpt.training.state import LoopState
 from hfgpt.training.trackers import start_trackers, tracker_options
 
@@ -37,8 +37,10 @@ from hfgpt.training.trackers import start_trackers, tracker_options
 def train(recipe: Recipe) -> dict:
     """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
     loss, the iterations done and the signal that stopped the run (0 if none)."""
+    catch_early()  # a cluster's SIGUSR1 during start-up stops the run at its first iteration, with a checkpoint
     accelerator = make_accelerator(recipe, **tracker_options(recipe))
-    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)):  # out_dir is this run's until it ends
+    out_dir = Path(recipe.train.out_dir)
+    with claim(recipe, accelerator), disk_space(out_dir, then=after_full_disk(out_dir)):  # out_dir is this run's until it ends
         return loop(recipe, accelerator)
 
 
@@ -51,6 +53,8 @@ def loop(r: Recipe, accelerator) -> dict:
     run = setup(r, accelerator, checkpoint=resume)
     state = (restore(accelerator, run.model, run.optimizer, run.batches, resume) if resume
              else LoopState(init_from=r.model.init_from))
+    if resume:  # recipe.yaml, the card and the trackers say what the run started from, not "resume"
+        r.model.init_from, r.train.resume_from = state.init_from, None
     if resume and not t.eval_only and accelerator.is_main_process:
         set_aside_newer(t.out_dir, state.iter)  # a rewound run: the newer checkpoints are never "latest" again
     start_trackers(accelerator, r)
@@ -73,8 +77,7 @@ def loop(r: Recipe, accelerator) -> dict:
                 watch.check(state.iter)
                 if saved_at != state.iter:
                     saved_at = checkpoint(run, state, r, progress)
-                progress.say(f"{signal_name(stopped)}: saved {checkpoint_path(t.out_dir, state.iter)}; "
-                             "continue with --init_from=resume")
+                progress.say(f"{signal_name(stopped)}: saved {checkpoint_path(t.out_dir, state.iter)}; {next_step(stopped)}")
                 break
 
             # forward, backward and update; the next batch is fetched while the device works
@@ -116,10 +119,8 @@ def evaluate_and_save(run: Run, state: LoopState, r: Recipe, progress: Progress,
     if state.iter == 0 or r.train.eval_only:
         return None
     model_saved = improved or r.train.always_save_checkpoint
-    if model_saved:
-        save_model_folder(accelerator, run.model, run.tokenizer, out_dir, r)
-        if accelerator.is_main_process:
-            write_card(out_dir, {**state.to_json(), "samples": samples})
+    if model_saved:  # with its card, which lists the files it wrote
+        save_model_folder(accelerator, run.model, run.tokenizer, out_dir, r, facts={**state.to_json(), "samples": samples})
         progress.say(f"saved {out_dir} (val loss {state.val_loss:.4f})")
     folder = checkpoint(run, state, r, progress, samples)
     if pusher:

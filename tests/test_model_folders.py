@@ -80,12 +80,37 @@ def test_a_folder_that_cannot_load_as_a_model_is_one_line(tiny_recipe, tmp_path,
     assert "hf download" not in errors[0] and not (tmp_path / "pwned").exists()
 
 
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shakespeare_text):
+    """A finished tiny run (checkpoints 5 and 10), copied into each test's workdir."""
+    import yaml
+
+    from tests.conftest import TINY
+
+    made = tmp_path_factory.mktemp("trained-run")
+    (made / "tiny.txt").write_text(shakespeare_text[:100_000], encoding="utf-8")
+    values = {**TINY, **SHORT, "source": "tiny.txt", "out_dir": "out"}
+    (made / "tiny.yaml").write_text(yaml.safe_dump(values))
+    here = os.getcwd()
+    os.chdir(made)
+    try:
+        assert train.main(["tiny.yaml"]) == 0
+    finally:
+        os.chdir(here)
+
+    def copy(workdir: Path) -> Path:
+        for name in ("tiny.txt", "tiny.yaml", "data", "out"):
+            (shutil.copytree if (made / name).is_dir() else shutil.copy2)(made / name, workdir / name)
+        return workdir / "tiny.yaml"
+
+    return copy
+
+
 @pytest.mark.parametrize("damage", ["another model's weights", "config.json edited", "optimizer.json is {}",
                                     "rng-0 missing"])
-def test_a_readable_but_wrong_newest_checkpoint_falls_back_to_the_one_before(tiny_recipe, workdir, tmp_path, capsys,
+def test_a_readable_but_wrong_newest_checkpoint_falls_back_to_the_one_before(trained_run, workdir, tmp_path, capsys,
                                                                              damage):
-    recipe = str(tiny_recipe(**SHORT))
-    assert train.main([recipe]) == 0
+    recipe = str(trained_run(workdir))
     newest = workdir / "out" / "checkpoints" / "iter-000010"
     if damage == "another model's weights":
         shutil.copy(small_model(tmp_path / "other", n_embd=16) / "model.safetensors", newest / "model.safetensors")
@@ -180,10 +205,9 @@ def test_files_get_the_modes_the_umask_gives(tiny_recipe, workdir):
     and save_pretrained made 0600 and 0700 ones: another user of a shared dataset or model got a
     PermissionError)."""
     recipe = str(tiny_recipe(**SHORT))
-    for step in ("prepare", "train"):
-        done = subprocess.run([PYTHON, "-m", f"hfgpt.{step}", recipe], cwd=workdir, env=run_env(), capture_output=True,
-                              text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))
-        assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run([PYTHON, "-m", "hfgpt.train", recipe], cwd=workdir, env=run_env(), capture_output=True,
+                          text=True, timeout=300, preexec_fn=lambda: os.umask(0o022))  # prepares, trains, saves
+    assert done.returncode == 0, done.stderr[-2000:]
     paths = [p for folder in (workdir / "data" / "tiny", workdir / "out") for p in [folder, *folder.rglob("*")]]
     wrong = {str(p.relative_to(workdir)): oct(stat.S_IMODE(p.stat().st_mode)) for p in paths
              if stat.S_IMODE(p.stat().st_mode) != (0o755 if p.is_dir() else 0o644)}

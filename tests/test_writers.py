@@ -26,7 +26,7 @@ from tests.helpers import reused_pid
 SHORT = {"max_iters": 10, "eval_interval": 5, "lr_decay_iters": 10, "log_interval": 5, "eval_iters": 2}
 
 
-def test_a_dead_writers_leftover_whose_pid_runs_again_is_removed_not_waited_for(tiny_recipe, workdir):
+def test_a_dead_writers_leftover_whose_pid_runs_again_is_removed_not_waited_for(tiny_recipe, workdir, capsys):
     """A prepare killed while it had a PID that another process has now (PID 1 after `docker
     restart`): its work folder is removed and the prepare goes on, where it used to wait forever;
     the same for a checkpoint a killed run was writing."""
@@ -42,11 +42,10 @@ def test_a_dead_writers_leftover_whose_pid_runs_again_is_removed_not_waited_for(
 
     proc, work = reused_pid(leftover)
     try:
-        done = subprocess.run([PYTHON, "-m", "hfgpt.prepare", recipe], cwd=workdir, env=run_env(), capture_output=True,
-                              text=True, timeout=60)  # on main: "waiting for the prepare that is writing" forever
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert not work.exists() and "removed 1,000 bytes that a stopped prepare left" in done.stdout
-        assert "waiting for the prepare" not in done.stdout
+        assert prepare.main([recipe]) == 0  # on main: "waiting for the prepare that is writing" until the timeout
+        said = capsys.readouterr().out
+        assert not work.exists() and "removed 1,000 bytes that a stopped prepare left" in said
+        assert "waiting for the prepare" not in said
 
         assert train.main([recipe]) == 0
         ckpts = workdir / "out" / "checkpoints"
@@ -64,27 +63,29 @@ def test_a_dead_writers_leftover_whose_pid_runs_again_is_removed_not_waited_for(
 
 
 @pytest.mark.parametrize("held_by", ["a live work folder", "the dataset's lock"])
-def test_every_wait_for_another_prepare_ends_with_one_line_saying_how_to_clear_it(tiny_recipe, workdir, held_by):
+def test_every_wait_for_another_prepare_ends_with_one_line_saying_how_to_clear_it(tiny_recipe, workdir, monkeypatch,
+                                                                                  capsys, held_by):
     """A live prepare that never finishes (hung, or stopped with SIGSTOP) is waited for at most
-    HFGPT_WAIT_LIMIT seconds; then one line names its work folder and what to do."""
+    HFGPT_WAIT_LIMIT seconds (2 here); then one line names its work folder and what to do."""
     recipe = str(tiny_recipe(**SHORT))
     assert prepare.main([recipe]) == 0
+    monkeypatch.setattr(lock, "WAIT_LIMIT", 2.0)
+    monkeypatch.setattr(data_prepare, "WAIT_LIMIT", 2.0)
     data = workdir / "data" / "tiny"
     with temp_dir(data, PREPARING) as work:  # this process is that prepare: alive, never finishing
         (data / "meta.json").unlink()  # as publish leaves it midway
-        if held_by == "the dataset's lock":
+        if held_by == "the dataset's lock":  # held through another open file, as another process holds it
             holding = data_prepare.dataset_lock(data)
             holding.__enter__()
         try:
             started = time.time()
-            done = subprocess.run([PYTHON, "-m", "hfgpt.train", recipe, "--source=None"], cwd=workdir,
-                                  env={**run_env(), "HFGPT_WAIT_LIMIT": "2"}, capture_output=True, text=True, timeout=120)
+            capsys.readouterr()
+            code = train.main([recipe, "--source=None"])  # on main: waits forever (until the test's timeout)
         finally:
             if held_by == "the dataset's lock":
                 holding.__exit__(None, None, None)
-    assert done.returncode == 2 and time.time() - started < 60, done.stderr[-2000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in done.stderr
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and time.time() - started < 60 and len(errors) == 1
     assert "waited" in errors[0] and work.name in errors[0] and "HFGPT_WAIT_LIMIT" in errors[0]
 
 

@@ -69,8 +69,8 @@ def test_every_wait_for_another_prepare_ends_with_one_line_saying_how_to_clear_i
     HFGPT_WAIT_LIMIT seconds (2 here); then one line names its work folder and what to do."""
     recipe = str(tiny_recipe(**SHORT))
     assert prepare.main([recipe]) == 0
-    monkeypatch.setattr(lock, "WAIT_LIMIT", 2.0)
-    monkeypatch.setattr(data_prepare, "WAIT_LIMIT", 2.0)
+    monkeypatch.setattr(lock, "WAIT_LIMIT", 2.0, raising=False)  # (main has none: it waits forever)
+    monkeypatch.setattr(data_prepare, "WAIT_LIMIT", 2.0, raising=False)
     data = workdir / "data" / "tiny"
     with temp_dir(data, PREPARING) as work:  # this process is that prepare: alive, never finishing
         (data / "meta.json").unlink()  # as publish leaves it midway
@@ -188,7 +188,7 @@ def test_a_lock_of_another_machine_is_told_live_or_dead_by_its_renewal(tmp_path,
     machine holds out_dir/.lock without this machine seeing its flock. Its record names that
     machine; a holder that renews the lock's time is refused, one that does not (dead) is taken
     over after a bounded wait (on main: taken over at once, two runs in one out_dir)."""
-    monkeypatch.setattr(lock, "HEARTBEAT", 0.4)
+    monkeypatch.setattr(lock, "HEARTBEAT", 0.4, raising=False)
     record = {"pid": 4242, "host": "another-node", "started": time.time() - 60, "command": "hfgpt train r.yaml"}
     (tmp_path / LOCK).write_text(json.dumps(record))
     stop = threading.Event()
@@ -214,7 +214,7 @@ def test_a_lock_of_another_machine_is_told_live_or_dead_by_its_renewal(tmp_path,
 
 
 def test_the_lock_is_renewed_while_held(tmp_path, monkeypatch):
-    monkeypatch.setattr(lock, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(lock, "HEARTBEAT", 0.2, raising=False)
     with hold_lock(tmp_path, "wait"):
         first = (tmp_path / LOCK).stat().st_mtime_ns
         time.sleep(1.0)

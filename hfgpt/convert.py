@@ -10,10 +10,19 @@ char model), --tokenizer (a Hub id or folder), or, as nanoGPT's sample.py finds 
 data/<dataset>/meta.pkl; GPT-2's BPE otherwise. to-nanogpt writes DEST/ckpt.pt (and, for a char
 model, DEST/meta.pkl to copy into nanoGPT's data/<dataset>/) for nanoGPT's sample.py. These two
 files are nanoGPT's pickle formats, written only because nanoGPT reads nothing else.
+
+DEST is written as training writes out_dir: into a temporary folder beside it, swapped in whole
+(a killed convert leaves DEST as it was, and the next convert removes its temporary folder); the
+files DEST held besides are kept. A DEST that holds a model, a training run or a ckpt.pt is
+refused unless --overwrite=True, and one a training run holds (its .lock) always.
 """
 
+import os
 import pickle
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +40,8 @@ class ToHfOptions:
     """nanoGPT's meta.pkl of a char-level model."""
     tokenizer: str | None = option(None)
     """A Hub tokenizer id or folder; None: data/<dataset>/meta.pkl when it exists, else gpt2."""
+    overwrite: bool = option(False)
+    """Replace the model or training run that DEST holds (its files; DEST's other files are kept)."""
 
 
 @dataclass
@@ -41,6 +52,70 @@ class ToNanogptOptions:
     """Folder for ckpt.pt (nanoGPT's --out_dir)."""
     dataset: str | None = option(None)
     """nanoGPT dataset name recorded in ckpt.pt, where sample.py looks for meta.pkl."""
+    overwrite: bool = option(False)
+    """Replace the ckpt.pt, model or training run that DEST holds (DEST's other files are kept)."""
+
+
+TMP = ".tmp-convert-"  # the folder a convert writes in, beside DEST (make_temp_dir adds <host>-<pid>)
+NANOGPT_FILES = ("ckpt.pt", "meta.pkl")
+
+
+@contextmanager
+def output_folder(dest: str, overwrite: bool, writes: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A temporary folder beside DEST that becomes DEST when the block ends without an error (one
+    swap: whole or absent). DEST's other files are hard-linked into it first, so they stay; with
+    overwrite, the files of the model or run DEST held (and `writes`, the names this command
+    writes) are not. Refused: DEST a file, the working folder or above it, in use by a training
+    run, or holding a model, a run or one of `writes` (without overwrite)."""
+    from hfgpt.core.files import make_temp_dir, remove_dead_temp, replace_dir, sync_tree
+    from hfgpt.core.lock import LOCK, hold_lock
+    from hfgpt.training.out_dir import earlier_run, run_files
+
+    out = Path(dest)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{dest} is a file: give the folder to write, e.g. {out.with_suffix('')}-converted")
+    if out.exists() and out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+        raise UserError(f"{dest} is the working folder or above it: give a new folder to write, e.g. {out / 'converted'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp(out.parent, (TMP,))  # what a killed convert left
+    with ExitStack() as stack:
+        replaced: set[str] = set()
+        if out.is_dir():
+            stack.enter_context(hold_lock(out, "wait for that run to end, or convert into another folder"))
+            found = earlier_run(out) + [name for name in writes if (out / name).exists()]
+            if found and not overwrite:
+                raise UserError(f"{dest} holds {', '.join(found)}: convert into a new folder, or replace it with "
+                                "--overwrite=True (the other files there are kept)")
+            replaced = {p.name for p in run_files(out)} | set(writes) if overwrite else set()
+        tmp = make_temp_dir(out.parent, TMP)
+        try:
+            yield tmp
+            for entry in sorted(out.iterdir()) if out.is_dir() else []:
+                if entry.name != LOCK and entry.name not in replaced and not (tmp / entry.name).exists():
+                    _link(entry, tmp / entry.name)
+            if out.is_dir():
+                replace_dir(tmp, out)
+            else:
+                sync_tree(tmp)
+                os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Put `src` at `dst` too, without copying bytes where the file system has hard links."""
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if src.is_dir() and not src.is_symlink():
+        shutil.copytree(src, dst, symlinks=True, copy_function=link)
+    elif src.is_symlink():
+        os.symlink(os.readlink(src), dst)
+    else:
+        link(src, dst)
 
 
 SUMMARY = __doc__.split("\n\n")[0]
@@ -59,7 +134,7 @@ def _tokenizer_for(ckpt: dict, meta: str | None, tokenizer: str | None):
     return load_tokenizer(tokenizer or "gpt2")
 
 
-def to_hf(src: str, dest: str, meta: str | None, tokenizer: str | None) -> None:
+def to_hf(src: str, dest: str, meta: str | None, tokenizer: str | None, overwrite: bool = False) -> None:
     import torch
 
     from hfgpt.data.tokenizer import eot_id
@@ -81,20 +156,21 @@ def to_hf(src: str, dest: str, meta: str | None, tokenizer: str | None) -> None:
     eot = eot if eot is not None and eot < model.config.vocab_size else None  # a char model's eot is past its vocab
     model.config.bos_token_id = model.config.eos_token_id = eot
     set_generation_defaults(model, model.config.n_positions, eot)
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    write_model_files(model, None, tok, Path(dest))
+    with output_folder(dest, overwrite) as folder:
+        write_model_files(model, None, tok, folder)
     print(f"wrote {dest}: {model.config.n_layer} layers x {model.config.n_embd}, vocab {model.config.vocab_size:,}, "
           f"block_size {model.config.n_positions}, trained {ckpt.get('iter_num', '?')} iterations; "
           f"sample with: python -m hfgpt.sample {dest}")
 
 
-def to_nanogpt(src: str, dest: str, dataset: str | None) -> None:
+def to_nanogpt(src: str, dest: str, dataset: str | None, overwrite: bool = False) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hfgpt.core.files import atomic_file
+    from hfgpt.model.folder import check_model_folder
     from hfgpt.model.nanogpt import nanogpt_checkpoint_from_hf
 
+    check_model_folder(src)
     try:
         config = AutoConfig.from_pretrained(src)
         if config.model_type != "gpt2":  # before any weight is read
@@ -108,13 +184,13 @@ def to_nanogpt(src: str, dest: str, dataset: str | None) -> None:
               "so its outputs will differ slightly (as with nanoGPT's own GPT-2 import)")
     ckpt = nanogpt_checkpoint_from_hf(model, dataset)
     out = Path(dest)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_file(out / "ckpt.pt") as f:
-        torch.save(ckpt, f)
     meta = _char_meta(src, model.config.vocab_size)
-    if meta:
-        with atomic_file(out / "meta.pkl") as f:
-            pickle.dump(meta, f)
+    with output_folder(dest, overwrite, writes=NANOGPT_FILES) as folder:
+        with open(folder / "ckpt.pt", "wb") as f:
+            torch.save(ckpt, f)
+        if meta:
+            with open(folder / "meta.pkl", "wb") as f:
+                pickle.dump(meta, f)
     where = f"data/{dataset}/meta.pkl" if dataset else "data/<dataset>/meta.pkl (and pass --dataset)"
     print(f"wrote {out / 'ckpt.pt'}" + (f" and {out / 'meta.pkl'} (copy it to nanoGPT's {where})" if meta else "")
           + f"; in nanoGPT: python sample.py --out_dir={out}")
@@ -140,14 +216,14 @@ def _char_meta(src: str, vocab_size: int) -> dict | None:
 @command(Command("convert to-hf", "nanoGPT ckpt.pt -> Hugging Face model folder.", options=ToHfOptions))
 def main_to_hf(parsed: Parsed) -> int:
     o = parsed.options
-    to_hf(o.ckpt, o.dest, o.meta, o.tokenizer)
+    to_hf(o.ckpt, o.dest, o.meta, o.tokenizer, o.overwrite)
     return 0
 
 
 @command(Command("convert to-nanogpt", "Hugging Face GPT-2 model folder -> nanoGPT ckpt.pt.", options=ToNanogptOptions))
 def main_to_nanogpt(parsed: Parsed) -> int:
     o = parsed.options
-    to_nanogpt(o.model, o.dest, o.dataset)
+    to_nanogpt(o.model, o.dest, o.dataset, o.overwrite)
     return 0
 
 

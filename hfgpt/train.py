@@ -3,6 +3,7 @@
     hfgpt train recipes/shakespeare_char_cpu.yaml
     python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --init_from=resume --max_iters=3000
     python -m hfgpt.train --config recipes/shakespeare_char_cpu.yaml --eval_only=True --init_from=resume
+    python -m hfgpt.train recipes/shakespeare_char.yaml --init_from=auto    # resume when it can, else start: a requeued job
     python -m hfgpt.train recipes/shakespeare_char_cpu.yaml --overwrite_out_dir=True   # start over where a run was
     accelerate launch --config_file accelerate_config.yaml -m hfgpt.train recipes/shakespeare_char.yaml
     accelerate launch --multi_gpu --num_processes 2 -m hfgpt.train recipes/shakespeare_char_cpu.yaml  # 2 CPU processes
@@ -11,8 +12,10 @@ Prepares the data when needed, builds or loads the model, and trains: random blo
 gradient accumulation, AdamW with warmup + cosine decay, gradient clipping, mixed precision.
 Every eval_interval iterations it estimates train and val loss, saves out_dir as a Hugging Face
 model folder when val improves (always, with always_save_checkpoint) and writes a resumable
-checkpoint to out_dir/checkpoints/. SIGINT or SIGTERM finish the iteration, checkpoint and exit
-130 or 143; init_from=resume continues exactly where the run stopped. out_dir/metrics.jsonl holds
+checkpoint to out_dir/checkpoints/. SIGINT, SIGTERM or SIGUSR1 (a cluster's time limit is near)
+finish the iteration, checkpoint and exit 130, 143 or 138; init_from=resume continues exactly where
+the run stopped, and init_from=auto does so when there is a checkpoint (else it starts), so one
+command line is the first start and every restart (scripts/slurm.sbatch). out_dir/metrics.jsonl holds
 one JSON object per log line and per evaluation, also sent to the trackers of log_with; loss.png
 is redrawn at each evaluation, and every saved model folder gets a README.md model card. With
 push_to_hub the saves go to the Hub in the background (hfgpt.hub.push). One run at a time holds

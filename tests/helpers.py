@@ -22,3 +22,42 @@ def read_metrics(out_dir) -> list[dict]:
 
 def run(args: list[str], cwd, env: dict | None = None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=env or run_env(), cwd=cwd, timeout=timeout, **kwargs)
+
+
+def reused_pid(make) -> tuple[subprocess.Popen, Path]:
+    """A live process whose PID was a dead writer's: make(f"{host}-{pid}") is called for the next
+    PIDs the system will hand out (each makes a temporary name in place, as a writer would), then a
+    process is started, which gets one of them, as PID 1 of a restarted container or a busy
+    machine's PIDs coming round again. Returns the process (kill it) and the path with its PID;
+    the other paths are removed."""
+    import shutil
+    import time
+
+    from hfgpt.core.files import owner_tag
+
+    host = owner_tag().rsplit("-", 1)[0]
+    for _ in range(5):
+        last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+        made = {pid: make(f"{host}-{pid}") for pid in range(last + 1, last + 400)}
+        time.sleep(1.2)  # the process starts later than the entries were made, by more than a second
+        proc = subprocess.Popen(["sleep", "300"])
+        mine = made.pop(proc.pid, None)
+        for path in made.values():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if mine is not None:
+            return proc, mine
+        proc.kill()
+        proc.wait()
+    raise RuntimeError("could not get a PID that a leftover names (PIDs are not handed out in order here?)")
+
+
+def without_file_permissions_bypass(args: list[str]) -> list[str]:
+    """`args` run so that file permissions apply: as is for a normal user; for root, without the
+    capabilities that let root read any file (setpriv), as a normal user would be."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return args
+    caps = "-dac_override,-dac_read_search"
+    return [shutil.which("setpriv"), f"--inh-caps={caps}", f"--bounding-set={caps}", *args]

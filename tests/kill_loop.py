@@ -2,6 +2,13 @@
 being saved, rerun it each time, and check that it ends exactly where an uninterrupted run ends.
 
     python -m tests.kill_loop --kills=10 --seed=0          # from the repository root; --kills=100 runs longer
+    python -m tests.kill_loop --kills=10 --explicit        # rerun as a user would by hand (see next_args)
+
+The run's recipe says init_from: auto, and every start is the identical command line, as a cluster
+requeues a job; one more stop, at a random kill's place, is a SIGUSR1 (a cluster's "time is nearly
+up"): the run checkpoints and exits 138, and the same command continues it. With --explicit the
+recipe says init_from: scratch and each rerun adds what a user would (--init_from=resume once a
+checkpoint exists, else --overwrite_out_dir=True), with SIGKILLs only.
 
 After every kill: each checkpoint in out_dir/checkpoints is whole (every file loads) or absent, and
 the model in out_dir loads. At the end: no temporary file or folder anywhere in out_dir (the lock
@@ -11,7 +18,7 @@ released too), every iteration logged once with the uninterrupted run's loss, an
 Each run is a child forked from this process after it has imported hfgpt (and torch), so a start
 costs a fraction of a second instead of a fresh interpreter's imports; the child is a real process,
 killed by a real SIGKILL while it writes real files. tests/test_checkpoint.py runs this with 10
-kills as a subprocess.
+kills and a SIGUSR1, the same command line every time, as a subprocess.
 """
 
 import argparse
@@ -128,8 +135,11 @@ def losses(out: Path) -> dict[int, float]:
     return found
 
 
-def next_args(out: Path) -> list[str]:
-    """What a user reruns: resume when a checkpoint exists, else start over the run that left only a log."""
+def next_args(out: Path, auto: bool) -> list[str]:
+    """What is rerun: with init_from: auto nothing but the same command line; else what a user adds by
+    hand: resume when a checkpoint exists, else start over the run that left only a log."""
+    if auto:
+        return []
     ckpts = out / "checkpoints"
     if ckpts.is_dir() and any((p / "state.json").exists() for p in ckpts.iterdir()):
         return ["--init_from=resume"]
@@ -173,39 +183,61 @@ def kill_when(pid: int, out: Path, mode: str, rng: random.Random) -> str | None:
     return what
 
 
-def run(workdir: Path, text: str, kills: int, seed: int, max_iters: int | None = None, say=print) -> dict:
-    """The kill loop in `workdir`; max_iters defaults to enough iterations for every kill to land."""
+def usr1_when(pid: int, out: Path, rng: random.Random) -> int:
+    """SIGUSR1 a few iterations into training; returns the child's exit code (138: it checkpointed)."""
+    target, deadline = max(newest(out), 0) + rng.randint(1, 8), time.time() + 120
+    while running(pid) and last_logged(out) < target and time.time() < deadline:
+        time.sleep(0.005)
+    if running(pid):
+        os.kill(pid, signal.SIGUSR1)
+    return wait(pid)
+
+
+def run(workdir: Path, text: str, kills: int, seed: int, max_iters: int | None = None, say=print,
+        auto: bool = True) -> dict:
+    """The kill loop in `workdir`; max_iters defaults to enough iterations for every kill to land.
+    auto: the recipe says init_from: auto, every start is the same command, and one more stop is a
+    SIGUSR1 (see the module docstring)."""
     rng, max_iters = random.Random(seed), max_iters or 6 * kills + 40
+    usr1_at = rng.randint(1, kills) if auto else None  # the start that gets the SIGUSR1 instead of a kill
     os.chdir(workdir)
     (workdir / "text.txt").write_text(text, encoding="utf-8")
     recipes = {}
     for name in ("straight", "killed"):
         recipes[name] = workdir / f"{name}.yaml"
+        origin = {"init_from": "auto"} if auto and name == "killed" else {}
         recipes[name].write_text(yaml.safe_dump({**RECIPE, "source": str(workdir / "text.txt"), "out_dir": f"out-{name}",
-                                                 "max_iters": max_iters, "lr_decay_iters": max_iters}))
+                                                 "max_iters": max_iters, "lr_decay_iters": max_iters, **origin}))
     t0 = time.time()
     assert wait(start(prepare, [str(recipes["straight"])], workdir / "prepare.log")) == 0, "prepare failed"
     straight = start(train, [str(recipes["straight"])], workdir / "straight.log")  # alongside the killed line
 
-    out, attempts, during_save = workdir / "out-killed", 0, 0
+    out, attempts, during_save, usr1 = workdir / "out-killed", 0, 0, 0
     while True:
         attempts += 1
         log = workdir / f"attempt-{attempts}.log"
-        pid = start(train, [str(recipes["killed"]), *next_args(out)], log)
-        if attempts > kills:
+        pid = start(train, [str(recipes["killed"]), *next_args(out, auto)], log)
+        if attempts > kills + usr1:
             code = wait(pid)
             assert code == 0, f"the final run exited {code}: {log.read_text()[-3000:]}"
             break
+        if attempts == usr1_at:
+            code = usr1_when(pid, out, rng)
+            assert code == 138, f"run {attempts} exited {code} after SIGUSR1, not 138: {log.read_text()[-3000:]}"
+            assert newest(out) == last_logged(out), "SIGUSR1 did not checkpoint the iteration it stopped at"
+            usr1 += 1
+            say(f"SIGUSR1 {usr1} at iteration {last_logged(out)}: exit 138 with a checkpoint of that iteration")
+            continue
         mode = rng.choice(["model", "checkpoint", "model", "checkpoint", "training", "start-up"])
         what = kill_when(pid, out, mode, rng)
         if what is None:  # it reached max_iters before its kill
             assert wait(pid) == 0, f"run {attempts} exited {wait(pid)}: {log.read_text()[-3000:]}"
             say(f"run {attempts} finished before its kill")
-            kills = attempts - 1
+            kills = attempts - 1 - usr1
             break
         during_save += what.startswith("while saving")
         names = check_whole(out)
-        say(f"kill {attempts} {what} at ~iteration {last_logged(out)}; checkpoints: {', '.join(names) or 'none'}")
+        say(f"kill {attempts - usr1} {what} at ~iteration {last_logged(out)}; checkpoints: {', '.join(names) or 'none'}")
     assert wait(straight) == 0, f"the uninterrupted run failed: {(workdir / 'straight.log').read_text()[-3000:]}"
 
     check_whole(out)
@@ -217,10 +249,11 @@ def run(workdir: Path, text: str, kills: int, seed: int, max_iters: int | None =
     for folder in (Path("checkpoints") / f"iter-{max_iters:06d}", Path(".")):
         x, y = load_file(workdir / "out-straight" / folder / "model.safetensors"), load_file(out / folder / "model.safetensors")
         assert x.keys() == y.keys() and all((x[k] == y[k]).all() for k in x), f"weights differ in {folder}"
-    result = {"kills": kills, "during_save": during_save, "starts": attempts, "iterations": len(b),
-              "seconds": round(time.time() - t0, 1)}
-    say(f"after {kills} kills ({during_save} during a save) and {attempts} starts: {len(b)} iterations, losses "
-        f"identical to the uninterrupted run, final weights bitwise equal, nothing left behind ({result['seconds']}s)")
+    result = {"kills": kills, "usr1": usr1, "during_save": during_save, "starts": attempts, "iterations": len(b),
+              "identical_command": auto, "seconds": round(time.time() - t0, 1)}
+    say(f"after {kills} kills ({during_save} during a save), {usr1} SIGUSR1 and {attempts} starts"
+        f"{' of the same command line' if auto else ''}: {len(b)} iterations, losses identical to the uninterrupted "
+        f"run, final weights bitwise equal, nothing left behind ({result['seconds']}s)")
     return result
 
 
@@ -231,10 +264,12 @@ def main(argv=None) -> int:
     p.add_argument("--max_iters", type=int, default=None, help="default: 6 x kills + 40")
     p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    p.add_argument("--explicit", action="store_true", help="init_from: scratch, rerun with --init_from=resume or "
+                   "--overwrite_out_dir=True as a user would, SIGKILLs only")
     args = p.parse_args(argv)
     text = Path(args.text).read_text(encoding="utf-8")[:200_000]
     with tempfile.TemporaryDirectory() as d:
-        result = run(Path(d), text, args.kills, args.seed, args.max_iters)
+        result = run(Path(d), text, args.kills, args.seed, args.max_iters, auto=not args.explicit)
     if args.json:
         print(json.dumps(result))
     return 0

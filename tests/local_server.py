@@ -29,11 +29,14 @@ class LocalServer:
     Faults, for download tests: short=True answers every request with half of the file under the
     whole file's Content-Length; drops=n resets the connection halfway through the first n answers;
     ranges=True answers a Range request with 206 and the rest of the file; rate slows the sending
-    to about that many bytes per second."""
+    to about that many bytes per second; stall=n sends the first n bytes of each answer and then
+    nothing for `stall_seconds`."""
 
-    def __init__(self, folder, short: bool = False, drops: int = 0, ranges: bool = False, rate: float | None = None):
+    def __init__(self, folder, short: bool = False, drops: int = 0, ranges: bool = False, rate: float | None = None,
+                 stall: int | None = None, stall_seconds: float = 5.0):
         self.received: list[tuple[str, dict]] = []
         self.short, self.drops, self.ranges, self.rate = short, drops, ranges, rate
+        self.stall, self.stall_seconds = stall, stall_seconds
         outer, folder = self, Path(folder)
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -56,6 +59,12 @@ class LocalServer:
                 drop = outer.drops > 0
                 outer.drops -= drop
                 sent = len(body) // 2 if outer.short or drop else len(body)
+                if outer.stall is not None:
+                    self.wfile.write(body[:outer.stall])
+                    self.wfile.flush()
+                    time.sleep(outer.stall_seconds)
+                    self.close_connection = True
+                    return
                 for at in range(0, sent, 1 << 16):
                     self.wfile.write(body[at:min(at + (1 << 16), sent)])
                     if outer.rate:

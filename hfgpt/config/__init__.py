@@ -4,8 +4,9 @@
 from hfgpt.config.options import option
 from hfgpt.config.parse import Command, Parsed, command, load_recipe, parse_command
 from hfgpt.config.recipe import (KEYS, SECTIONS, DataConfig, HubConfig, LogConfig, ModelConfig, OptimConfig, Recipe,
-                                 SystemConfig, TrainConfig, cautions, keys_of_step, keys_that_shape, tracker_names)
+                                 SystemConfig, TrainConfig, auto_start, cautions, keys_of_step, keys_that_shape,
+                                 tracker_names)
 
 __all__ = ["option", "Command", "Parsed", "command", "load_recipe", "parse_command", "KEYS", "SECTIONS", "DataConfig", "HubConfig",
            "LogConfig", "ModelConfig", "OptimConfig", "Recipe", "SystemConfig", "TrainConfig", "cautions",
-           "keys_of_step", "keys_that_shape", "tracker_names"]
+           "keys_of_step", "keys_that_shape", "tracker_names", "auto_start"]

@@ -30,6 +30,8 @@ from dataclasses import MISSING, field
 
 import yaml
 
+from hfgpt.config.yaml_load import load_yaml
+
 NONE_WORDS = ("none", "null", "~", "")
 
 
@@ -75,7 +77,7 @@ def _convert_list(key: str, value, item_type) -> list:
     """A YAML list, or on the command line a YAML flow list (--source=[a.txt, b.txt]); one value is a one-item list."""
     if isinstance(value, str) and value.strip().startswith("["):
         try:
-            value = yaml.safe_load(value)
+            value = load_yaml(value, f"--{key}")
         except yaml.YAMLError:
             raise ValueError from None
     if not isinstance(value, list):
@@ -131,6 +133,15 @@ def convert(key: str, value, tp):
     raise TypeError(f"no converter for {key}: {tp}")
 
 
+QUOTED_CHARS = 200  # of a value that an error message quotes
+
+
+def quoted(value) -> str:
+    """repr(value) for an error message, cut at QUOTED_CHARS (a value can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= QUOTED_CHARS else f"{text[:QUOTED_CHARS]}... ({len(text):,} characters)"
+
+
 def _num(x) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
@@ -140,7 +151,7 @@ def rule_problem(name: str, value, meta: dict) -> str | None:
     if value is None:
         return None
     if meta.get("choices") and value not in meta["choices"]:
-        return f"{name}={value!r} is not one of {', '.join(map(str, meta['choices']))}"
+        return f"{name}={quoted(value)} is not one of {', '.join(map(str, meta['choices']))}"
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     if meta.get("finite") and not math.isfinite(value):

@@ -25,9 +25,10 @@ from pathlib import Path
 import yaml
 
 from hfgpt import __version__
-from hfgpt.config.options import convert, field_types, help_lines, problems_of, type_name
+from hfgpt.config.options import convert, field_types, help_lines, problems_of, quoted, type_name
 from hfgpt.config.pyconfig import read_py_config
 from hfgpt.config.recipe import KEYS, SECTIONS, Recipe, keys_of_step, tracker_names, validate
+from hfgpt.config.yaml_load import load_yaml
 from hfgpt.core.errors import UserError, cli
 
 # Names from nanoGPT and its docs that hfgpt spells otherwise: the message points to ours.
@@ -123,7 +124,7 @@ def _fill(instance, values: dict, where: str, problems: list[str]) -> None:
         try:
             setattr(instance, key, convert(key, value, types_[key]))
         except (ValueError, TypeError):
-            problems.append(f"{where}: {key}={value!r} is not a valid {type_name(types_[key])}")
+            problems.append(f"{where}: {key}={quoted(value)} is not a valid {type_name(types_[key])}")
 
 
 def read_recipe_file(path: str) -> dict:
@@ -133,7 +134,7 @@ def read_recipe_file(path: str) -> dict:
     if p.suffix == ".py":  # a nanoGPT config file: its literal assignments, never run
         return read_py_config(p)
     try:
-        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loaded = load_yaml(p.read_text(encoding="utf-8"), path)  # safe_load, refusing duplicate keys and alias bombs
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -47,7 +47,7 @@ class DataConfig:
     """Read .jsonl/.json/.csv/.parquet and Hub datasets as a stream (no local copy); each document then goes to validation with probability val_fraction."""
     errors: str = option("strict", choices=("strict", "replace", "ignore"), shapes="data")
     """Bytes that are not UTF-8: 'strict' stops with the file and byte offset, 'replace' writes U+FFFD, 'ignore' drops them."""
-    tokenizer: str | None = option(None, shapes="data")
+    tokenizer: str | None = option(None, shapes="data", urls=True)
     """'char' (one id per character, as nanoGPT's shakespeare_char), 'byte' (256 byte ids), 'bpe' (byte-level BPE learned from the training text), 'gpt2', or any Hugging Face tokenizer id or folder; None: the model's own tokenizer when init_from is a model (Hub id or folder), 'char' for a model trained from scratch."""
     vocab_size: int | None = option(None, shapes="data")
     """Number of ids a 'bpe' tokenizer learns (256 bytes + <|endoftext|> + merges); only used with tokenizer: bpe."""
@@ -64,8 +64,8 @@ class ModelConfig:
     """The GPT: built from these numbers, or loaded and cropped to block_size."""
 
     STEPS: ClassVar = ("train",)
-    init_from: str = option("scratch", steps=("prepare", "train"))
-    """'scratch' builds a new model of `architecture`; 'resume' continues the run in out_dir; otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder, loaded with float32 weights (whatever dtype it stores), whose tokenizer the data is then prepared with (unless tokenizer is set)."""
+    init_from: str = option("scratch", steps=("prepare", "train"), urls=True)
+    """'scratch' builds a new model of `architecture`; 'resume' continues the run in out_dir; 'auto' resumes the run in out_dir when it has a checkpoint, else starts from scratch ('auto:MODEL': else starts from MODEL), so one command line is the first start and every restart (a requeued cluster job); otherwise a Hub model id (gpt2, gpt2-medium, user/name, user/name@revision for a branch, tag or commit) or a local model folder, loaded with float32 weights (whatever dtype it stores), whose tokenizer the data is then prepared with (unless tokenizer is set)."""
     architecture: str = option("gpt2", choices=("gpt2", "llama"), shapes="new_model", planned=True)
     """The model init_from: scratch builds: 'gpt2' (nanoGPT's: learned positions, LayerNorm, GELU MLP; a GPT2LMHeadModel) or 'llama' (rotary positions, RMSNorm, SwiGLU MLP, n_kv_head for grouped-query attention; a LlamaForCausalLM). A loaded model keeps its own."""
     n_layer: int = option(12, min=1, shapes="new_model", planned=True)
@@ -156,7 +156,7 @@ class TrainConfig:
     """Save the model in out_dir at every evaluation, not only when val loss improves."""
     keep_last: int | None = option(2, min=1)
     """Resumable checkpoints kept in out_dir/checkpoints (written at every evaluation); with always_save_checkpoint the best one is kept too (without it, out_dir is the best model); None keeps all."""
-    resume_from: str | None = option(None)
+    resume_from: str | None = option(None, urls=True)
     """With init_from=resume: the checkpoint folder to continue from, or a Hub repo pushed with hub_strategy=checkpoint (user/name[@revision]: its last-checkpoint/ is downloaded); None takes the newest complete one in out_dir/checkpoints."""
     time_budget: str | None = option(None)
     """Train within this much wall time, e.g. 90s, 2m, 1h30m (the whole python -m hfgpt.train, evaluation and saving included): hfgpt measures this machine and plans every key you did not set (model shape, batch, optimizer and learning rates, schedule, iterations, dropout), prints the plan and writes it into recipe.yaml; a machine slower than measured still ends on time, its learning rate decayed."""
@@ -260,6 +260,26 @@ def parse_duration(text: str) -> float | None:
     return 3600 * float(match["h"] or 0) + 60 * float(match["m"] or 0) + float(match["s"] or 0)
 
 
+AUTO = "auto"
+
+
+def auto_start(init_from: str) -> str | None:
+    """What init_from 'auto' or 'auto:MODEL' starts from when there is no checkpoint to resume
+    ('scratch' or MODEL), or None for any other init_from."""
+    if init_from == AUTO:
+        return "scratch"
+    if init_from.startswith(f"{AUTO}:") and init_from[len(AUTO) + 1:] not in ("", "resume", AUTO):
+        return init_from[len(AUTO) + 1:]
+    return None
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` is not the name of one folder (dataset: data_dir/NAME), or None."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return "is not one folder name"
+    return None
+
+
 def keys_that_shape(what: str) -> tuple[str, ...]:
     """The recipe keys whose change changes the token files ('data') or the model ('model')."""
     return tuple(k for k, f in FIELDS.items() if f.metadata.get("shapes") == what)
@@ -290,10 +310,15 @@ def validate(recipe: Recipe) -> list[str]:
             problems.append(message)
 
     need(t.out_dir.strip() != "", "out_dir is empty: give the folder for the run, e.g. --out_dir=out")
+    need(folder_name_problem(d.dataset) is None,
+         f"dataset={d.dataset!r} {folder_name_problem(d.dataset)}: the dataset is the folder data_dir/dataset "
+         f"({d.data_dir}/NAME); give a name without / or .., e.g. --dataset=shakespeare_char, and point data_dir "
+         "elsewhere to keep it in another place")
+    start = auto_start(m.init_from) or m.init_from
     need(not (t.overwrite_out_dir and m.init_from == "resume"),
          "overwrite_out_dir=True with init_from=resume: resume continues the run in out_dir, overwrite replaces it; "
          "drop one of them")
-    need(not m.lora_r or m.init_from != "scratch",
+    need(not m.lora_r or start != "scratch",
          f"lora_r={m.lora_r} adapts a trained model, but init_from=scratch: set init_from to a model (gpt2-medium, "
          "a folder) or lora_r: 0")
     need(t.resume_from is None or m.init_from == "resume",

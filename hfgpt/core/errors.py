@@ -15,6 +15,8 @@ import os
 import sys
 import time
 
+from hfgpt.core.names import shown_text
+
 
 class UserError(Exception):
     """A problem the user can fix: a bad recipe value, a missing file, an unreachable model."""
@@ -39,7 +41,7 @@ def cli(main):
         except UserError as e:
             if os.environ.get("HFGPT_DEBUG"):
                 raise
-            message = str(e)
+            message = shown_message(str(e))
             for line in message.splitlines():
                 print(f"error: {line.removeprefix('error: ')}", file=sys.stderr)
             _tell_launcher(message)
@@ -52,6 +54,19 @@ def cli(main):
                 ending()
 
     return wrapper
+
+
+LINE_CHARS = 2000  # an error line quotes at most this much of what it names (a YAML alias bomb is megabytes)
+
+
+def shown_message(message: str) -> str:
+    """A UserError's text as it is printed: URLs without their secrets (a password in init_from or an
+    eval model's URL), each line cut at LINE_CHARS."""
+    lines = []
+    for line in shown_text(message).splitlines():
+        cut = len(line) - LINE_CHARS
+        lines.append(line if cut <= 0 else f"{line[:LINE_CHARS]}... ({cut:,} more characters)")
+    return "\n".join(lines)
 
 
 def ending() -> None:

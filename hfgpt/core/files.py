@@ -10,13 +10,16 @@
     remove_tree(folder)                           # delete a folder without ever leaving half of it under its name
     link_or_copy(src, dst)                        # dst: a hard link to src where the file system allows, else a copy
     freed = remove_dead_temp(folder, (".tmp-", ".prepare-"))  # bytes of killed writers' leftovers (only theirs)
-    with disk_space(folder, need_bytes):          # "no space left on device" as a one-line UserError
+    with disk_space(folder, need_bytes, then="run it again"):  # "no space left on device" as a one-line UserError
         ...
     writable_file(Path(options.out), "model.gguf")  # an --out file can be written, checked before the work
 
 Temporary names are unique per writer (a fixed name would let two commands writing the same
 file, e.g. `hfgpt.eval` during training, trample each other) and carry the writer's host and
-PID, so a later start can tell a dead writer's leftovers from a live one's (owner_alive).
+PID, so a later start can tell a dead writer's leftovers from a live one's (owner_alive: a PID
+that runs again, as PID 1 does in every restarted container, is told apart by its start time).
+What is published here gets the modes the umask gives (as open() and nanoGPT's files have), not
+mkstemp's 0600 and mkdtemp's 0700: a dataset or model on a shared machine is readable by others.
 """
 
 import errno
@@ -25,8 +28,9 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,13 +43,26 @@ def owner_tag() -> str:
     return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
 
 
-def owner_alive(name: str) -> bool | None:
-    """Whether the writer named in a temporary name (...<host>-<pid>-... or ...<host>-<pid>.tmp)
-    still runs: None when the name carries no owner or the owner is on another host (then nobody
-    here can tell)."""
+def owner_alive(path: Path | str) -> bool | None:
+    """Whether the writer named in a temporary path (...<host>-<pid>-... or ...<host>-<pid>.tmp) still
+    writes it: None when the name carries no owner or the owner is on another host (then nobody here
+    can tell). A process that runs under that PID but started after the entry was last changed is
+    not its writer (the PID was reused: PID 1 of a restarted container, or a busy machine's PIDs
+    coming round again), so the entry is a dead writer's."""
+    path = Path(path)
     host = socket.gethostname().replace("-", "_")
-    found = re.search(rf"(?:^|[.-]){re.escape(host)}-(\d+)(?=[-.]|$)", name)
-    return None if found is None else pid_alive(int(found[1]))
+    found = re.search(rf"(?:^|[.-]){re.escape(host)}-(\d+)(?=[-.]|$)", path.name)
+    if found is None:
+        return None
+    pid = int(found[1])
+    if not pid_alive(pid):
+        return False
+    started = process_start(pid)
+    try:
+        changed = path.lstat().st_ctime  # a rename changes it too: never earlier than the entry's writer began
+    except FileNotFoundError:
+        return False
+    return started is None or started <= changed
 
 
 def pid_alive(pid: int) -> bool:
@@ -58,6 +75,43 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch, at most a second early: the kernel's boot
+    time is whole seconds), or None when the system does not say."""
+    try:
+        import psutil  # installed with accelerate
+
+        return psutil.Process(pid).create_time()
+    except Exception:  # no psutil, no such process, or not allowed to look
+        return None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux says it (os.umask sets it while
+    reading it, which another thread could see)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+FILE_MODE, DIR_MODE = 0o666 & ~UMASK, 0o777 & ~UMASK
+
+
+def umask_modes(path: Path) -> None:
+    """Give `path` the mode open() or mkdir would have given it (FILE_MODE or DIR_MODE)."""
+    st = path.lstat()
+    want = DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE if stat.S_ISREG(st.st_mode) else None
+    if want is not None and stat.S_IMODE(st.st_mode) != want:
+        os.chmod(path, want)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -76,14 +130,18 @@ def fsync_dir(folder: Path) -> None:
 
 def sync_tree(folder: Path) -> None:
     """fsync every file below `folder`, then the folders, so that a rename published afterwards
-    never points at files a power cut would leave empty."""
+    never points at files a power cut would leave empty; each gets the umask's mode on the way
+    (safetensors and transformers' save_pretrained write model.safetensors 0600, mkdtemp 0700)."""
     for root, dirs, files in os.walk(folder):
         for name in files:
+            umask_modes(Path(root) / name)
             with open(os.path.join(root, name), "rb") as f:
                 os.fsync(f.fileno())
     for root, dirs, _ in os.walk(folder, topdown=False):
         for name in dirs:
+            umask_modes(Path(root) / name)
             fsync_dir(Path(root) / name)
+    umask_modes(Path(folder))
     fsync_dir(Path(folder))
 
 
@@ -93,6 +151,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{owner_tag()}-", suffix=f"-{path.name}")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would stay on the file once it is renamed
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
             yield f
             f.flush()
@@ -111,8 +170,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:
-    """parent/<prefix><host>-<pid>-XXXX: a private folder on the same file system as parent."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{owner_tag()}-"))
+    """parent/<prefix><host>-<pid>-XXXX: a folder of this process on the same file system as parent,
+    with the umask's mode (mkdtemp's 0700 would stay on a checkpoint renamed from it)."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{owner_tag()}-"))
+    os.chmod(folder, DIR_MODE)
+    return folder
 
 
 @contextmanager
@@ -199,7 +261,7 @@ def remove_dead_temp(folder: Path, prefixes: tuple[str, ...]) -> int:
     removed. Returns the bytes freed."""
     freed = 0
     for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if entry.name.startswith(prefixes) and owner_alive(entry.name) is False:
+        if entry.name.startswith(prefixes) and owner_alive(entry) is False:
             original = folder / entry.name.removeprefix(".old-").rsplit("-", 2)[0]
             if entry.name.startswith(".old-") and not original.exists():
                 os.replace(entry, original)
@@ -233,10 +295,15 @@ def size_text(n: float) -> str:
         n /= 1000
 
 
+RESUME_ADVICE = ("continue with --init_from=resume (a lower keep_last keeps fewer checkpoints); the earlier checkpoints "
+                 "are intact")
+
+
 @contextmanager
-def disk_space(folder: Path, need: int | None = None) -> Iterator[None]:
+def disk_space(folder: Path, need: int | None = None, then: str | Callable[[], str] = RESUME_ADVICE) -> Iterator[None]:
     """Run a save into `folder`; a full disk stops it with one line that names the folder, the space
-    the save needs (when known) and what is free. The caller removes its partial files."""
+    the save needs (when known), what is free and what to do once space is freed (`then`, or a
+    function that says it when the disk fills). The caller removes its partial files."""
     try:
         yield
     except Exception as e:
@@ -247,9 +314,9 @@ def disk_space(folder: Path, need: int | None = None) -> Iterator[None]:
             sizes.append(f"{size_text(shutil.disk_usage(folder).free)} free")
         except OSError:
             pass
+        advice = then() if callable(then) else then
         raise UserError(f"no space left on the device of {folder} ({', '.join(sizes) or 'disk full'}): free some space "
-                        "(a lower keep_last keeps fewer checkpoints) and continue with --init_from=resume; the earlier "
-                        "checkpoints are intact") from None
+                        f"and {advice}") from None
 
 
 def read_json(path: Path) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hfgpt.core.errors import UserError
-from hfgpt.data.meta import check_split_size, file_problem
+from hfgpt.data.meta import check_split_size, entry_problem
 
 
 class TokenShards:
@@ -33,12 +33,12 @@ class TokenShards:
 
 
 def load_tokens(folder: Path, meta: dict, split: str, block_size: int | None = None) -> TokenShards:
-    """The split's shards as listed in meta.json, each checked to have the size meta.json gives it;
-    with block_size, checked to hold a training window."""
+    """The split's shards as listed in meta.json, each checked to be as meta.json lists it (its size;
+    its content when its time changed); with block_size, checked to hold a training window."""
     arrays = []
     for entry in meta["shards"][split]:
         path = folder / entry["file"]
-        if problem := file_problem(path, entry["tokens"], meta["dtype"]):
+        if problem := entry_problem(folder, entry, meta["dtype"]):
             raise UserError(f"{problem}: run python -m hfgpt.prepare RECIPE (with its source) to make {folder} again")
         arrays.append(np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r"))
     tokens = TokenShards(arrays)

@@ -94,7 +94,7 @@ def _fetch(url: str, f, name: str) -> str | None:
         with tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=name,
                   disable=None if total and total >= BAR_BYTES else True) as bar:
             try:
-                while block := response.read(1 << 20):
+                while block := response.read1(1 << 20):  # what came so far, not a wait for a whole MB
                     f.write(block)
                     bar.update(len(block))
             except (OSError, http.client.HTTPException) as e:  # the connection dropped midway

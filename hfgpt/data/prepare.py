@@ -2,8 +2,13 @@
 
     meta = prepare(recipe)            # python -m hfgpt.prepare RECIPE (hfgpt/prepare.py) calls this
     meta = ensure_prepared(recipe)    # train: prepare when missing or made differently, else read meta.json
+    with prepared(recipe) as meta:    # the same, the folder locked until the block ends: read its files here
 
-Running it again on an unchanged source and recipe does nothing. What the folder holds and how
+Running it again on an unchanged source and recipe does nothing. One prepare at a time writes a
+dataset folder (an flock on the folder, waited for at most HFGPT_WAIT_LIMIT seconds), and a train
+reads meta.json, the tokenizer and the token files under the same lock, so it never pairs one
+preparation's meta.json with another's files. A source that changes while it is read is read
+again (its stamp is taken before and compared after). What the folder holds and how
 the text is split: hfgpt/prepare.py. The pieces: sources (what `source` names, read as documents),
 tokenizer, encode (texts -> ids with threads), shards (token files), meta (meta.json),
 nanogpt_data (nanoGPT data folders as they are). Everything is written in a temporary folder
@@ -11,19 +16,24 @@ and moved into place at the end.
 """
 
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from hfgpt.config import Recipe, keys_that_shape
+from hfgpt.config import Recipe, auto_start, keys_that_shape
+from hfgpt.config.recipe import shown_urls
 from hfgpt.core.errors import UserError
-from hfgpt.core.files import owner_tag, remove_dead_temp, temp_dir
+from hfgpt.core.files import disk_space, owner_tag, remove_dead_temp, temp_dir
+from hfgpt.core.lock import WAIT_LIMIT, duration, folder_lock
 from hfgpt.data import nanogpt_data
 from hfgpt.data.encode import encoder_for, write_tokens
-from hfgpt.data.meta import META, check_split_size, new_meta, read_meta, shard_problem, write_meta
+from hfgpt.data.meta import (META, check_split_size, meta_problem, new_meta, read_meta, shard_problem, stamp_token_files,
+                             write_meta)
 from hfgpt.data.shards import PREPARING, ShardWriter, move_tail, preparing, publish
 from hfgpt.data.sources import Source, is_nanogpt_dir, open_source, stamp_of
 from hfgpt.data.tokenizer import (HFGPT_TOKENIZERS, byte_tokenizer, char_tokenizer, document_separators, load_tokenizer,
@@ -31,6 +41,7 @@ from hfgpt.data.tokenizer import (HFGPT_TOKENIZERS, byte_tokenizer, char_tokeniz
 
 DRAW_BLOCK = 1 << 16  # documents per seeded block of validation draws when their number is unknown
 WAIT = 0.5  # seconds between looks at a folder another prepare is writing
+READS = 3  # times a source that changes while it is read is read again before prepare gives up
 # What a killed prepare leaves in the dataset folder: its work folder, a meta.json being written,
 # the probe of _make_dir, a tokenizer/ set aside by replace_dir (each name carries <host>-<pid>).
 LEFTOVERS = (PREPARING, f".{META}.", ".write-test-", ".old-")
@@ -44,7 +55,7 @@ def tokenizer_name(recipe: Recipe) -> str:
     """The tokenizer the data is prepared with: the recipe's, else the model's own when init_from is
     a model (a Hub id or folder), else char. With init_from=resume, train has set the checkpoint's;
     otherwise the one the dataset was prepared with."""
-    name, init_from = recipe.data.tokenizer, recipe.model.init_from
+    name, init_from = recipe.data.tokenizer, auto_start(recipe.model.init_from) or recipe.model.init_from
     if name is not None:
         return name
     if init_from == "resume":
@@ -59,7 +70,7 @@ def settings(recipe: Recipe, split: str | None) -> dict:
     seed only picks documents, vocab_size only sizes bpe."""
     saved = recipe.to_dict()
     values = {k: saved[k] for k in keys_that_shape("data")}
-    values["tokenizer"] = tokenizer_name(recipe)
+    values["tokenizer"] = shown_urls(tokenizer_name(recipe))
     if values["tokenizer"] != "bpe":
         del values["vocab_size"]
     if split == "documents":
@@ -75,7 +86,9 @@ def _changed(recipe: Recipe, meta: dict) -> list[str]:
 def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) -> bool:
     """Every token file of the size meta.json gives it, the same settings and the same source
     content (files compared by size and mtime, then by sha256)."""
-    if meta is None or "shards" not in meta:
+    if meta is None:
+        if problem := meta_problem(out):
+            print(f"{problem}: preparing {out} again")
         return False
     if problem := shard_problem(out, meta):
         print(f"{problem}: preparing {out} again")
@@ -114,17 +127,45 @@ def _make_dir(out: Path) -> bool:
 
 def prepare(recipe: Recipe) -> dict:
     """Tokenize the recipe's source into data_dir/dataset/; a no-op when nothing changed."""
-    out = dataset_dir(recipe)
     if recipe.data.source is None:
-        raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
-                        "(a file, folder, URL or Hub dataset), e.g. --source=input.txt")
-    created = _make_dir(out)
+        raise UserError(f"{dataset_dir(recipe)}/meta.json not found and the recipe names no source: set source: to "
+                        "your text (a file, folder, URL or Hub dataset), e.g. --source=input.txt")
+    with prepared(recipe) as meta:
+        return meta
+
+
+@contextmanager
+def prepared(recipe: Recipe) -> Iterator[dict]:
+    """The dataset's meta.json, prepared first when it is missing or made differently (with a source)
+    or read as it is (without), the dataset folder locked for the block: no other prepare publishes
+    there while the caller reads the tokenizer and token files."""
+    out = dataset_dir(recipe)
+    if recipe.data.source is None and not out.is_dir():
+        raise _not_prepared(out)
+    created = _make_dir(out) if recipe.data.source is not None else False
     try:
-        return _prepare(recipe, out)
+        with dataset_lock(out):
+            yield _prepare(recipe, out) if recipe.data.source is not None else _existing(recipe, out)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
+
+
+def dataset_lock(out: Path):
+    """folder_lock on the dataset folder, its waits named after the prepare that holds it."""
+
+    def holder() -> str:
+        work = preparing(out)
+        return f"the prepare writing it (work folder {work.name})" if work else "another hfgpt process preparing or reading it"
+
+    def gave_up(seconds: float) -> str:
+        work = preparing(out)
+        clear = f"delete {work} and run again" if work else "run again"
+        return (f"waited {duration(seconds)} for {holder()} to finish with {out}: if that process is not running any "
+                f"more (a hung prepare), stop it and {clear}; to wait longer, set HFGPT_WAIT_LIMIT=SECONDS")
+
+    return folder_lock(out, lambda: f"waiting for {holder()} to finish with {out}", gave_up)
 
 
 def _prepare(recipe: Recipe, out: Path) -> dict:
@@ -135,12 +176,15 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
     source = open_source(recipe, out)
     meta = wait_for_prepare(out)
     if _up_to_date(recipe, meta, source, out):
+        if meta != read_meta(out):  # token files touched but unchanged: their new times recorded
+            write_meta(out, meta)
         print(f"{out} is up to date with {source.label} (tokenizer {tokenizer_name(recipe)}): nothing to do")
         return meta
     if source.nanogpt_dir is not None:
         return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out, tokenizer_name(recipe))
-    with temp_dir(out, PREPARING) as work:
-        meta = _tokenize_source(recipe, source, work, out)
+    need = 4 * source.source_bytes() or None  # at most one uint16 or uint32 id per byte of text
+    with temp_dir(out, PREPARING) as work, disk_space(out, need, then="run the prepare again"):
+        meta, source = _read_unchanged(recipe, source, work, out)
         publish(work, out)
     elapsed = time.time() - start
     tokens = meta["train_tokens"] + meta["val_tokens"]
@@ -149,6 +193,25 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
           f"{meta['tokenizer']} tokenizer ({meta['vocab_size']:,} ids) in {elapsed:.1f}s "
           f"({tokens / max(elapsed, 1e-9):,.0f} tokens/s); the tokenizer is in {out / 'tokenizer'}.")
     return meta
+
+
+def _read_unchanged(recipe: Recipe, source: Source, work: Path, out: Path) -> tuple[dict, Source]:
+    """_tokenize_source into `work`, with the source stamped before and checked after: one that changed
+    while it was read (appended to, say) would give a vocabulary of one pass and ids of another, and
+    a meta.json that calls the new text prepared. It is read again, READS times at most."""
+    for attempt in range(READS):
+        before = source.stamp()
+        meta = _tokenize_source(recipe, source, work, out)
+        if source.stamp() == before:
+            stamp_token_files(work, meta)
+            write_meta(work, meta)
+            return meta, source
+        print(f"{source.label} changed while it was being read: reading it again")
+        for entry in work.iterdir():
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        source = open_source(recipe, out)
+    raise UserError(f"{source.label} changed each of the {READS} times it was read: prepare it once nothing writes to "
+                    "it any more (or prepare a copy)")
 
 
 def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> dict:
@@ -238,30 +301,45 @@ def _training_text(source: Source, is_val, val_fraction: float) -> Iterator[str]
                 yield piece
 
 
-def wait_for_prepare(out: Path) -> dict | None:
-    """The folder's meta.json, after waiting for a prepare that is writing it now (another process
-    publishing there, whose half-published files are no dataset yet)."""
-    said = False
+def wait_for_prepare(out: Path, limit: float | None = None) -> dict | None:
+    """The folder's meta.json, after waiting for a prepare that is writing it now without holding the
+    folder's lock (an older hfgpt, or a file system without flock), at most `limit` seconds
+    (WAIT_LIMIT)."""
+    limit, started, said = WAIT_LIMIT if limit is None else limit, time.monotonic(), False
     while (work := preparing(out)) is not None:
         if not said:
             print(f"waiting for the prepare that is writing {out} (its work folder {work.name}) to finish")
             said = True
+        if time.monotonic() - started >= limit:
+            raise UserError(f"waited {duration(limit)} for the prepare that is writing {out} (its work folder "
+                            f"{work}): if it is not running any more, delete that folder and run again; to wait "
+                            "longer, set HFGPT_WAIT_LIMIT=SECONDS")
         time.sleep(WAIT)
     return read_meta(out)
 
 
 def ensure_prepared(recipe: Recipe) -> dict:
     """The dataset's meta.json, preparing the data first when it is missing or made differently."""
-    out = dataset_dir(recipe)
-    if recipe.data.source is not None:
-        return prepare(recipe)
+    with prepared(recipe) as meta:
+        return meta
+
+
+def _existing(recipe: Recipe, out: Path) -> dict:
+    """A dataset folder as it is (the recipe names no source): its meta.json, or a nanoGPT folder's."""
     meta = wait_for_prepare(out)
     if meta is not None:
         return meta
+    if problem := meta_problem(out):
+        raise UserError(f"{problem}: {out} is not a usable dataset; set source: to the text and run python -m "
+                        "hfgpt.prepare RECIPE to prepare it again")
     if is_nanogpt_dir(out):
         return nanogpt_data.import_dir(recipe, out, out, tokenizer_name(recipe))
     if (out / "tokenizer").is_dir():
         raise UserError(f"{out} holds hfgpt's tokenizer/ but no meta.json: a prepare was stopped before it finished; "
                         "set source: to the text and run python -m hfgpt.prepare RECIPE again")
-    raise UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
-                    f"(a file, folder, URL or Hub dataset), or run python -m hfgpt.prepare RECIPE")
+    raise _not_prepared(out)
+
+
+def _not_prepared(out: Path) -> UserError:
+    return UserError(f"{out}/meta.json not found and the recipe names no source: set source: to your text "
+                     f"(a file, folder, URL or Hub dataset), or run python -m hfgpt.prepare RECIPE")

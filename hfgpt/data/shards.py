@@ -97,7 +97,7 @@ PREPARING = ".prepare-"  # prefix of the temporary folder a prepare writes in (m
 
 def preparing(out: Path) -> Path | None:
     """The temporary folder of a prepare that is writing `out` now (its owner alive), or None."""
-    return next((p for p in out.glob(f"{PREPARING}*") if owner_alive(p.name)), None) if out.is_dir() else None
+    return next((p for p in out.glob(f"{PREPARING}*") if owner_alive(p)), None) if out.is_dir() else None
 
 
 def publish(work: Path, out: Path) -> None:

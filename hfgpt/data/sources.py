@@ -25,7 +25,7 @@ from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
 from hfgpt.core.names import is_hub_id, is_url, shown_url
 from hfgpt.data.downloads import fetch_url
-from hfgpt.data.meta import META
+from hfgpt.data.meta import META, sha256_of
 from hfgpt.data.shards import preparing
 from hfgpt.data.tables import TABLES, Table
 
@@ -49,14 +49,6 @@ def stamp_of(paths: list[Path]) -> str:
     for path in paths:
         st = path.stat()
         h.update(f"{path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -188,6 +180,8 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
             parts += _file_parts(shown_url(entry), [path], recipe)
             continue
         path = Path(entry).expanduser()
+        if path.is_dir():
+            _readable(path)  # before looking inside it
         if is_nanogpt_dir(path):
             nanogpt = path
         elif path.is_dir():
@@ -214,7 +208,17 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
     return Source(parts, nanogpt, ", ".join(shown))
 
 
+def _readable(path: Path) -> Path:
+    """`path`, or a one-line error when this user may not read it (a folder: nor list it)."""
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        what = "list the folder" if path.is_dir() else "read"
+        raise UserError(f"source {path} cannot be read (permission denied: this user may not {what} it): give read "
+                        f"access (chmod a+r{'x' if path.is_dir() else ''} {path}) or leave it out of the source")
+    return path
+
+
 def _folder_files(entry: str, folder: Path, patterns: str | list[str]) -> list[Path]:
+    _readable(folder)
     patterns = [patterns] if isinstance(patterns, str) else patterns
     files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     if not files:
@@ -226,6 +230,7 @@ def _folder_files(entry: str, folder: Path, patterns: str | list[str]) -> list[P
 def _file_parts(entry: str, files: list[Path], recipe: Recipe) -> list:
     """Text files become one TextFiles part (empty ones skipped); tabular files one Table per format."""
     parts = []
+    files = [_readable(f) for f in files]
     text = [f for f in files if f.suffix.lower() not in TABLES and f.stat().st_size > 0]
     if text:
         parts.append(TextFiles(text, recipe.data.errors))

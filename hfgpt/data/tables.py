@@ -12,6 +12,7 @@ streamed with `streaming: true`; a Hub dataset goes through the Hugging Face cac
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hfgpt.config import Recipe
@@ -35,24 +36,28 @@ class Table:
         if self.dataset is not None:
             return
         self.dataset = _load_dataset(self, cache_dir)
-        column, names = self.recipe.data.text_column, _column_names(self.dataset)
+        with _reading(self):  # a stream reads its first row here
+            column, names = self.recipe.data.text_column, _column_names(self.dataset)
         if column not in names:
             raise UserError(f"{self.name} has no column '{column}': its columns are {', '.join(names)}; "
                             f"set text_column to the one with the text, e.g. --text_column={names[0]}")
-        kind = getattr(self.dataset.features.get(column) if self.dataset.features else None, "dtype", "string")
-        if kind not in ("string", "large_string"):
-            raise UserError(f"column '{column}' of {self.name} holds {kind}, not text: set text_column to a text column")
+        feature = self.dataset.features.get(column) if self.dataset.features else None
+        kind = "string" if feature is None else getattr(feature, "dtype", None) or type(feature).__name__
+        if kind not in ("string", "large_string") or not isinstance(feature, (type(None), _value_type())):
+            shown = kind if isinstance(feature, _value_type()) or feature is None else f"{type(feature).__name__} values"
+            raise UserError(f"column '{column}' of {self.name} holds {shown}, not text: set text_column to a text column")
         if not self.recipe.data.streaming:
             self.n_documents = len(self.dataset)
 
     def documents(self) -> Iterator[Iterator[str]]:
         row = 0
-        for column in _text_columns(self.dataset, self.recipe.data.text_column):
-            for text in self._decode(column, row):
-                if text and self.paths is None:  # files are hashed as files
-                    self.text_sha256.update(text.encode("utf-8", "surrogatepass"))
-                yield iter((text,) if text else ())
-            row += len(column)
+        with _reading(self):  # a stream meets a bad line only as it reads it
+            for column in _text_columns(self.dataset, self.recipe.data.text_column):
+                for text in self._decode(column, row):
+                    if text and self.paths is None:  # files are hashed as files
+                        self.text_sha256.update(text.encode("utf-8", "surrogatepass"))
+                    yield iter((text,) if text else ())
+                row += len(column)
 
     def _decode(self, column, first_row: int) -> list:
         """The column's texts. Arrow's JSON reader keeps bytes that are not UTF-8: they stop with the
@@ -60,9 +65,16 @@ class Table:
         import pyarrow as pa
 
         try:
-            return column.to_pylist()
+            texts = column.to_pylist()
         except UnicodeDecodeError:
             raw = column.cast(pa.large_binary()).to_pylist()
+        else:
+            for i, text in enumerate(texts):
+                if text is not None and not isinstance(text, str):  # a stream's column kind shows only here
+                    raise UserError(f"column '{self.recipe.data.text_column}' of {self.name} holds "
+                                    f"{type(text).__name__} values (row {first_row + i + 1:,}), not text: set "
+                                    "text_column to a text column")
+            return texts
         errors = self.recipe.data.errors
         for i, value in enumerate(raw):
             try:
@@ -88,9 +100,7 @@ def _load_dataset(table: Table, cache_dir: Path):
             return datasets.load_dataset(builder, data_files=[str(p) for p in table.paths], split="train",
                                          streaming=d.streaming, cache_dir=str(cache_dir), **options)
         except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
-            cause = e.__cause__ or e
-            raise UserError(f"could not read {table.name} as {builder} ({first_line(cause)}): check the file, "
-                            "or set errors: replace for bytes that are not UTF-8") from None
+            raise UserError(read_problem(table, e)) from None
         finally:
             datasets.logging.set_verbosity(verbosity)
             if not quiet:
@@ -110,6 +120,71 @@ def _load_dataset(table: Table, cache_dir: Path):
     except ValueError as e:
         raise UserError(f"Hub dataset {table.name} (source_config={d.source_config}, source_split={d.source_split}) "
                         f"could not be loaded: {first_line(e)}") from None
+
+
+def _value_type():
+    import datasets
+
+    return datasets.Value
+
+
+@contextmanager
+def _reading(table: Table) -> Iterator[None]:
+    """A table file that fails while it is read (datasets' and Arrow's errors) as one line."""
+    import datasets
+
+    try:
+        yield
+    except (ValueError, OSError, datasets.exceptions.DatasetGenerationError) as e:
+        raise UserError(read_problem(table, e)) from None
+
+
+def read_problem(table: Table, e: BaseException) -> str:
+    """The one line for a table file datasets could not read: the line of a .jsonl file that is not a
+    JSON object, bytes that are not UTF-8 (with errors: replace as the way round), or the reader's
+    own words."""
+    cause = e.__cause__ or e
+    for path in table.paths or []:
+        if path.suffix.lower() == ".jsonl" and (bad := _bad_json_line(path)):
+            line, why = bad
+            return f"{path} line {line:,} is not a JSON object ({why}): fix that line (one JSON object per line)"
+    fmt = TABLES[table.paths[0].suffix.lower()] if table.paths else "a dataset"
+    utf8 = all(_is_utf8(path) for path in table.paths or [])
+    return (f"could not read {table.name} as {fmt} ({first_line(cause)}): check the file"
+            + ("" if utf8 else ", or set errors: replace for its bytes that are not UTF-8"))
+
+
+def _bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(line number, why) of the first line of a JSON Lines file that is not a JSON object, or None."""
+    import json
+
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except UnicodeDecodeError:
+                return None  # an encoding problem, not a JSON one
+            except ValueError as e:
+                return number, first_line(e)
+            if not isinstance(row, dict):
+                return number, f"a JSON {type(row).__name__}"
+    return None
+
+
+def _is_utf8(path: Path) -> bool:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except (UnicodeDecodeError, OSError):
+        return False
+    return True
 
 
 def _column_names(dataset) -> list[str]:

@@ -28,10 +28,12 @@ from hfgpt.core.device import device_type
 from hfgpt.core.errors import UserError
 from hfgpt.core.names import is_hub_id, split_revision
 from hfgpt.data.batches import load_tokens
-from hfgpt.data.meta import read_meta
-from hfgpt.data.tokenizer import load_tokenizer
+from hfgpt.data.meta import meta_problem, read_meta
+from hfgpt.data.prepare import dataset_lock
+from hfgpt.data.tokenizer import load_tokenizer, vocabulary_mismatch
 from hfgpt.hub.card import FACTS, read_json
 from hfgpt.hub.token import reason
+from hfgpt.model.folder import check_model_folder
 from hfgpt.model.gpt import n_positions
 
 METRIC = Path(__file__).parent / "token_loss"
@@ -129,18 +131,33 @@ def split_tokens(options, recipe: dict, tokenizer) -> tuple[list[np.ndarray], st
         raise UserError(f"{options.model} has no recipe.yaml naming its dataset: give --dataset=NAME (and --data_dir) "
                         "or --text=FILE")
     folder = Path(data_dir) / dataset
-    meta = read_meta(folder)
-    if meta is None:
+    if not folder.is_dir():
         raise UserError(f"{folder}/meta.json not found: prepare the data with python -m hfgpt.prepare RECIPE, or give "
                         "--data_dir/--dataset of prepared data, or --text=FILE")
-    splits = meta["shards"]
-    if options.split not in splits:
-        raise UserError(f"--split={options.split}: {folder} has the splits {', '.join(splits)}")
-    if meta["vocab_size"] != len(tokenizer):
-        raise UserError(f"{folder} was tokenized with {meta['tokenizer']} ({meta['vocab_size']:,} ids) but the model's "
-                        f"tokenizer has {len(tokenizer):,}: give the model's own data with --data_dir/--dataset")
-    shards = load_tokens(folder, meta, options.split).arrays  # windows never cross a shard boundary
+    with dataset_lock(folder):  # meta.json, tokenizer and token files of one preparation
+        meta = read_meta(folder)
+        if meta is None:
+            raise UserError(f"{meta_problem(folder) or f'{folder}/meta.json not found'}: prepare the data with python -m "
+                            "hfgpt.prepare RECIPE, or give --data_dir/--dataset of prepared data, or --text=FILE")
+        splits = meta["shards"]
+        if options.split not in splits:
+            raise UserError(f"--split={options.split}: {folder} has the splits {', '.join(splits)}")
+        check_same_vocabulary(folder, meta, tokenizer, options.model)
+        shards = load_tokens(folder, meta, options.split).arrays  # windows never cross a shard boundary
     return shards, f"{folder} ({options.split})", "char" if meta["tokenizer"] == "char" else "byte"
+
+
+def check_same_vocabulary(folder: Path, meta: dict, tokenizer, model: str) -> None:
+    """The split's ids must mean what they meant to the model: its tokenizer and the dataset's map the
+    same strings to the same ids (as training's resume checks). A dataset prepared again after its text
+    changed renumbers a char vocabulary even at the same size: its ids would be scored as other text."""
+    data_tok = load_tokenizer(str(folder / "tokenizer"))
+    if vocabulary_mismatch(data_tok, meta["tokenizer"], tokenizer, model, folder.name) is None:
+        return
+    raise UserError(f"{folder} was tokenized with another vocabulary than {model}'s tokenizer ({meta['tokenizer']}: "
+                    f"{len(data_tok):,} ids in the data, {len(tokenizer):,} in the model; the same id stands for other "
+                    "text, e.g. after the source changed and was prepared again): score the model on the data it was "
+                    "trained on, or on a text file with --text=FILE")
 
 
 def evaluate_model(options, folder: Path) -> dict:
@@ -148,6 +165,7 @@ def evaluate_model(options, folder: Path) -> dict:
     import evaluate
     from transformers import AutoModelForCausalLM
 
+    check_model_folder(str(folder))
     recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
     tokenizer = load_tokenizer(str(folder))
     device = torch.device(device_type(options.device))

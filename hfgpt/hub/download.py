@@ -9,6 +9,7 @@ on the Hub. resume_from=user/name[@revision] downloads that folder into out_dir/
 The token comes from HF_TOKEN or `hf auth login`; it is never printed (hfgpt.hub.token).
 """
 
+import filecmp
 import shutil
 from pathlib import Path
 
@@ -42,11 +43,27 @@ def download_checkpoint(source: str, out_dir: str | Path) -> Path:
             raise UserError(f"resume_from={source}: the repo has no complete {LAST_CHECKPOINT}/ (no valid state.json): "
                             "push the run with hub_strategy: checkpoint, or give a local checkpoint folder")
         final = root / f"iter-{state['iter']:06d}"
+        if final.exists():
+            if not same_files(folder, final):
+                raise UserError(f"resume_from={source}: its {LAST_CHECKPOINT}/ (iteration {state['iter']}) is not the "
+                                f"checkpoint {final} of the run in {out_dir}, which it would replace: resume that run "
+                                "with --init_from=resume alone, or resume the Hub's run in another --out_dir")
+            print(f"{source}/{LAST_CHECKPOINT} is the checkpoint {final} already here: resuming it")
+            return final
         replace_dir(folder, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"downloaded {source}/{LAST_CHECKPOINT} (iteration {state['iter']}) to {final}")
     return final
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether two checkpoint folders hold the same files, byte for byte (their model cards aside: the
+    Hub's names the repo)."""
+    names = {p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "README.md"}
+    if names != {p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != "README.md"}:
+        return False
+    return all(filecmp.cmp(a / name, b / name, shallow=False) for name in names)
 
 
 def resume_from_hub(accelerator, recipe) -> None:

@@ -14,12 +14,14 @@ from transformers import pipeline
 from hfgpt.core.errors import UserError, first_line
 from hfgpt.core.names import split_revision
 from hfgpt.data.tokenizer import added_around
+from hfgpt.model.folder import check_model_folder
 from hfgpt.model.gpt import n_positions
 from hfgpt.core.device import device_type
 
 
 def load_pipeline(model: str, device: str = "auto"):
     """A text-generation pipeline for a model folder or Hub id (user/name@revision too), on the requested device."""
+    check_model_folder(model)
     dev = device_type(device)
     repo, revision = split_revision(model)
     try:
@@ -35,14 +37,21 @@ def encode_prompt(tokenizer, start: str) -> list[int]:
     before, _ = added_around(tokenizer)
     # verbose=False: a prompt longer than the context (model_max_length) is fine here, the window slides
     ids = tokenizer(start, add_special_tokens=False, verbose=False)["input_ids"]
-    unk = tokenizer.unk_token_id
-    if unk is not None and tokenizer.unk_token != tokenizer.eos_token and unk in ids:
-        unknown = sorted({c for c in start if unk in tokenizer(c, add_special_tokens=False)["input_ids"]})
-        raise UserError(f"--start has characters the model's tokenizer does not know: {''.join(unknown)!r}; "
+    if unknown := unknown_characters(tokenizer, start, ids):
+        raise UserError(f"--start has characters the model's tokenizer does not know: {unknown!r}; "
                         "leave them out of the prompt")
     if not ids and not before:  # an empty prompt starts a new document: after an end of text
         ids = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0]
     return before + ids
+
+
+def unknown_characters(tokenizer, text: str, ids: list[int] | None = None) -> str:
+    """The characters of `text` that the tokenizer can only encode as its unknown token ('' for none)."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] if ids is None else ids
+    unk = tokenizer.unk_token_id
+    if unk is None or tokenizer.unk_token == tokenizer.eos_token or unk not in ids:
+        return ""
+    return "".join(sorted({c for c in text if unk in tokenizer(c, add_special_tokens=False)["input_ids"]}))
 
 
 @torch.no_grad()

@@ -136,6 +136,9 @@ def load_model(init_from: str, block_size: int, dropout: float | None = None, sa
     (transformers 5 would keep a bf16 model in bf16: master weights must be float32, and
     mixed_precision decides the compute dtype). `dropout` goes to each of the family's dropout
     settings (hfgpt.model.families.dropout_keys); `say` (print) tells where it went."""
+    from hfgpt.model.folder import check_model_folder  # folder.py imports this module
+
+    check_model_folder(init_from)
     name, revision = split_revision(init_from)
     repo = hub_repo(name)
     kwargs = {"revision": revision} if revision else {}

@@ -77,10 +77,13 @@ def set_values(recipe: Recipe, values: dict) -> dict:
 
 
 def name_budget_run(recipe: Recipe) -> None:
-    """A time-budget run given only its source (python -m hfgpt.train --source=notes.txt --time_budget=2m)
-    is named after it: data/notes/ and out-notes/, unless dataset or out_dir are set."""
+    """What a time-budget run decides before its data is prepared: its block_size (unless set), and,
+    given only its source (python -m hfgpt.train --source=notes.txt --time_budget=2m), its names
+    after it: data/notes/ and out-notes/, unless dataset or out_dir are set."""
     if recipe.train.time_budget is None:
         return
+    if recipe.model.init_from in ("scratch", "auto"):
+        set_values(recipe, {"block_size": rules.block_size(parse_duration(recipe.train.time_budget))})
     if "dataset" not in recipe.given and isinstance(recipe.data.source, str):
         set_values(recipe, {"dataset": rules.dataset_name(recipe.data.source)})
     if "out_dir" not in recipe.given:
@@ -137,10 +140,10 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
         raise UserError(f"time_budget={t.time_budget} was spent before training could start ({budget - left:.0f} s on start-up "
                         "and preparing the data): give a longer budget")
     plan = Plan()
-    if m.init_from != "scratch":
+    if m.init_from not in ("scratch", "auto"):
         raise UserError(f"time_budget plans a model trained from scratch, but init_from={m.init_from}: set max_iters "
                         "yourself for a fine-tune or a resume of a run that had no budget")
-    block = m.block_size if "block_size" in given else rules.block_size(budget)
+    block = m.block_size  # set before the data was prepared (name_budget_run)
     batch = t.batch_size if "batch_size" in given else rules.batch_rows(block)
     measure_until = time.time() + MEASURE_SHARE * budget
     best = None

@@ -13,7 +13,9 @@ It is written as .tmp-iter-NNNNNN-<host>-<pid>-XXXX, flushed to disk and swapped
 so a kill (or a power cut) at any moment leaves the earlier checkpoints whole and resume sees
 complete ones only; a full disk stops the run with one line and removes the partial folder.
 Resume checks the checkpoint it picks (every safetensors header and size, every JSON file, the
-keys of state.json) and falls back to the one before when a file is broken. A run that resumes an
+keys of state.json, every process's rng file, the optimizer state's form, the weights' names and
+shapes against the model config.json describes) and falls back to the one before when a file is
+broken or wrong. A run that resumes an
 older checkpoint than the newest sets the newer ones aside (checkpoints/abandoned-<time>/): they are
 never "latest" again. Nothing here is a pickle: tensors go to safetensors, everything else to
 JSON. FSDP's sharded optimizer state is gathered into the same optimizer.safetensors +
@@ -34,6 +36,7 @@ resumes from its own copy.
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,8 +49,9 @@ from hfgpt import __version__
 from hfgpt.config import Recipe
 from hfgpt.core.device import rng_states
 from hfgpt.core.errors import first_line
-from hfgpt.core.files import (atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir, remove_tree,
-                              replace_dir, sync_tree, tree_bytes)
+from hfgpt.core.files import (RESUME_ADVICE, atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir,
+                              owner_alive, remove_tree, replace_dir, sync_tree, tree_bytes)
+from hfgpt.hub.card import CARD, FACTS, write_card
 from hfgpt.model.folder import write_adapter_files, write_model_files
 from hfgpt.model.gpt import causal_lm
 from hfgpt.model.lora import is_lora
@@ -58,13 +62,17 @@ STATE = "state.json"
 
 
 def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None,
-                      files_from: Path | None = None) -> None:
+                      facts: dict | None = None, files_from: Path | None = None) -> None:
     """Write out_dir's model files (called on every process; the main one writes), or with
     `files_from` (a checkpoint being written: save_checkpoint's model_to, on the main process only)
     take that folder's files as they are, hard-linked: the weights are serialized once for both.
+    With `facts` (what the card says of the weights: iteration, losses, samples) also training.json,
+    which lists the files this save wrote, and the model card.
 
-    The files go to a temporary folder inside out_dir, are flushed to disk and then moved into
-    place one by one, so a crash (or a full disk) while writing leaves the previous model files whole."""
+    The files go to a temporary folder inside out_dir, are flushed to disk, marked complete, then
+    moved into place one by one and the card rendered, so a crash (or a full disk) while writing
+    leaves the previous model files whole, and a kill while moving is finished by the next start
+    (finish_saves): one save's weights never stay under another's card."""
     # gathers sharded weights: every process takes part
     state_dict = model_state_dict(accelerator, model) if files_from is None else None
     if not accelerator.is_main_process:
@@ -73,18 +81,56 @@ def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(out, ".saving-")
     try:
-        with disk_space(out, tensor_bytes(state_dict) if files_from is None else tree_bytes(files_from)):
+        size = tensor_bytes(state_dict) if files_from is None else tree_bytes(files_from)
+        with disk_space(out, size, then=after_full_disk(out)):
             if files_from is None:
                 write_model_files(model, state_dict, tokenizer, tmp, recipe)
             else:
                 for item in sorted(files_from.iterdir()):
                     link_or_copy(item, tmp / item.name)
-        sync_tree(tmp)
-        for item in sorted(tmp.iterdir()):
-            replace_dir(item, out / item.name) if item.is_dir() else os.replace(item, out / item.name)  # adapter/
-        fsync_dir(out)
+            if facts is not None:
+                names = sorted([p.name for p in tmp.iterdir()] + [FACTS, CARD])
+                atomic_write(tmp / FACTS, json.dumps({**facts, "files": names}, indent=2))
+            sync_tree(tmp)
+            atomic_write(tmp / SAVED, "")  # from here on the save is finished forward, never lost halfway
+        _move_saved(tmp, out, facts is not None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SAVED = ".complete"  # in a .saving- folder: every file of the save is there and on disk
+
+
+def _move_saved(tmp: Path, out: Path, card: bool) -> None:
+    for item in sorted(tmp.iterdir()):
+        if item.name != SAVED:
+            replace_dir(item, out / item.name) if item.is_dir() else os.replace(item, out / item.name)  # adapter/
+    fsync_dir(out)
+    if card:
+        write_card(out)  # from the files now in out_dir: training.json, recipe.yaml, config.json, loss.png
+
+
+def finish_saves(out: Path) -> list[str]:
+    """Finish the model saves into out_dir that a killed run had marked complete but not moved into
+    place (a .saving- folder with SAVED inside, whose writer is dead); returns their names."""
+    done = []
+    for tmp in sorted(out.glob(".saving-*")) if out.is_dir() else []:
+        if tmp.is_dir() and (tmp / SAVED).is_file() and owner_alive(tmp) is False:
+            _move_saved(tmp, out, (out / FACTS).is_file() or (tmp / FACTS).is_file())
+            shutil.rmtree(tmp, ignore_errors=True)
+            done.append(tmp.name)
+    return done
+
+
+def after_full_disk(out_dir: str | Path) -> Callable[[], str]:
+    """What a full disk's message tells to do once space is freed: resume when the run has a
+    checkpoint, else start it again (there is none to resume)."""
+    def advice() -> str:
+        if list_checkpoints(out_dir):
+            return RESUME_ADVICE
+        return ("start the run again (with --overwrite_out_dir=True, or init_from: auto): it had not saved a checkpoint "
+                "yet, so there is none to resume")
+    return advice
 
 
 # --- optimizer state as safetensors + JSON -------------------------------------------------------
@@ -149,7 +195,8 @@ def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
 
 
 def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
-                    state: LoopState, shared: bool = True, model_to: Path | None = None) -> Path:
+                    state: LoopState, shared: bool = True, model_to: Path | None = None,
+                    model_facts: dict | None = None) -> Path:
     """Write out_dir/checkpoints/iter-NNNNNN atomically (called on every process): into the main
     process's temporary folder, swapped in when whole; on a failure (a full disk: one line naming
     the space needed) the temporary folder is removed and the earlier checkpoints stay as they are.
@@ -170,7 +217,8 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
         broadcast_object_list(tmp)
     tmp = Path(tmp[0])
     try:
-        with disk_space(final.parent, tensor_bytes(state_dict) + tensor_bytes(optimizer_dict)):
+        with disk_space(final.parent, tensor_bytes(state_dict) + tensor_bytes(optimizer_dict),
+                        then=after_full_disk(recipe.train.out_dir)):
             if writer:
                 tmp.mkdir(parents=True, exist_ok=True)  # made by the main process; on another machine, here
             accelerator.wait_for_everyone()
@@ -183,7 +231,7 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
             elif writer:
                 write_model_files(model, state_dict, tokenizer, tmp, recipe)
                 if model_to is not None and accelerator.is_main_process:  # the model files only, so far
-                    save_model_folder(accelerator, model, tokenizer, model_to, recipe, files_from=tmp)
+                    save_model_folder(accelerator, model, tokenizer, model_to, recipe, facts=model_facts, files_from=tmp)
             if writer:
                 if optimizer_dict is not None:
                     save_tree(optimizer_dict, tmp, "optimizer")
@@ -277,4 +325,56 @@ def broken(folder: Path, state: dict) -> str | None:
             json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             return f"{path.name} is not valid JSON ({first_line(e)})"
+    if state.get("storage", "shared") == "shared" and isinstance(state.get("world_size"), int):
+        missing = [f"rng-{i}.safetensors" for i in range(state["world_size"]) if not (folder / f"rng-{i}.safetensors").is_file()]
+        if missing:  # the processes' random streams: without them the run would not continue as it was
+            return f"{missing[0]} is missing"
+    if not (folder / "accelerate").is_dir() and (problem := _optimizer_problem(folder)):
+        return problem
+    if not (folder / "adapter").is_dir():
+        return _weights_problem(folder)
+    return None
+
+
+def _optimizer_problem(folder: Path) -> str | None:
+    """optimizer.json must be an optimizer's state (state, param_groups) whose tensors are all in
+    optimizer.safetensors (read from its header)."""
+    tree = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
+    with safe_open(str(folder / "optimizer.safetensors"), framework="pt") as f:
+        stored = set(f.keys())
+    try:
+        saved = unflatten(tree, {name: name for name in stored})
+        ok = isinstance(saved, dict) and isinstance(saved.get("state"), dict) and isinstance(saved.get("param_groups"), list) \
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved["param_groups"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        ok = False
+    return None if ok else "optimizer.json is not an optimizer state whose tensors are in optimizer.safetensors"
+
+
+def _weights_problem(folder: Path) -> str | None:
+    """The weights must be those of the model config.json describes: every tensor of the file a
+    parameter of that model, of its shape (the model is built on the meta device: no memory)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # an edited config.json that no model class accepts
+        return f"config.json does not describe a model transformers builds ({first_line(e)})"
+    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else sorted(folder.glob("model-*.safetensors"))
+    found = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            found |= {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    tied = {name for name, p in model.named_parameters(remove_duplicate=False)
+            if model.get_output_embeddings() is not None and p is model.get_output_embeddings().weight}
+    wrong = [n for n, shape in found.items() if expected.get(n) != shape]
+    missing = [n for n in expected if n not in found and not (tied and n in tied and tied - {n} <= found.keys())]
+    if wrong:
+        return (f"model.safetensors holds {wrong[0]} of shape {list(found[wrong[0]])}, which the model of config.json "
+                f"{'does not have' if wrong[0] not in expected else f'has as {list(expected[wrong[0]])}'}")
+    if missing:
+        return f"model.safetensors lacks {missing[0]}, which the model of config.json has"
     return None

@@ -5,7 +5,7 @@
 Each iteration: set the learning rate; every eval_interval iterations evaluate, save out_dir when
 val improves (always, with always_save_checkpoint) and write a resumable checkpoint (out_dir's
 model files are the checkpoint's, written once: see evaluate_and_save); stop at
-max_iters or on SIGINT/SIGTERM (after a checkpoint; with several processes the signal is looked at
+max_iters or on SIGINT/SIGTERM/SIGUSR1 (after a checkpoint; with several processes the signal is looked at
 every log_interval iterations); otherwise one optimizer step over
 gradient_accumulation_steps micro-batches, then log every log_interval iterations. The run's
 counters are one LoopState, saved in every checkpoint and restored whole by a resume. The run
@@ -27,7 +27,7 @@ from hfgpt.training import rules
 from hfgpt.training.budget import Deadline, name_budget_run
 from hfgpt.model.gpt import causal_lm
 from hfgpt.model.lora import is_lora
-from hfgpt.training.checkpoint import checkpoint_path, save_checkpoint, save_model_folder
+from hfgpt.training.checkpoint import after_full_disk, checkpoint_path, save_checkpoint, save_model_folder
 from hfgpt.training.resume import restore, resume_point, set_aside_newer
 from hfgpt.training.evaluate import card_samples, estimate_loss, eval_samples, folder_samples
 from hfgpt.training.optim import set_lr
@@ -35,7 +35,7 @@ from hfgpt.training.out_dir import claim
 from hfgpt.training.plot import plots_finished
 from hfgpt.training.progress import Progress
 from hfgpt.training.run import Run, make_accelerator, setup, train_step
-from hfgpt.training.signals import StopSignal, signal_name
+from hfgpt.training.signals import StopSignal, catch_early, next_step, signal_name
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import SHARDED
 from hfgpt.training.trackers import start_trackers, tracker_options
@@ -44,10 +44,12 @@ from hfgpt.training.trackers import start_trackers, tracker_options
 def train(recipe: Recipe) -> dict:
     """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
     loss, the iterations done and the signal that stopped the run (0 if none)."""
-    name_budget_run(recipe)  # time_budget without a dataset or out_dir: named after the source
+    name_budget_run(recipe)  # time_budget: block_size, and without a dataset or out_dir, names after the source
+    catch_early()  # a cluster's SIGUSR1 during start-up stops the run at its first iteration, with a checkpoint
     accelerator = make_accelerator(recipe, **tracker_options(recipe))
+    out_dir = Path(recipe.train.out_dir)
     # out_dir is this run's until it ends, with loss.png's last redraw done
-    with claim(recipe, accelerator), disk_space(Path(recipe.train.out_dir)), plots_finished():
+    with claim(recipe, accelerator), disk_space(out_dir, then=after_full_disk(out_dir)), plots_finished():
         return loop(recipe, accelerator)
 
 
@@ -62,6 +64,8 @@ def loop(r: Recipe, accelerator) -> dict:
              else LoopState(init_from=r.model.init_from))
     if resume and run.skipped is not None:
         run.skipped.fill_(state.skipped_steps)  # fp16's skipped steps before the resume
+    if resume:  # recipe.yaml, the card and the trackers say what the run started from, not "resume"
+        r.model.init_from, r.train.resume_from = state.init_from, None
     if resume and not t.eval_only and accelerator.is_main_process:
         set_aside_newer(t.out_dir, state.iter)  # a rewound run: the newer checkpoints are never "latest" again
     start_trackers(accelerator, r)
@@ -86,8 +90,7 @@ def loop(r: Recipe, accelerator) -> dict:
                 watch.check(state.iter)
                 if saved_at != state.iter:
                     saved_at = checkpoint(run, state, r, progress)
-                progress.say(f"{signal_name(stopped)}: saved {checkpoint_path(t.out_dir, state.iter)}; "
-                             "continue with --init_from=resume")
+                progress.say(f"{signal_name(stopped)}: saved {checkpoint_path(t.out_dir, state.iter)}; {next_step(stopped)}")
                 break
 
             # forward, backward and update; the next batch is fetched while the device works
@@ -134,14 +137,14 @@ def evaluate_and_save(run: Run, state: LoopState, r: Recipe, progress: Progress,
         return None
     model_saved = improved or r.train.always_save_checkpoint
     # out_dir's model files are the checkpoint's, written once and hard-linked (a LoRA checkpoint holds
-    # the adapter alone: out_dir's merged model is written for it)
+    # the adapter alone: out_dir's merged model is written for it); out_dir's card lists the files it wrote
     lora = is_lora(causal_lm(run.model))
+    facts = {**state.to_json(), "samples": samples}
     if model_saved and lora:
-        save_model_folder(accelerator, run.model, run.tokenizer, out_dir, r)
-    folder = checkpoint(run, state, r, progress, samples, model_to=out_dir if model_saved and not lora else None)
+        save_model_folder(accelerator, run.model, run.tokenizer, out_dir, r, facts=facts)
+    folder = checkpoint(run, state, r, progress, samples, model_to=out_dir if model_saved and not lora else None,
+                        model_facts=facts)
     if model_saved:
-        if accelerator.is_main_process:
-            write_card(out_dir, {**state.to_json(), "samples": samples})
         progress.say(f"saved {out_dir} (val loss {state.val_loss:.4f})")
     if pusher:
         pusher.after_save(state.iter, state.val_loss, model_saved, folder)
@@ -165,13 +168,14 @@ def finish_card(run: Run, r: Recipe) -> None:
 
 
 def checkpoint(run: Run, state: LoopState, r: Recipe, progress: Progress, samples: list[str] = (),
-               model_to: Path | None = None) -> Path:
+               model_to: Path | None = None, model_facts: dict | None = None) -> Path:
     """A resumable checkpoint of this iteration, with its model card; metrics.jsonl's rows up to it
-    are on disk before it is published. model_to: out_dir, which gets its model files first."""
+    are on disk before it is published. model_to: out_dir, which gets its model files first (and
+    training.json from model_facts, and its card)."""
     progress.metrics.sync()
     count_skipped(run, state)
     folder = save_checkpoint(run.accelerator, run.model, run.optimizer, run.batches, run.tokenizer, r, state,
-                             shared=run.shared_storage, model_to=model_to)
+                             shared=run.shared_storage, model_to=model_to, model_facts=model_facts)
     if run.accelerator.is_main_process:
         write_card(folder, {**state.to_json(), "samples": list(samples)})
     return folder

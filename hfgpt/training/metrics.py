@@ -58,8 +58,10 @@ def tracker_values(fields: dict) -> dict:
 class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_iter: int | None = None, accelerator=None,
                  append: bool = False):
-        """A new file, or with resume_iter the rows up to that iteration kept, or with append every row."""
-        self.file, self.accelerator = None, accelerator
+        """A new file, or with resume_iter the rows up to that iteration kept, or with append every row.
+        A new file is made with its first row: a run that stops before logging anything leaves none
+        (an empty metrics.jsonl would count as another run's and block the next start)."""
+        self.file, self.accelerator, self.path, self.mode = None, accelerator, path, None
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,11 +75,13 @@ class MetricsLog:
                       "of a run killed while writing it)")
             if bad or len(kept) < len(rows) or (text and not text.endswith("\n")):
                 atomic_write(path, "".join(json.dumps(row) + "\n" for row in kept))
-        self.file = open(path, "a" if keep else "w", encoding="utf-8")
+        self.mode = "a" if keep else "w"
 
     def write(self, **fields) -> None:
-        if not self.file:
+        if self.mode is None:
             return
+        if self.file is None:
+            self.file = open(self.path, self.mode, encoding="utf-8")
         self.file.write(json.dumps(fields) + "\n")
         self.file.flush()
         if self.accelerator is not None and self.accelerator.trackers:

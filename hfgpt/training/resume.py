@@ -87,8 +87,23 @@ def resume_point(recipe: Recipe, accelerator: Accelerator) -> Path | None:
         restore_plan(recipe, state["recipe"])
     message = check_resume(recipe, folder, state)
     if accelerator.is_main_process:
-        print("\n".join([*notes, message]))
+        print("\n".join([*notes, message, *schedule_notes(recipe, state["iter"])]))
     return folder
+
+
+def schedule_notes(recipe: Recipe, iter_num: int) -> list[str]:
+    """What a resume at iter_num will do that may not be meant: nothing (a finished run), or every
+    iteration at min_lr (past lr_decay_iters)."""
+    o, t = recipe.optim, recipe.train
+    if t.eval_only:
+        return []
+    if iter_num >= t.max_iters:
+        return [f"note: iteration {iter_num} already reaches max_iters={t.max_iters}: 0 iterations to train (raise "
+                "--max_iters to train on)"]
+    if o.decay_lr and iter_num >= o.lr_decay_iters:
+        return [f"note: iterations {iter_num + 1}-{t.max_iters} all run at min_lr={o.min_lr:g}: the schedule ended at "
+                f"lr_decay_iters={o.lr_decay_iters} (raise it to decay from a higher rate again)"]
+    return []
 
 
 def set_aside_newer(out_dir: str | Path, iter_num: int) -> None:
@@ -121,8 +136,11 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
         accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
     rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
     if not rng_file.exists():
-        print(f"process {accelerator.process_index}: {folder} has no RNG state for it (the run had fewer "
-              "processes): this process starts a fresh random stream")
+        saved = read_state(folder).get("world_size")
+        why = (f"the run had {saved} processes" if isinstance(saved, int) and saved <= accelerator.process_index
+               else "its rng file is not in this machine's copy")
+        print(f"process {accelerator.process_index}: {folder} has no RNG state for it ({why}): this process starts a "
+              "fresh random stream, so the run does not continue bitwise")
         return LoopState.from_json(read_state(folder))
     states = load_file(rng_file)
     set_rng_states(states)

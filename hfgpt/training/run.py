@@ -21,9 +21,10 @@ from hfgpt.config import Recipe
 from hfgpt.core.device import available_memory, cpu_threads, device_type, resolve_mixed_precision, should_compile
 from hfgpt.core.errors import UserError
 from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
-from hfgpt.data.prepare import dataset_dir, ensure_prepared, tokenizer_name
+from hfgpt.data.prepare import dataset_dir, prepared, tokenizer_name
 from hfgpt.data.tokenizer import load_tokenizer, model_tokenizer, vocabulary_mismatch
 from hfgpt.model.attention import use_training_attention
+from hfgpt.model.generate import unknown_characters
 from hfgpt.model.gpt import (NextTokenLoss, build_model, causal_lm, enable_checkpointing, load_model,
                              pad_in_generation_config, pinned, set_generation_defaults, zero_biases)
 from hfgpt.model.lora import ADAPTER, add_lora, adapter_base, load_adapter
@@ -146,15 +147,16 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
     r, t = recipe, recipe.train
     r.data.tokenizer = tokenizer_name(r)  # resolved once: recipe.yaml, the card and resume name it
     # the main process prepares first, then the first process of each other machine (which finds
-    # the data there on a shared file system, or prepares its own copy), then everyone else
-    with accelerator.main_process_first(), accelerator.local_main_process_first():
-        meta = ensure_prepared(r)
-    if r.train.time_budget and checkpoint is None:
-        plan_run(r, meta, accelerator)
+    # the data there on a shared file system, or prepares its own copy), then everyone else; each
+    # reads meta.json, the tokenizer and the token files with the folder locked (no prepare between)
     folder = dataset_dir(r)
-    tokenizer = load_tokenizer(str(folder / "tokenizer"))
-    train_tokens = load_tokens(folder, meta, "train", r.model.block_size)
-    val_tokens = load_tokens(folder, meta, "val", r.model.block_size)
+    with accelerator.main_process_first(), accelerator.local_main_process_first(), prepared(r) as meta:
+        tokenizer = load_tokenizer(str(folder / "tokenizer"))
+        train_tokens = load_tokens(folder, meta, "train", r.model.block_size)
+        val_tokens = load_tokens(folder, meta, "val", r.model.block_size)
+    check_sample_start(r, tokenizer, accelerator.device.type)
+    if r.train.time_budget and checkpoint is None:
+        plan_run(r, meta, accelerator)  # the shape, batch, optimizer and iterations, from this machine's pace
 
     # the global batch is the recipe's whatever the number of processes: each does its share
     world = accelerator.num_processes
@@ -192,6 +194,17 @@ def plan_run(recipe: Recipe, meta: dict, accelerator: Accelerator) -> None:
     if accelerator.num_processes > 1:
         broadcast_object_list(values)
         set_values(recipe, values[0])
+
+
+def check_sample_start(recipe: Recipe, tokenizer, device: str) -> None:
+    """The evaluations' samples start from sample_start: refuse, before anything is written, one the
+    tokenizer cannot encode (the default "\n" on a corpus without newlines)."""
+    log = recipe.log
+    wanted = log.eval_samples if log.eval_samples is not None else int(device != "cpu")  # as eval_samples decides
+    if wanted and (unknown := unknown_characters(tokenizer, log.sample_start)):
+        raise UserError(f"sample_start={log.sample_start!r} has characters the {recipe.data.tokenizer} tokenizer of "
+                        f"{recipe.data.dataset} does not know ({unknown!r}): set sample_start to text of the corpus "
+                        "(e.g. --sample_start='The'), or eval_samples: 0")
 
 
 def prepare_training(recipe: Recipe, accelerator: Accelerator, gpt, accum: int):

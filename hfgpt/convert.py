@@ -170,12 +170,15 @@ def to_nanogpt(src: str, dest: str, dataset: str | None, overwrite: bool = False
     from hfgpt.model.folder import check_model_folder
     from hfgpt.model.nanogpt import nanogpt_checkpoint_from_hf
 
-    check_model_folder(src)
     try:
         config = AutoConfig.from_pretrained(src)
-        if config.model_type != "gpt2":  # before any weight is read
-            raise UserError(f"{src} is a {config.model_type} model ({(config.architectures or ['?'])[0]}): only GPT-2 "
-                            "models convert to nanoGPT, whose GPT is GPT-2's block; the folder itself loads in transformers")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{src} is not a model folder ({first_line(e)}): give an hfgpt out_dir") from None
+    if config.model_type != "gpt2":  # before any weight is read
+        raise UserError(f"{src} is a {config.model_type} model ({(config.architectures or ['?'])[0]}): only GPT-2 "
+                        "models convert to nanoGPT, whose GPT is GPT-2's block; the folder itself loads in transformers")
+    check_model_folder(src)
+    try:
         model = AutoModelForCausalLM.from_pretrained(src)
     except (OSError, ValueError) as e:
         raise UserError(f"{src} is not a model folder ({first_line(e)}): give an hfgpt out_dir") from None

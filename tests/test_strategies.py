@@ -308,7 +308,7 @@ def test_fsdp2_with_the_chunked_loss_makes_no_float32_logits(tmp_path, monkeypat
                                 "compile": False, "dropout": 0.0})
     accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, device=torch.device("cpu"), num_processes=1,
                                   state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=None),
-                                  prepare=lambda *objects: objects)
+                                  prepare=lambda *objects: objects, print=print)
     torch.manual_seed(0)
     gpt = build_model(recipe.model, vocab_size=1000, eot_token_id=None)
     reference = copy.deepcopy(gpt)

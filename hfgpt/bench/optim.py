@@ -85,7 +85,8 @@ def side(step, steps: int, device: str) -> dict:
 def main(parsed: Parsed) -> int:
     import torch
 
-    from hfgpt.model.gpt import gpt2_config, padded_vocab_size
+    from hfgpt.model.families.gpt2 import gpt2_config
+    from hfgpt.model.gpt import padded_vocab_size
     from hfgpt.training.optim import make_optimizer
     from transformers import GPT2LMHeadModel
 

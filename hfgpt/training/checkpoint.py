@@ -351,6 +351,17 @@ def _optimizer_problem(folder: Path) -> str | None:
     return None if ok else "optimizer.json is not an optimizer state whose tensors are in optimizer.safetensors"
 
 
+def _saved_state(model) -> dict:
+    """The state dict under the names and shapes save_pretrained writes: transformers 5 reverts its
+    load-time conversions when saving (GPT-NeoX's lm_head is written as embed_out, Mixtral's fused
+    experts one tensor per expert)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x saves the module names as they are
+        return model.state_dict()
+    return revert_weight_conversion(model, model.state_dict())
+
+
 def _weights_problem(folder: Path) -> str | None:
     """The weights must be those of the model config.json describes: every tensor of the file a
     parameter of that model, of its shape (the model is built on the meta device: no memory)."""
@@ -362,7 +373,7 @@ def _weights_problem(folder: Path) -> str | None:
             model = AutoModelForCausalLM.from_config(config)
     except Exception as e:  # an edited config.json that no model class accepts
         return f"config.json does not describe a model transformers builds ({first_line(e)})"
-    expected = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    expected = {name: tuple(p.shape) for name, p in _saved_state(model).items()}
     files = [folder / "model.safetensors"] if (folder / "model.safetensors").is_file() else sorted(folder.glob("model-*.safetensors"))
     found = {}
     for path in files:

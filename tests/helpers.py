@@ -6,10 +6,14 @@
 """
 
 import subprocess
+import sys
 from pathlib import Path
 
 from hfgpt.training.metrics import read_metrics as _read_metrics_file
 from tests.conftest import run_env
+
+# accelerate's command, next to this Python (the venv need not be on PATH)
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 
 def error_lines(capsys) -> list[str]:

@@ -11,6 +11,7 @@ from hfgpt import cli, prepare, sample, train
 from hfgpt.config import KEYS, cautions, keys_of_step, load_recipe
 from hfgpt.config.recipe import FIELDS
 from tests.conftest import PYTHON, ROOT, run_env
+from tests.helpers import ACCELERATE
 
 STEPS = ["prepare", "train", "sample", "eval", "push", "convert", "export", "bench"]
 
@@ -120,12 +121,12 @@ def test_errors_under_accelerate_launch_come_last(tmp_path):
     """The README's launch command (accelerate's own config, -q) prints no 'values not passed'
     block and ends with hfgpt's one line; under torchrun (--multi_gpu) the closing summary
     carries hfgpt's line as the failure's cause."""
-    single = run(["accelerate", "launch", "-q", "--config_file", str(ROOT / "accelerate_config.yaml"), "-m",
+    single = run([ACCELERATE, "launch", "-q", "--config_file", str(ROOT / "accelerate_config.yaml"), "-m",
                   "hfgpt.train", "--n_layerr=2"], tmp_path)
     assert single.returncode != 0
     assert "were not passed" not in single.stderr
     assert single.stderr.strip().splitlines()[-1].startswith("error: command line: unknown key 'n_layerr'")
-    multi = run(["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
+    multi = run([ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
                  "--num_processes", "2", "-m", "hfgpt.train", "--n_layerr=2", "--device=cpu"], tmp_path)
     assert multi.returncode != 0
     tail = multi.stderr[multi.stderr.index("Root Cause"):]

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from hfgpt import train
 from tests.conftest import ROOT, free_port, run_env
+from tests.helpers import ACCELERATE
 
-LAUNCH = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu", "--num_processes", "2"]
+LAUNCH = [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu", "--num_processes", "2"]
 
 
 def read_metrics(out_dir):

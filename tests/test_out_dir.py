@@ -13,10 +13,12 @@ from hfgpt import eval as hfgpt_eval
 from hfgpt import train
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import owner_tag, remove_dead_temp
+from hfgpt.core import lock
 from hfgpt.core.lock import LOCK, hold_lock
 from hfgpt.training.checkpoint import list_checkpoints
 from hfgpt.training.metrics import read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
+from tests.helpers import ACCELERATE
 
 SHORT = {"max_iters": 10, "eval_interval": 5, "lr_decay_iters": 10, "log_interval": 5}
 
@@ -67,7 +69,7 @@ def test_refusal_offers_resume_and_overwrite(tiny_recipe, workdir, capsys):
 def test_two_processes_of_a_multi_process_run_refuse_together(tiny_recipe, workdir):
     (workdir / "out").mkdir()
     (workdir / "out" / "config.json").write_text('{"model_type": "gpt2"}')
-    cmd = ["accelerate", "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
+    cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu",
            "--num_processes", "2", "-m", "hfgpt.train", str(tiny_recipe(**SHORT, gradient_accumulation_steps=2))]
     result = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=workdir, timeout=300)
     assert result.returncode != 0  # and within the timeout: no process waits for the other
@@ -99,7 +101,9 @@ def test_the_lock_names_its_holder_and_goes_with_it(tmp_path):
     assert not (tmp_path / LOCK).exists()
 
 
-def test_the_lock_of_a_killed_run_is_taken_over(tiny_recipe, workdir, capsys):
+def test_the_lock_of_a_killed_run_is_taken_over(tiny_recipe, workdir, capsys, monkeypatch):
+    """A lock naming another machine that nobody renews within 2.5 heartbeats (0.4 s here) is dead."""
+    monkeypatch.setattr(lock, "HEARTBEAT", 0.4)
     (workdir / "out").mkdir()
     dead_pid = int(dead_owner().rsplit("-", 1)[1])
     (workdir / "out" / LOCK).write_text(json.dumps({"pid": dead_pid, "host": "here", "started": time.time() - 60}))

@@ -384,7 +384,7 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
 def test_the_users_recipe_with_a_llama_folder_as_init_from_trains_resumes_and_samples(folder_of, workdir, shakespeare_text,
                                                                                        capsys):
     """recipes/my_dataset.yaml as shipped, given a Llama-shaped folder and a text (the run shortened
-    to 4 iterations for the test): what the README's fine-tuning section shows."""
+    to 4 iterations for the test): what docs/finetuning.md shows."""
     from tests.conftest import ROOT
 
     (workdir / "my_text.txt").write_text(shakespeare_text[:200_000], encoding="utf-8")

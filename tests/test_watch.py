@@ -114,7 +114,7 @@ def test_trackio_gets_every_step_offline_and_its_dashboard_shows_the_run(tiny_re
     assert logged[(20, "samples/0")] == rows[-1]["samples"][0]
     assert SQLiteStorage.get_runs(project) == ["tiny-run"]
 
-    import trackio  # the dashboard (`trackio show --project NAME`, as the README says), on a local port
+    import trackio  # the dashboard (`trackio show --project NAME`, as docs/watching.md says), on a local port
 
     app, url, _, _ = trackio.show(project=project, open_browser=False, block_thread=False, server_port=free_port())
     try:

@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -190,19 +191,67 @@ def problems_of(instance) -> list[str]:
     return problems
 
 
-def help_lines(cls, names: set[str] | None = None) -> list[str]:
-    """--help lines for the fields of `cls` (only `names` when given): flag, default, type, rules, doc."""
+def option_rows(cls, names: set[str] | None = None) -> list[dict]:
+    """What --help and the docs show of each field of `cls` (only `names` when given): its name,
+    whether it is positional, its default, type, rules ('one of a, b', '>= 1') and the docstring under it."""
     docs, types_ = field_docs(cls), field_types(cls)
-    lines = []
+    rows = []
     for f in dataclasses.fields(cls):
         if names is not None and f.name not in names:
             continue
-        rules = rule_text(f.metadata)
-        kind = type_name(types_[f.name]) + (f"; {rules}" if rules else "")
-        if f.metadata.get("positional"):
-            lines.append(f"  {f.name.upper()}  ({kind})")
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        rows.append({"name": f.name, "positional": bool(f.metadata.get("positional")), "default": default,
+                     "type": type_name(types_[f.name]), "rules": rule_text(f.metadata), "doc": docs.get(f.name, "")})
+    return rows
+
+
+def help_lines(cls, names: set[str] | None = None) -> list[str]:
+    """--help lines for the fields of `cls` (only `names` when given): flag, default, type, rules, doc."""
+    lines = []
+    for row in option_rows(cls, names):
+        kind = row["type"] + (f"; {row['rules']}" if row["rules"] else "")
+        if row["positional"]:
+            lines.append(f"  {row['name'].upper()}  ({kind})")
         else:
-            default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
-            lines.append(f"  --{f.name}={default!r}  ({kind})")
-        lines.append(f"      {docs.get(f.name, '')}")
+            lines.append(f"  --{row['name']}={row['default']!r}  ({kind})")
+        lines.append(f"      {row['doc']}")
     return lines
+
+
+# Markdown for the docs (docs/hooks.py renders the recipe keys with markdown_reference)
+_ESCAPE = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", "*": "\\*", "_": "\\_",
+                         "[": "\\[", "]": "\\]", "`": "\\`", "|": "\\|"})
+
+
+def _text(text: str) -> str:
+    """Plain text as Markdown that renders as written (no emphasis from **/*.md, no tags from <unk>),
+    on one line, fit for a table cell."""
+    return " ".join(text.split()).translate(_ESCAPE)
+
+
+def _code(text: str) -> str:
+    """`text` as a Markdown code span, fenced by more backticks than any run of them inside it."""
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown_table(cls, names: set[str] | None = None) -> str:
+    """The fields of `cls` as a Markdown table, one row per field as --help shows it: key, type
+    and rules, default, meaning."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for row in option_rows(cls, names):
+        key = _code(row["name"].upper() if row["positional"] else row["name"])
+        kind = _code(row["type"]) + (f"; {_text(row['rules'])}" if row["rules"] else "")
+        default = "required" if row["positional"] and row["default"] is None else _code(repr(row["default"]))
+        lines.append(f"| {key} | {kind} | {default} | {_text(row['doc'])} |")
+    return "\n".join(lines)
+
+
+def markdown_reference(sections: dict[str, type], heading: str = "###") -> str:
+    """Every section and its fields as Markdown: a heading per section, its docstring, its table
+    (docs/recipes.md gets hfgpt.config.recipe.SECTIONS so)."""
+    parts = []
+    for name, cls in sections.items():
+        parts += [f"{heading} {name}", "", _text(cls.__doc__ or ""), "", markdown_table(cls), ""]
+    return "\n".join(parts)

@@ -69,10 +69,10 @@ def cpu_bf16_feature() -> str | None:
     A pure function of the features torch detects (no timing at start-up, so a recipe trains the
     same numbers on the same machine every time):
       amx_bf16     Intel Xeon 4th generation (Sapphire Rapids) and later: bf16 tiles, matmuls 3-4x
-                   float32's; the CPU recipe trains 1.4x faster (measured, README).
+                   float32's; the CPU recipe trains 1.4x faster (measured, docs/benchmarks.md).
       avx512_bf16  AMD Zen 4 / Zen 5 (EPYC 9004/9005, Ryzen 7000+), Intel Cooper Lake: VDPBF16PS,
                    twice float32's multiply rate at half the bytes; measured on an AMD EPYC:
-                   the CPU recipe about 1.35x float32's tokens/s, same whole-val loss (README).
+                   the CPU recipe about 1.35x float32's tokens/s, same whole-val loss (docs/speed.md).
       arm bf16+sve Neoverse V1/V2/N2 (AWS Graviton 3/4, NVIDIA Grace): BFMMLA through oneDNN/ACL,
                    about twice float32's GEMM rate (reasoned from the ISA, not measured here).
     None elsewhere: AVX2 only, AVX-512 without BF16 (Skylake to Ice Lake, Zen 2/3), where oneDNN

@@ -41,7 +41,7 @@ from hfgpt.hub.token import reason
 from hfgpt.training.checkpoint import latest
 from hfgpt.training.signals import Interrupted, RaiseOnSignal, signal_name
 
-# The files of out_dir that go to the Hub (the README's list), as patterns of top-level names.
+# The files of out_dir that go to the Hub (docs/hub.md's list), as patterns of top-level names.
 PUSHED = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
           "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
           "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",

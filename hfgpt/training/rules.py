@@ -1,5 +1,5 @@
 """The rules a time budget's plan follows (hfgpt.training.budget), each with the measurements behind
-it (README, Time to quality: the budget; scripts/corpora.py builds the corpora).
+it (docs/speed.md, The budget on many corpora; scripts/corpora.py builds the corpora).
 
     rules.candidates("cpu")                     # model shapes to measure, small to large
     rules.predicted_loss(n, tokens, 1_000_000, "char")

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -47,6 +48,23 @@ def test_the_plan_sets_only_what_the_user_did_not(tiny_recipe, workdir, capsys):
     assert saved["batch_size"] == 6 and saved["max_iters"] == 12 and saved["n_layer"] == 2
     assert [r["iter"] for r in read_metrics(workdir / "out") if "loss" in r][-1] == 12  # the user's max_iters, kept
     assert saved["optimizer"] == "muon" and saved["lr_schedule"] == "wsd" and saved["bias"] is False  # the plan's
+
+
+@pytest.mark.parametrize("train_tokens, dropout", [(10_000_000, 0.0), (20_000, 0.1)], ids=["one pass", "many passes"])
+def test_the_iterations_fit_the_step_with_the_planned_dropout(monkeypatch, train_tokens, dropout):
+    """Dropout comes from the passes over the text; a step with dropout is slower (on the CPU 54 ->
+    75 ms for the fast recipe's shape), so the chosen shape is timed again with it and the
+    iterations fit that step, not the dropout-free one the candidates were measured with."""
+    from hfgpt.training import budget
+
+    monkeypatch.setattr(budget, "time_step", lambda m, *args: 0.01 * (1 + 4 * m.dropout) * m.n_layer)
+    budget.start_clock(time.time())
+    recipe = load_recipe(None, {"time_budget": "100s", "device": "cpu", "block_size": 64})
+    budget.plan_budget(recipe, {"vocab_size": 65, "train_tokens": train_tokens, "tokenizer": "char"},
+                       torch.device("cpu"), "no", say=lambda text: None)
+    step = 0.01 * (1 + 4 * dropout) * recipe.model.n_layer
+    assert recipe.model.dropout == dropout == rules.regularization(recipe.train.max_iters * 48 * 64 / train_tokens)["dropout"]
+    assert recipe.train.max_iters == pytest.approx(rules.iterations(100, step), rel=0.02)
 
 
 def test_a_resumed_budget_run_continues_its_plan_bitwise(tiny_recipe, workdir):

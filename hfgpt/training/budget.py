@@ -128,6 +128,16 @@ def time_step(m, vocab_size: int, batch_size: int, device: torch.device, precisi
     return sorted(times)[len(times) // 2]
 
 
+def _length(recipe: Recipe, meta: dict, step_s: float, batch: int, block: int) -> tuple[int, float, float | None]:
+    """Iterations that fit the budget left at `step_s` each, the passes over the text they make,
+    and the dropout the rules give for those passes (None: the recipe sets dropout)."""
+    t, given = recipe.train, recipe.given
+    left = parse_duration(t.time_budget) - (time.time() - clock_start())
+    iterations = t.max_iters if "max_iters" in given else rules.iterations(left, step_s)
+    epochs = iterations * batch * block / max(meta["train_tokens"], 1)
+    return iterations, epochs, None if "dropout" in given else rules.regularization(epochs)["dropout"]
+
+
 def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str, say=print) -> Plan:
     """Measure, choose, and set every planned key the recipe does not set (see the module docstring)."""
     import dataclasses
@@ -169,9 +179,14 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
     if best is None:
         raise UserError(f"time_budget={t.time_budget}: no model shape fits n_head={m.n_head}, n_embd={m.n_embd}")
     _, shape, step_s = best
-    iterations = t.max_iters if "max_iters" in given else rules.iterations(budget - (time.time() - clock_start()), step_s)
+    iterations, epochs, dropout = _length(recipe, meta, step_s, batch, block)
+    if dropout is not None and dropout != m.dropout:
+        # dropout costs time on its own (a CPU step of the fast recipe's shape: 54 -> 75 ms): the
+        # chosen shape timed again with it, so that the iterations fit the budget
+        trial = dataclasses.replace(m, **shape, block_size=block, dropout=dropout)
+        step_s = time_step(trial, meta["vocab_size"], batch, device, precision)
+        iterations, epochs, _ = _length(recipe, meta, step_s, batch, block)
     tokens = iterations * batch * block
-    epochs = tokens / max(meta["train_tokens"], 1)
     values = {"architecture": rules.ARCHITECTURE, **shape, "block_size": block, "batch_size": batch,
               "gradient_accumulation_steps": 1, "bias": False, **rules.optimizer(iterations, shape["n_embd"]),
               **rules.regularization(epochs), "max_iters": iterations, "lr_decay_iters": iterations,

@@ -40,6 +40,11 @@ def test_init_from_auto_model_fine_tunes_from_it(tiny_recipe, workdir, gpt2_medi
     assert train.main([recipe, "--max_iters=5", "--eval_interval=5"]) == 0
     assert f"starting from {gpt2_medium_dir}" in capsys.readouterr().out
     assert yaml.safe_load((workdir / "out" / "recipe.yaml").read_text())["init_from"] == str(gpt2_medium_dir)
+    assert train.main([recipe, "--max_iters=7", "--eval_interval=7"]) == 0  # the same command resumes it
+    assert "resuming" in capsys.readouterr().out.lower()
+    for saved in (workdir / "out" / "recipe.yaml", workdir / "out" / "checkpoints" / "iter-000007" / "recipe.yaml"):
+        assert yaml.safe_load(saved.read_text())["init_from"] == str(gpt2_medium_dir), saved  # the base, not resume
+    assert f"init_from: {gpt2_medium_dir}" in (workdir / "out" / "README.md").read_text()
 
 
 def test_init_from_auto_replaces_only_its_own_leftovers(tiny_recipe, workdir, capsys):

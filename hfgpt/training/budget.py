@@ -189,7 +189,7 @@ def plan_budget(recipe: Recipe, meta: dict, device: torch.device, precision: str
     tokens = iterations * batch * block
     values = {"architecture": rules.ARCHITECTURE, **shape, "block_size": block, "batch_size": batch,
               "gradient_accumulation_steps": 1, "bias": False, **rules.optimizer(iterations, shape["n_embd"]),
-              **rules.regularization(epochs), "max_iters": iterations, "lr_decay_iters": iterations,
+              **({} if dropout is None else {"dropout": dropout}), "max_iters": iterations, "lr_decay_iters": iterations,
               "eval_interval": 10 * iterations, "eval_iters": rules.eval_batches(iterations),  # at the start and end only
               "log_interval": max(1, iterations // 20),
               "always_save_checkpoint": False}

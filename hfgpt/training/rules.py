@@ -71,7 +71,7 @@ def regularization(epochs: float) -> dict:
     """Dropout by passes over the training text. In a run of a budget's length dropout costs more
     than it saves until the text has been seen ~20 times (bench race, 35 s, one thread, AMD EPYC):
     the 100 KB corpus at 13 passes (1 x 128) scored 1.4572 without dropout, 1.6031 with 0.1 (nanoGPT's
-    fixed recipe 1.4786); Russian at 3.8 passes 1.4159 without, 1.7880 with 0.1 (nanoGPT 1.6299); a
+    fixed recipe 1.4786); Russian 1.4159 without (3.8 passes), 1.7880 with 0.1 (nanoGPT 1.6299); a
     dropout step is also slower (54 -> 75 ms, which the plan times). Without dropout the 100 KB
     corpus's 1 x 128 gets worse from ~15 passes on (1.5005 at 8.5 passes, 1.5189 at 20)."""
     return {"dropout": 0.0 if epochs < 20 else 0.1}

@@ -53,7 +53,8 @@ def main(parsed: Parsed) -> int:
     options = parsed.options
     from hfgpt.core.files import atomic_write, writable_file
     from hfgpt.evaluation.score import evaluate_model, model_folder
-    from hfgpt.hub.card import EVAL_RESULTS, write_card
+    from hfgpt.core.layout import EVAL_RESULTS
+    from hfgpt.hub.card import write_card
 
     if options.out:
         writable_file(Path(options.out), "eval_results.json")  # before evaluating

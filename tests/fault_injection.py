@@ -214,7 +214,7 @@ def _has_checkpoint(out_dir: Path) -> bool:
 
 
 def run_push(workdir: Path, text: str, kills: int, seed: int, lfs: bool = False, say=print) -> dict:
-    from hfgpt.training.checkpoint import latest
+    from hfgpt.core.layout import latest
     from tests.fake_hub import FakeHub, client_env
 
     rng = random.Random(seed)

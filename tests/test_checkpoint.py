@@ -16,12 +16,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hfgpt import train
-from hfgpt.core import files
+from hfgpt.core import files, layout
+from hfgpt.core.layout import list_checkpoints
+from hfgpt.core.signals import StopSignal
 from hfgpt.model import gpt
 from hfgpt.training import checkpoint, loop as training_loop
-from hfgpt.training.checkpoint import flatten, list_checkpoints, unflatten
+from hfgpt.training.checkpoint import flatten, unflatten
 from hfgpt.training.metrics import read_metrics
-from hfgpt.training.signals import StopSignal
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
 
 
@@ -85,8 +86,8 @@ def test_keep_last_keeps_the_newest_and_the_best(tiny_recipe, workdir):
     assert iters[-2:] == [90, 100]
     best_iter = min(found, key=lambda item: item[1]["val_loss"])[1]["iter"]
     assert set(iters) == {90, 100, best_iter}
-    assert checkpoint.best(workdir / "out")[1]["iter"] == best_iter
-    assert checkpoint.latest(workdir / "out")[1]["iter"] == 100
+    assert layout.best(workdir / "out")[1]["iter"] == best_iter
+    assert layout.latest(workdir / "out")[1]["iter"] == 100
 
 
 def test_resume_skips_incomplete_checkpoints(tiny_recipe, workdir):
@@ -98,12 +99,12 @@ def test_resume_skips_incomplete_checkpoints(tiny_recipe, workdir):
     (partial / "model.safetensors").write_bytes(b"partial")
     (ckpts / "iter-000090").mkdir()  # a folder without state.json is no checkpoint
     (ckpts / "iter-000090" / "model.safetensors").write_bytes(b"junk")
-    assert checkpoint.latest(workdir / "out")[1]["iter"] == 20
+    assert layout.latest(workdir / "out")[1]["iter"] == 20
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=30"]) == 0
     logs, _ = losses_by_iter(workdir / "out")
     assert [i for i, _ in logs] == list(range(1, 31))
     assert not partial.exists()
-    assert checkpoint.latest(workdir / "out")[1]["iter"] == 30
+    assert layout.latest(workdir / "out")[1]["iter"] == 30
 
 
 def test_resume_with_another_shape_is_refused(tiny_recipe, workdir, capsys):
@@ -140,7 +141,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir,
     assert train.main([str(tiny_recipe(eval_interval=10, log_interval=5))]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "NaN or infinite at iteration 25" in errors[0]
-    assert checkpoint.latest(workdir / "out")[1]["iter"] == 20
+    assert layout.latest(workdir / "out")[1]["iter"] == 20
     assert all(torch.isfinite(v).all() for v in weights(workdir / "out").values())
 
 
@@ -158,7 +159,7 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tiny_recipe, workdir):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
-    folder, state = checkpoint.latest(workdir / "out")
+    folder, state = layout.latest(workdir / "out")
     logs, _ = losses_by_iter(workdir / "out")
     assert state["iter"] == logs[-1][0] >= 5 and state["val_loss"] is None
     stop = state["iter"]
@@ -238,7 +239,7 @@ def test_a_rewound_run_sets_the_newer_checkpoints_aside(tiny_recipe, workdir, ca
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=20"]) == 0  # continues 15, the rewound line
     logs, evals = losses_by_iter(workdir / "out")
     assert [i for i, _ in logs] == list(range(1, 21))
-    assert checkpoint.latest(workdir / "out")[1]["iter"] == 20
+    assert layout.latest(workdir / "out")[1]["iter"] == 20
 
 
 CORRUPT = {
@@ -290,10 +291,10 @@ def test_a_signal_during_an_evaluation_keeps_its_losses(tiny_recipe, workdir, mo
 
     monkeypatch.setattr(training_loop, "estimate_loss", evaluate)
     assert train.main([str(tiny_recipe(**SPLIT))]) == 143
-    folder, state = checkpoint.latest(workdir / "out")
+    folder, state = layout.latest(workdir / "out")
     _, evals = losses_by_iter(workdir / "out")
     assert state["iter"] == 10 and state["val_loss"] is not None and evals[-1] == (10, state["val_loss"])
-    assert checkpoint.best(workdir / "out")[1]["iter"] == 10
+    assert layout.best(workdir / "out")[1]["iter"] == 10
 
 
 def test_eval_only_with_resume_evaluates_the_checkpoint_and_writes_no_checkpoint(tiny_recipe, workdir, capsys):
@@ -350,11 +351,11 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_
     where = out / "checkpoints" if save == "checkpoint" else out
     assert len(errors) == 1 and f"no space left on the device of {where} (this save needs about " in errors[0]
     assert not [p for p in [*out.iterdir(), *(out / "checkpoints").iterdir()] if p.name.startswith(".")]
-    folder, state = checkpoint.latest(out)
+    folder, state = layout.latest(out)
     assert state["iter"] == 10 and checkpoint.broken(folder, state) is None
     monkeypatch.undo()  # space freed: the run continues from iteration 10
     assert train.main([str(recipe), "--init_from=resume"]) == 0
-    assert checkpoint.latest(out)[1]["iter"] == 20
+    assert layout.latest(out)[1]["iter"] == 20
 
 
 def can_mount_tmpfs() -> bool:
@@ -370,7 +371,7 @@ def test_a_really_full_disk(tiny_recipe, workdir):
     fit, with one line; what is left there is whole."""
     recipe = tiny_recipe(max_iters=1000, eval_interval=5, lr_decay_iters=1000, keep_last=None)
     (workdir / "small").mkdir()
-    look = ("import json, pathlib, sys; from hfgpt.training.checkpoint import list_checkpoints, broken; "
+    look = ("import json, pathlib, sys; from hfgpt.core.layout import list_checkpoints; from hfgpt.training.checkpoint import broken; "
             "out = pathlib.Path('small/out'); print(json.dumps({'hidden': [str(p) for p in out.rglob('.*')], "
             "'checkpoints': [(s['iter'], broken(f, s)) for f, s in list_checkpoints(out)]}))")
     script = (f"mount -t tmpfs -o size=1m tmpfs small && {PYTHON} -m hfgpt.train {recipe} --out_dir=small/out; "

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from hfgpt import train
 from hfgpt.config import load_recipe
+from hfgpt.core import layout
 from hfgpt.data.tokenizer import LOADING_KEYS, byte_tokenizer, char_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from hfgpt.model.gpt import build_model, causal_lm
 from hfgpt.model.lora import quiet_peft
@@ -308,8 +309,8 @@ def test_gradient_checkpointing_computes_the_same_steps(tiny_recipe):
 @pytest.mark.parametrize("always_save, kept", [(True, [20, 40]), (False, [40])])
 def test_the_best_checkpoint_is_kept_only_when_out_dir_is_not_the_best_model(tmp_path, always_save, kept):
     for it, val in ((10, 3.0), (20, 1.0), (30, 2.0), (40, 2.5)):
-        folder = checkpoint.checkpoint_path(tmp_path, it)
+        folder = layout.checkpoint_path(tmp_path, it)
         folder.mkdir(parents=True)
         (folder / "state.json").write_text(json.dumps({"iter": it, "val_loss": val}))
     checkpoint.prune(tmp_path, keep_last=1, keep_best=always_save)
-    assert [state["iter"] for _, state in checkpoint.list_checkpoints(tmp_path)] == kept
+    assert [state["iter"] for _, state in layout.list_checkpoints(tmp_path)] == kept

@@ -15,7 +15,7 @@ from hfgpt.core.errors import UserError
 from hfgpt.core.files import owner_tag, remove_dead_temp
 from hfgpt.core import lock
 from hfgpt.core.lock import LOCK, hold_lock
-from hfgpt.training.checkpoint import list_checkpoints
+from hfgpt.core.layout import list_checkpoints
 from hfgpt.training.metrics import read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
 from tests.helpers import ACCELERATE

@@ -31,7 +31,8 @@ from hfgpt.data.batches import load_tokens
 from hfgpt.data.meta import meta_problem, read_meta
 from hfgpt.data.prepare import dataset_lock
 from hfgpt.data.tokenizer import load_tokenizer, vocabulary_mismatch
-from hfgpt.hub.card import FACTS, read_json
+from hfgpt.core.files import read_json
+from hfgpt.core.layout import FACTS
 from hfgpt.hub.token import reason
 from hfgpt.model.folder import check_model_folder
 from hfgpt.model.gpt import n_positions

@@ -23,12 +23,8 @@ from safetensors import safe_open
 
 from hfgpt import __version__
 from hfgpt.core.files import atomic_write, read_json
+from hfgpt.core.layout import CARD, EVAL_RESULTS, FACTS, PLOT, RECIPE
 from hfgpt.core.names import is_hub_id, is_url
-
-CARD = "README.md"
-FACTS = "training.json"
-EVAL_RESULTS = "eval_results.json"
-PLOT = "loss.png"
 
 
 def count_parameters(weights: Path) -> int | None:
@@ -165,7 +161,7 @@ def adapter_usage(folder: Path) -> str:
 
 def render(folder: Path, facts: dict, model_id: str | None = None) -> str:
     """README.md for `folder`: front matter + body."""
-    recipe = yaml.safe_load((folder / "recipe.yaml").read_text()) if (folder / "recipe.yaml").is_file() else {}
+    recipe = yaml.safe_load((folder / RECIPE).read_text()) if (folder / RECIPE).is_file() else {}
     config = read_json(folder / "config.json")
     results = current_eval(folder, facts)
     if model_id is None:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import make_temp_dir, replace_dir
+from hfgpt.core.layout import LAST_CHECKPOINT, checkpoint_dir, read_state
 from hfgpt.core.names import is_hub_id, split_revision
 from hfgpt.hub.token import reason
-from hfgpt.training.checkpoint import checkpoint_dir, read_state
-
-LAST_CHECKPOINT = "last-checkpoint"
 
 
 def download_checkpoint(source: str, out_dir: str | Path) -> Path:

@@ -35,21 +35,17 @@ from tqdm.auto import tqdm
 
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import owner_tag, remove_dead_temp
+from hfgpt.core.layout import (CHECKPOINTS, LAST_CHECKPOINT, METRICS, MODEL_FILES, RUN_FILES, SHARDS, SNAPSHOT_PREFIX,
+                               latest)
+from hfgpt.core.signals import Interrupted, RaiseOnSignal, signal_name
 from hfgpt.hub.card import write_card
-from hfgpt.hub.download import LAST_CHECKPOINT
 from hfgpt.hub.token import reason
-from hfgpt.training.checkpoint import latest
-from hfgpt.training.signals import Interrupted, RaiseOnSignal, signal_name
 
 # The files of out_dir that go to the Hub (docs/hub.md's list), as patterns of top-level names.
-PUSHED = ("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors",
-          "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-          "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja",
-          "README.md", "loss.png", "recipe.yaml", "metrics.jsonl", "training.json", "eval_results.json")
+PUSHED = (*MODEL_FILES, SHARDS, *RUN_FILES)
 PUSHED_DIRS = ("runs",)  # tensorboard's logs
-UNSAID = {"checkpoints", "wandb"}  # left out without a word: hfgpt's own, documented as local
-APPENDED = {"metrics.jsonl"}  # files that grow in place: copied, never linked
-SNAPSHOT_PREFIX = ".push-"
+UNSAID = {CHECKPOINTS, "wandb"}  # left out without a word: hfgpt's own, documented as local
+APPENDED = {METRICS}  # files that grow in place: copied, never linked
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:

@@ -51,14 +51,13 @@ from hfgpt.core.device import rng_states
 from hfgpt.core.errors import first_line
 from hfgpt.core.files import (RESUME_ADVICE, atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir,
                               owner_alive, remove_tree, replace_dir, sync_tree, tree_bytes)
-from hfgpt.hub.card import CARD, FACTS, write_card
+from hfgpt.core.layout import CARD, FACTS, STATE, best, checkpoint_path, list_checkpoints
+from hfgpt.hub.card import write_card
 from hfgpt.model.folder import write_adapter_files, write_model_files
 from hfgpt.model.gpt import causal_lm
 from hfgpt.model.lora import is_lora
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import model_state_dict, optimizer_state
-
-STATE = "state.json"
 
 
 def save_model_folder(accelerator: Accelerator, model, tokenizer, out_dir: str | Path, recipe: Recipe | None,
@@ -186,14 +185,6 @@ def load_tree(folder: Path, name: str):
 
 # --- saving and finding checkpoints -----------------------------------------------------------
 
-def checkpoint_dir(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def checkpoint_path(out_dir: str | Path, iter_num: int) -> Path:
-    return checkpoint_dir(out_dir) / f"iter-{iter_num:06d}"
-
-
 def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokenizer, recipe: Recipe,
                     state: LoopState, shared: bool = True, model_to: Path | None = None,
                     model_facts: dict | None = None) -> Path:
@@ -251,36 +242,6 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
         prune(recipe.train.out_dir, recipe.train.keep_last, keep_best=recipe.train.always_save_checkpoint)
     accelerator.wait_for_everyone()
     return final
-
-
-def read_state(folder: Path) -> dict | None:
-    """The checkpoint's state.json, or None when the checkpoint is incomplete."""
-    try:
-        state = json.loads((folder / STATE).read_text())
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) and isinstance(state.get("iter"), int) else None
-
-
-def list_checkpoints(out_dir: str | Path) -> list[tuple[Path, dict]]:
-    """Complete checkpoints, oldest first (by the iteration in state.json, not the folder name)."""
-    root = checkpoint_dir(out_dir)
-    found = []
-    for folder in root.iterdir() if root.is_dir() else []:
-        state = read_state(folder) if folder.is_dir() and not folder.name.startswith(".") else None
-        if state is not None:
-            found.append((folder, state))
-    return sorted(found, key=lambda item: item[1]["iter"])
-
-
-def latest(out_dir: str | Path) -> tuple[Path, dict] | None:
-    found = list_checkpoints(out_dir)
-    return found[-1] if found else None
-
-
-def best(out_dir: str | Path) -> tuple[Path, dict] | None:
-    found = [item for item in list_checkpoints(out_dir) if item[1].get("val_loss") is not None]
-    return min(found, key=lambda item: item[1]["val_loss"]) if found else None
 
 
 def prune(out_dir: str | Path, keep_last: int | None, keep_best: bool = True) -> None:

@@ -35,7 +35,7 @@ from hfgpt.training.out_dir import claim
 from hfgpt.training.plot import plots_finished
 from hfgpt.training.progress import Progress
 from hfgpt.training.run import Run, make_accelerator, setup, train_step
-from hfgpt.training.signals import StopSignal, catch_early, next_step, signal_name
+from hfgpt.core.signals import StopSignal, catch_early, next_step, signal_name
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import SHARDED
 from hfgpt.training.trackers import start_trackers, tracker_options

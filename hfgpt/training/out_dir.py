@@ -31,23 +31,11 @@ from accelerate.utils import broadcast_object_list
 from hfgpt.config import Recipe, auto_start
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import read_json, remove_dead_temp, remove_tree, size_text
+from hfgpt.core.layout import (CARD, EVAL_RESULTS, FACTS, METRICS, MODEL_FILES, PLOT, SHARDS, TEMP_PREFIXES, checkpoint_dir,
+                               list_checkpoints)
 from hfgpt.core.lock import LOCK, holder_text, hold_lock
-from hfgpt.hub.card import CARD, EVAL_RESULTS, FACTS, PLOT
-from hfgpt.hub.push import SNAPSHOT_PREFIX
 from hfgpt.model.lora import ADAPTER
-from hfgpt.training.checkpoint import checkpoint_dir, finish_saves, list_checkpoints
-
-# What hfgpt writes into out_dir (besides checkpoints/): the model folder's files (model.folder,
-# transformers' save_pretrained and the tokenizers' own file names) and the run's log and plot.
-MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-               "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-               "merges.txt", "vocab.txt", "tokenizer.model", "chat_template.jinja", "recipe.yaml", FACTS, EVAL_RESULTS)
-SHARDS = "model-*-of-*.safetensors"
-METRICS = "metrics.jsonl"
-# atomic files and checkpoints being written, models being saved, folders being replaced or deleted,
-# snapshots being pushed (hfgpt.hub.push; a Pusher also removes its dead peers' snapshots when it
-# starts, for python -m hfgpt.push, which claims no out_dir)
-TEMP_PREFIXES = (".tmp-", ".saving-", ".old-", ".del-", SNAPSHOT_PREFIX)
+from hfgpt.training.checkpoint import finish_saves
 
 
 def usable_folder(out: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from hfgpt.config import Recipe
-from hfgpt.training.checkpoint import checkpoint_dir, list_checkpoints
+from hfgpt.core.layout import checkpoint_dir, list_checkpoints
 from hfgpt.training.metrics import MetricsLog
 from hfgpt.training.mfu import mfu
 from hfgpt.training.plot import Plotter

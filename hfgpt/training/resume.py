@@ -23,7 +23,8 @@ from hfgpt.core.device import set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import fsync_dir, size_text, tree_bytes
 from hfgpt.training.budget import restore_plan
-from hfgpt.training.checkpoint import STATE, broken, checkpoint_dir, list_checkpoints, load_tree, read_state
+from hfgpt.core.layout import STATE, checkpoint_dir, list_checkpoints, read_state
+from hfgpt.training.checkpoint import broken, load_tree
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state
 

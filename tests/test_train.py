@@ -16,7 +16,7 @@ from hfgpt.config import load_recipe
 from hfgpt.core.errors import UserError
 from hfgpt.model.families import count_parameters
 from hfgpt.model.gpt import causal_lm, check_fits
-from tests.conftest import PYTHON, run_env
+from tests.conftest import PYTHON, TINY, run_env
 
 
 def error_lines(capsys) -> list[str]:
@@ -210,3 +210,37 @@ def test_fp16_skipped_steps_are_counted_and_logged_with_a_fused_optimizer(tiny_r
     state = json.loads((workdir / "out" / "checkpoints" / "iter-000012" / "state.json").read_text())
     assert state["skipped_steps"] == skipped
     assert f"{skipped:,} optimizer steps skipped by the loss scaler" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["scratch", "auto then resume", "resume_from a folder", "time_budget"])
+def test_train_leaves_the_callers_recipe_as_given(tiny_recipe, workdir, case):
+    """train(recipe) resolves a copy of its own (auto, the tokenizer, resume_from, a budget's plan):
+    the recipe it is given is equal before and after, however the run starts."""
+    import copy
+
+    from hfgpt.training.loop import train as run_training
+
+    def given(**overrides):
+        return load_recipe(str(tiny_recipe(**{"max_iters": 6, "eval_interval": 3, **overrides})), [])
+
+    def unchanged(recipe) -> dict:
+        before = copy.deepcopy(recipe)
+        result = run_training(recipe)
+        assert recipe == before
+        return result
+
+    if case == "scratch":
+        assert unchanged(given(tokenizer=None))["iters"] == 6  # resolved: char
+    elif case == "auto then resume":
+        assert unchanged(given(init_from="auto"))["iters"] == 6
+        assert unchanged(given(init_from="auto", max_iters=9))["iters"] == 9  # now a resume
+    elif case == "resume_from a folder":
+        assert unchanged(given())["iters"] == 6
+        folder = workdir / "out" / "checkpoints" / "iter-000006"
+        result = unchanged(given(init_from="resume", resume_from=str(folder), out_dir=str(workdir / "again"), max_iters=9))
+        assert (result["iters"], result["out_dir"]) == (9, str(workdir / "again"))
+    else:  # no dataset and no out_dir: the run names both after the source, and plans the rest
+        tiny_recipe()  # writes tiny.txt
+        values = {k: v for k, v in TINY.items() if k != "dataset"}
+        recipe = load_recipe(None, {**values, "source": "tiny.txt", "time_budget": "60s", "max_iters": 6, "eval_interval": 3})
+        assert unchanged(recipe)["out_dir"] == "out-tiny"

@@ -12,6 +12,7 @@ counters are one LoopState, saved in every checkpoint and restored whole by a re
 holds out_dir for its lifetime (hfgpt.training.out_dir: a lock; never over another run's results).
 """
 
+import copy
 import math
 from pathlib import Path
 
@@ -20,7 +21,8 @@ import torch
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import disk_space, read_json
-from hfgpt.hub.card import FACTS, write_card
+from hfgpt.core.layout import FACTS
+from hfgpt.hub.card import write_card
 from hfgpt.hub.download import resume_from_hub
 from hfgpt.hub.push import Pusher
 from hfgpt.training import rules
@@ -43,14 +45,25 @@ from hfgpt.training.trackers import start_trackers, tracker_options
 
 def train(recipe: Recipe) -> dict:
     """Run the recipe to max_iters (or until a signal); returns the last evaluation, the best val
-    loss, the iterations done and the signal that stopped the run (0 if none)."""
-    name_budget_run(recipe)  # time_budget: block_size, and without a dataset or out_dir, names after the source
+    loss, the iterations done, the signal that stopped the run (0 if none) and the out_dir written.
+
+    `recipe` is left as given. The run resolves a copy of its own, each value once, in this order
+    (what recipe.yaml, the card, the trackers and a later resume then read):
+      1. name_budget_run   time_budget: block_size; without a dataset or out_dir, names from the source
+      2. claim             init_from: auto -> resume, or the start it names
+      3. resume_from_hub   resume_from: user/name -> the checkpoint downloaded into out_dir
+      4. resume_point      resume: the tokenizer the checkpoint's data was prepared with
+      5. setup             the tokenizer's name (char, gpt2, a path); time_budget: the planned
+                           shape, batch, optimizer and iterations
+      6. loop, on resume   init_from and resume_from: what the resumed run started from"""
+    r = copy.deepcopy(recipe)
+    name_budget_run(r)
     catch_early()  # a cluster's SIGUSR1 during start-up stops the run at its first iteration, with a checkpoint
-    accelerator = make_accelerator(recipe, **tracker_options(recipe))
-    out_dir = Path(recipe.train.out_dir)
+    accelerator = make_accelerator(r, **tracker_options(r))
+    out_dir = Path(r.train.out_dir)
     # out_dir is this run's until it ends, with loss.png's last redraw done
-    with claim(recipe, accelerator), disk_space(out_dir, then=after_full_disk(out_dir)), plots_finished():
-        return loop(recipe, accelerator)
+    with claim(r, accelerator), disk_space(out_dir, then=after_full_disk(out_dir)), plots_finished():
+        return {**loop(r, accelerator), "out_dir": str(out_dir)}
 
 
 def loop(r: Recipe, accelerator) -> dict:

@@ -20,6 +20,7 @@ from hfgpt import __version__
 from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import atomic_write
+from hfgpt.core.formats import META_FORMAT, too_new
 from hfgpt.data.tokenizer import eot_id
 
 META = "meta.json"
@@ -59,6 +60,8 @@ def meta_problem(folder: Path) -> str | None:
 def _problem_of(meta) -> str | None:
     if not isinstance(meta, dict):
         return "is not a JSON object"
+    if problem := too_new(meta, META_FORMAT):
+        return problem
     kinds = {"vocab_size": int, "dtype": str, "tokenizer": str, "shards": dict, "split": str}
     missing = [k for k, kind in kinds.items() if not isinstance(meta.get(k), kind) or isinstance(meta.get(k), bool)]
     if missing:
@@ -83,6 +86,7 @@ def new_meta(recipe: Recipe, tokenizer, shards: dict[str, list[dict]], split: st
     """meta.json's fields: the dataset, its tokenizer and vocabulary, the token files per split
     ([{"file", "tokens"}]), how it was split, then `facts` about the source."""
     return {
+        "format": META_FORMAT,
         "hfgpt_version": __version__,
         "dataset": recipe.data.dataset,
         "vocab_size": len(tokenizer),

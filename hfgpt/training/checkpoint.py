@@ -51,6 +51,7 @@ from hfgpt.core.device import rng_states
 from hfgpt.core.errors import first_line
 from hfgpt.core.files import (RESUME_ADVICE, atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir,
                               owner_alive, remove_tree, replace_dir, sync_tree, tree_bytes)
+from hfgpt.core.formats import STATE_FORMAT, too_new
 from hfgpt.core.layout import CARD, FACTS, STATE, best, checkpoint_path, list_checkpoints
 from hfgpt.hub.card import write_card
 from hfgpt.model.folder import write_adapter_files, write_model_files
@@ -231,7 +232,7 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
             save_file({**rng_states(), "batches": batches.state()}, tmp / f"rng-{accelerator.process_index}.safetensors")
             accelerator.wait_for_everyone()
             if writer:
-                full = {**state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
+                full = {"format": STATE_FORMAT, **state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
                         "hfgpt_version": __version__, "storage": "shared" if shared else "per-machine"}
                 atomic_write(tmp / STATE, json.dumps(full, indent=2))  # last: its presence marks a whole checkpoint
                 replace_dir(tmp, final)
@@ -264,6 +265,8 @@ def broken(folder: Path, state: dict) -> str | None:
     """Why a checkpoint whose state.json was read cannot be resumed (the first broken or missing
     file), or None. Reads headers and JSON only: safetensors checks that its file is as long as its
     header says, so a truncated file shows here."""
+    if problem := too_new(state, STATE_FORMAT):
+        return f"{STATE} {problem}"
     missing = [key for key in ("iter", "recipe") if key not in state]
     if missing or not isinstance(state.get("recipe"), dict):
         return f"{STATE} lacks {', '.join(missing) or 'a valid recipe'}"

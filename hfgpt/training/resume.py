@@ -22,8 +22,9 @@ from hfgpt.config import Recipe, keys_that_shape
 from hfgpt.core.device import set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import fsync_dir, size_text, tree_bytes
-from hfgpt.training.budget import restore_plan
+from hfgpt.core.formats import upgrade_rng
 from hfgpt.core.layout import STATE, checkpoint_dir, list_checkpoints, read_state
+from hfgpt.training.budget import restore_plan
 from hfgpt.training.checkpoint import broken, load_tree
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state
@@ -145,7 +146,7 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
         return LoopState.from_json(read_state(folder))
     states = load_file(rng_file)
     set_rng_states(states)
-    batches.load_state(states["batches"] if "batches" in states else states["sampler"])  # hfgpt 0.1 said sampler
+    batches.load_state(upgrade_rng(states, read_state(folder))["batches"])
     return LoopState.from_json(read_state(folder))
 
 

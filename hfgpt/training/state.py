@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from hfgpt.core.formats import upgrade_state
+
 
 @dataclass
 class LoopState:
@@ -58,7 +60,4 @@ class LoopState:
     @classmethod
     def from_json(cls, saved: dict) -> "LoopState":
         names = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in saved.items() if k in names})
-        if state.eval_iter is None and saved.get("val_loss") is not None:
-            state.eval_iter = state.iter  # written before eval_iter existed: the losses are of this iteration
-        return state
+        return cls(**{k: v for k, v in upgrade_state(saved).items() if k in names})

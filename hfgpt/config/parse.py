@@ -27,7 +27,8 @@ import yaml
 from hfgpt import __version__
 from hfgpt.config.options import convert, field_types, help_lines, problems_of, quoted, type_name
 from hfgpt.config.pyconfig import read_py_config
-from hfgpt.config.recipe import KEYS, SECTIONS, Recipe, keys_of_step, tracker_names, validate
+from hfgpt.config.checks import validate
+from hfgpt.config.recipe import KEYS, SECTIONS, Recipe, keys_of_step, tracker_names
 from hfgpt.config.yaml_load import load_yaml
 from hfgpt.core.errors import UserError, cli
 

@@ -143,7 +143,7 @@ def fsdp_optimizer() -> dict:
     from accelerate.utils import DistributedType
 
     from hfgpt.model.gpt import NextTokenLoss
-    from hfgpt.training.checkpoint import load_tree, save_tree
+    from hfgpt.core.tensor_tree import load_tree, save_tree
     from hfgpt.training.strategies import load_optimizer_state, optimizer_state
 
     dist.init_process_group("gloo")

@@ -16,12 +16,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from hfgpt import train
-from hfgpt.core import files, layout
+from hfgpt.core import files, layout, tensor_tree
 from hfgpt.core.layout import list_checkpoints
 from hfgpt.core.signals import StopSignal
+from hfgpt.core.tensor_tree import flatten, load_tree, unflatten
 from hfgpt.model import gpt
 from hfgpt.training import checkpoint, loop as training_loop
-from hfgpt.training.checkpoint import flatten, unflatten
 from hfgpt.training.metrics import read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
 
@@ -62,7 +62,7 @@ def test_split_and_resumed_run_is_bitwise_the_straight_run(tiny_recipe, workdir,
     assert_same_weights(weights(workdir / "a"), weights(workdir / "b"))  # out_dir too
     state = json.loads((final_b / "state.json").read_text())
     assert state["iter"] == 40 and state["tokens_seen"] == 40 * 8 * 32 and state["recipe"]["max_iters"] == 40
-    groups = checkpoint.load_tree(final_b, "optimizer")["param_groups"]  # Muon's group first, with its momentum
+    groups = load_tree(final_b, "optimizer")["param_groups"]  # Muon's group first, with its momentum
     assert [g.get("momentum") for g in groups] == ([0.9, None, None] if optimizer else [None, None])
 
 
@@ -326,7 +326,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_
                                                                           capsys, save):
     recipe, out = tiny_recipe(**{**SPLIT, "max_iters": 20}), workdir / "out"
     if save == "checkpoint":  # the optimizer of the second checkpoint, as safetensors reports it
-        real = checkpoint.save_file
+        real = tensor_tree.save_file
 
         def writer(tensors, path, *args, **kwargs):
             if path.parent.name.startswith(".tmp-iter-000020") and path.name == "optimizer.safetensors":
@@ -334,7 +334,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_
                 raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
             return real(tensors, path, *args, **kwargs)
 
-        monkeypatch.setattr(checkpoint, "save_file", writer)
+        monkeypatch.setattr(tensor_tree, "save_file", writer)
     else:  # the model folder saved at the second evaluation: the checkpoint's files, copied where links fail
         real, saves = checkpoint.link_or_copy, set()
 

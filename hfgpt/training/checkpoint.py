@@ -43,7 +43,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from hfgpt import __version__
 from hfgpt.config import Recipe
@@ -53,6 +53,7 @@ from hfgpt.core.files import (RESUME_ADVICE, atomic_write, disk_space, fsync_dir
                               owner_alive, remove_tree, replace_dir, sync_tree, tree_bytes)
 from hfgpt.core.formats import STATE_FORMAT, too_new
 from hfgpt.core.layout import CARD, FACTS, STATE, best, checkpoint_path, list_checkpoints
+from hfgpt.core.tensor_tree import save_tree, tensor_bytes, unflatten
 from hfgpt.hub.card import write_card
 from hfgpt.model.folder import write_adapter_files, write_model_files
 from hfgpt.model.gpt import causal_lm
@@ -131,57 +132,6 @@ def after_full_disk(out_dir: str | Path) -> Callable[[], str]:
         return ("start the run again (with --overwrite_out_dir=True, or init_from: auto): it had not saved a checkpoint "
                 "yet, so there is none to resume")
     return advice
-
-
-# --- optimizer state as safetensors + JSON -------------------------------------------------------
-
-def flatten(obj, tensors: dict, path: str = "t"):
-    """Replace every tensor in a nested dict/list/tuple by a reference into `tensors`."""
-    if isinstance(obj, torch.Tensor):
-        tensors[path] = obj.detach().contiguous().cpu()
-        return {"__tensor__": path}
-    if isinstance(obj, dict):
-        return {"__dict__": [[flatten(k, tensors, f"{path}.k{i}"), flatten(v, tensors, f"{path}.{i}")]
-                             for i, (k, v) in enumerate(obj.items())]}
-    if isinstance(obj, (list, tuple)):
-        items = [flatten(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
-        return {"__tuple__": items} if isinstance(obj, tuple) else items
-    return obj
-
-
-def unflatten(tree, tensors: dict):
-    if isinstance(tree, dict):
-        if "__tensor__" in tree:
-            return tensors[tree["__tensor__"]]
-        if "__dict__" in tree:
-            return {unflatten(k, tensors): unflatten(v, tensors) for k, v in tree["__dict__"]}
-        if "__tuple__" in tree:
-            return tuple(unflatten(v, tensors) for v in tree["__tuple__"])
-    if isinstance(tree, list):
-        return [unflatten(v, tensors) for v in tree]
-    return tree
-
-
-def tensor_bytes(obj) -> int:
-    """Bytes of the tensors in a nested dict/list/tuple (a state dict, an optimizer's state)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(v) for v in obj)
-    return 0
-
-
-def save_tree(obj, folder: Path, name: str) -> None:
-    tensors: dict = {}
-    tree = flatten(obj, tensors)
-    save_file(tensors, folder / f"{name}.safetensors")
-    (folder / f"{name}.json").write_text(json.dumps(tree))
-
-
-def load_tree(folder: Path, name: str):
-    return unflatten(json.loads((folder / f"{name}.json").read_text()), load_file(folder / f"{name}.safetensors"))
 
 
 # --- saving and finding checkpoints -----------------------------------------------------------

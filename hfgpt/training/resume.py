@@ -25,7 +25,8 @@ from hfgpt.core.files import fsync_dir, size_text, tree_bytes
 from hfgpt.core.formats import upgrade_rng
 from hfgpt.core.layout import STATE, checkpoint_dir, list_checkpoints, read_state
 from hfgpt.training.budget import restore_plan
-from hfgpt.training.checkpoint import broken, load_tree
+from hfgpt.core.tensor_tree import load_tree
+from hfgpt.training.checkpoint import broken
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state
 

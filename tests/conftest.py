@@ -31,7 +31,7 @@ os.environ.pop("HF_TOKEN", None)
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.local_server import LocalServer  # noqa: E402,F401  (tests import it from here)
+from tests.tools.local_server import LocalServer  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HFGPT_SHARED", ROOT.parent / "shared"))

@@ -116,7 +116,7 @@ def test_every_familys_compiled_training_forward_is_one_graph_of_causal_sdpa(fam
     Dynamo graph (no graph break), every attention is_causal without a mask, the loss and
     gradients of plain SDPA."""
     from hfgpt.model.gpt import load_model
-    from tests.families import make_model_folder
+    from tests.tools.families import make_model_folder
 
     folder = make_model_folder(family, tmp_path / family, shakespeare_text[:20_000], **config)
     reference = load_model(str(folder), block_size=32, dropout=0.0).train()
@@ -143,7 +143,7 @@ def test_a_window_shorter_than_block_size_trains_with_its_mask(family, config, t
     model keeps the attention transformers masks, which computes what eager attention with the
     window computes, and not full causal attention."""
     from hfgpt.model.gpt import load_model
-    from tests.families import make_model_folder
+    from tests.tools.families import make_model_folder
 
     folder = make_model_folder(family, tmp_path / family, shakespeare_text[:20_000], **config)
     model = load_model(str(folder), block_size=32, dropout=0.0).train()
@@ -164,7 +164,7 @@ def test_rotary_models_attention_runs_in_float32_under_cpu_autocast(tmp_path, sh
     ~4x slower: the training attention turns it off for them as for bf16 inputs."""
     from hfgpt.model.attention import training_attention
     from hfgpt.model.gpt import load_model
-    from tests.families import make_model_folder
+    from tests.tools.families import make_model_folder
 
     model = load_model(str(make_model_folder("llama", tmp_path / "llama", shakespeare_text[:20_000])), block_size=32)
     module = model.model.layers[0].self_attn

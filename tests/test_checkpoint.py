@@ -194,9 +194,9 @@ def test_stop_signal_is_gathered_every_log_interval_only():
 
 
 def test_sigkill_at_random_moments_and_during_saves_then_resume_is_exact(shakespeare):
-    """tests/kill_loop.py with 10 kills and a SIGUSR1, every start the identical command line with
+    """tests/tools/kill_loop.py with 10 kills and a SIGUSR1, every start the identical command line with
     init_from: auto (as a cluster requeues a job), in its own process (it forks the runs it kills)."""
-    result = subprocess.run([PYTHON, "-m", "tests.kill_loop", "--kills=10", "--seed=1", "--max_iters=60", "--json",
+    result = subprocess.run([PYTHON, "-m", "tests.tools.kill_loop", "--kills=10", "--seed=1", "--max_iters=60", "--json",
                              f"--text={shakespeare}"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])

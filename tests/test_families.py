@@ -1,5 +1,5 @@
 """Any causal LM: the families people fine-tune (Llama, Qwen2, Qwen3, Mistral, GPT-NeoX, Gemma, Phi-3,
-OPT, Mixtral, Bloom, GPT-2), tiny and random, built by tests/families.py with their own kind of
+OPT, Mixtral, Bloom, GPT-2), tiny and random, built by tests/tools/families.py with their own kind of
 tokenizer. Full fine-tuning and LoRA resume bitwise into plain folders of the family, which
 transformers' pipeline samples in a process without hfgpt; documents carry the tokenizer's BOS
 and EOS, checked by id; dropout, bias, block_size, LoRA targets, MFU, the FSDP unit and the
@@ -19,7 +19,7 @@ from hfgpt import convert, prepare, sample, train
 from hfgpt import eval as hfgpt_eval
 from hfgpt.model.families import linear_layer_names, model_shape, transformer_blocks
 from tests.conftest import PYTHON, TINY, run_env
-from tests.families import FAMILY_SPECS, make_model_folder
+from tests.tools.families import FAMILY_SPECS, make_model_folder
 from tests.helpers import error_lines, read_metrics
 
 # the families the issue names, and more of other shapes: OPT's offset position table, Gemma 3's
@@ -329,7 +329,7 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
     import signal
     import time
 
-    from tests.fake_hub import FakeHub
+    from tests.tools.fake_hub import FakeHub
     from tests.test_hub import TOKEN, USER, hub_env, run_script
 
     repo = "HuggingFaceTB/SmolLM2-135M"

@@ -3,7 +3,7 @@ loaded model, float32 master weights, gradient checkpointing, LoRA, the card's s
 tokenizer folders that transformers 4.x and 5.x both read.
 
 The model is a tiny stand-in for openai-community/gpt2-medium (conftest's gpt2_medium_dir: GPT-2's
-files, config keys and tokenizer, 2 layers x 32), from a folder or, over HTTP, from tests/fake_hub.py.
+files, config keys and tokenizer, 2 layers x 32), from a folder or, over HTTP, from tests/tools/fake_hub.py.
 """
 
 import json
@@ -25,7 +25,7 @@ from hfgpt.model.lora import quiet_peft
 from hfgpt.training import checkpoint, run as training_run
 from tests.conftest import PYTHON, TINY, run_env
 from tests.helpers import run
-from tests.fake_hub import FakeHub
+from tests.tools.fake_hub import FakeHub
 from tests.test_hub import hub_env, run_script
 
 FINETUNE = {**{k: v for k, v in TINY.items() if k != "tokenizer"}, "block_size": 64, "batch_size": 4,

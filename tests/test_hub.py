@@ -1,4 +1,4 @@
-"""The Hub for real: huggingface_hub's own client, over HTTP, against tests/fake_hub.py on 127.0.0.1.
+"""The Hub for real: huggingface_hub's own client, over HTTP, against tests/tools/fake_hub.py on 127.0.0.1.
 
 HF_ENDPOINT is read when huggingface_hub is imported, so everything that talks to the Hub runs in
 a subprocess with the fake hub's URL, its own HF_HOME and a token. Proxies point at a closed local
@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from tests import fault_injection
+from tests.tools import fault_injection
 from tests.conftest import PYTHON, run_env
-from tests.fake_hub import FakeHub, client_env
+from tests.tools.fake_hub import FakeHub, client_env
 
 TOKEN = "hf_" + "TestOnlySecret" * 3  # the fake hub accepts this token and no other
 USER = "test-user"
@@ -316,7 +316,7 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
 
 
 def test_background_push_survives_random_kills(tmp_path, shakespeare_text):
-    """The CI-sized run of tests/fault_injection.py --target=push (python -m tests.fault_injection
+    """The CI-sized run of tests/tools/fault_injection.py --target=push (python -m tests.tools.fault_injection
     --target=push --kills=10 runs longer)."""
     got = fault_injection.run_push(tmp_path, shakespeare_text[:100_000], kills=3, seed=0, say=lambda message: None)
     assert got["kills"] == 3 and got["commits"] >= 3

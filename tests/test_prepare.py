@@ -23,7 +23,7 @@ from hfgpt.data.prepare import prepare as prepare_data
 from hfgpt.data.shards import PREPARING, ShardWriter
 from hfgpt.data.sources import read_pieces
 from hfgpt.data.tokenizer import load_tokenizer
-from tests import fault_injection
+from tests.tools import fault_injection
 from tests.conftest import LocalServer
 
 
@@ -218,7 +218,7 @@ def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text)
 
 
 def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
-    """The CI-sized run of tests/fault_injection.py --target=prepare (python -m tests.fault_injection
+    """The CI-sized run of tests/tools/fault_injection.py --target=prepare (python -m tests.tools.fault_injection
     --target=prepare --kills=10 runs longer)."""
     got = fault_injection.run_prepare(tmp_path, shakespeare_text, kills=3, seed=0, say=lambda message: None)
     assert got["kills"] == 3 and got["files"] > 10

@@ -1,7 +1,7 @@
 """One command line that is a run's first start and every restart (a requeued cluster job):
 init_from: auto, SIGUSR1 before the time limit, scripts/slurm.sbatch; and what a resumed run says
 of itself (recipe.yaml names what it started from, notes on a resume that trains nothing or only
-at min_lr). tests/kill_loop.py (test_checkpoint.py) kills such a run ten times and signals it once."""
+at min_lr). tests/tools/kill_loop.py (test_checkpoint.py) kills such a run ten times and signals it once."""
 
 import json
 import os
@@ -98,7 +98,7 @@ def test_the_slurm_script_checkpoints_on_sigusr1_and_requeues_the_job(tiny_recip
     process under accelerate launch): SIGUSR1 to the batch script before the time limit reaches
     the training process (the launcher, accelerate launch, ignores it), which checkpoints and stops;
     the script requeues the job, whose next start (the same command: --init_from=auto) resumes it
-    (tests/kill_loop.py reruns such a command after every stop)."""
+    (tests/tools/kill_loop.py reruns such a command after every stop)."""
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
     shim(bin_dir, "srun", """\

@@ -16,7 +16,7 @@ from hfgpt import prepare, train
 from hfgpt.core.errors import UserError
 from hfgpt.data.sources import read_pieces
 from tests.conftest import PYTHON, TINY, LocalServer, run_env
-from tests.fake_hub import FakeHub
+from tests.tools.fake_hub import FakeHub
 
 N_ROWS = 60
 QUICK = {**TINY, "max_iters": 4, "eval_interval": 4, "eval_iters": 2, "warmup_iters": 1, "lr_decay_iters": 4}

@@ -184,7 +184,7 @@ def test_ddp_around_the_compiled_loss_module(tmp_path):
 
 
 def sharded_run(*args: str, launcher=(PYTHON,), env=None) -> dict:
-    out = subprocess.run([*launcher, "-m", "tests.sharded_run", *args], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([*launcher, "-m", "tests.tools.sharded_run", *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=900, env={**run_env(), "MASTER_PORT": str(free_port()), **(env or {})})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout.split("RESULT ")[-1])

@@ -1,8 +1,8 @@
 """Kill a training run with SIGKILL at random moments, half of them while a checkpoint or the model is
 being saved, rerun it each time, and check that it ends exactly where an uninterrupted run ends.
 
-    python -m tests.kill_loop --kills=10 --seed=0          # from the repository root; --kills=100 runs longer
-    python -m tests.kill_loop --kills=10 --explicit        # rerun as a user would by hand (see next_args)
+    python -m tests.tools.kill_loop --kills=10 --seed=0     # from the repository root; --kills=100 runs longer
+    python -m tests.tools.kill_loop --kills=10 --explicit   # rerun as a user would by hand (see next_args)
 
 The run's recipe says init_from: auto, and every start is the identical command line, as a cluster
 requeues a job; one more stop, at a random kill's place, is a SIGUSR1 (a cluster's "time is nearly
@@ -41,7 +41,7 @@ from safetensors.torch import load_file  # noqa: E402
 import hfgpt.training.loop  # noqa: E402,F401  (imported before forking: the children start warm)
 from hfgpt import prepare, train  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is tests/tools/NAME.py)
 RECIPE = {
     "dataset": "kill", "tokenizer": "char", "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64,
     "batch_size": 16, "gradient_accumulation_steps": 1, "max_iters": 100, "eval_interval": 5, "eval_iters": 2,

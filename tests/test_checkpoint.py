@@ -22,12 +22,13 @@ from hfgpt.core.signals import StopSignal
 from hfgpt.core.tensor_tree import flatten, load_tree, unflatten
 from hfgpt.model import gpt
 from hfgpt.training import checkpoint, loop as training_loop
-from hfgpt.training.metrics import read_metrics
+from hfgpt.training.metrics import read_metrics as hfgpt_read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
+from tests.helpers import read_metrics
 
 
 def losses_by_iter(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out_dir)
     return [(r["iter"], r["loss"]) for r in rows if "loss" in r], [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
 
 
@@ -150,10 +151,9 @@ def test_sigterm_checkpoints_exits_143_and_resumes(tiny_recipe, workdir):
                          n_embd=64, block_size=64, batch_size=16)
     proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", str(recipe)], cwd=workdir, env=run_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = workdir / "out" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count('"loss"') >= 5:
+        if len([r for r in read_metrics(workdir / "out", running=True) if "loss" in r]) >= 5:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
@@ -272,7 +272,7 @@ def test_a_partial_last_metrics_line_is_dropped_on_resume(tiny_recipe, workdir, 
     assert train.main([str(recipe), "--max_iters=10"]) == 0
     with metrics.open("a") as f:
         f.write('{"iter": 11, "loss": 3.1, "l')  # killed while writing this line
-    assert len(read_metrics(metrics)) == len(metrics.read_text().splitlines()) - 1  # readers skip it (the plot)
+    assert len(hfgpt_read_metrics(metrics)) == len(metrics.read_text().splitlines()) - 1  # readers skip it (the plot)
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=20"]) == 0
     assert "dropped 1 unreadable line" in capsys.readouterr().out
     logs, evals = losses_by_iter(workdir / "out")  # every line parses again
@@ -303,11 +303,11 @@ def test_eval_only_with_resume_evaluates_the_checkpoint_and_writes_no_checkpoint
     capsys.readouterr()
     saved = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl"
              and p.name != "loss.png"}
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_metrics(out)
     assert train.main([str(recipe), "--init_from=resume", "--eval_only=True",
                        f"--resume_from={out / 'checkpoints' / 'iter-000010'}"]) == 0
     said = capsys.readouterr().out
-    after = read_metrics(out / "metrics.jsonl")
+    after = read_metrics(out)
     assert after[:-1] == rows  # the run's log is kept whole (rows past iteration 10 too)
     assert after[-1]["iter"] == 10 and after[-1]["train_loss"] > 0 and after[-1]["val_loss"] > 0
     assert f"iter 10: train loss {after[-1]['train_loss']:.4f}, val loss {after[-1]['val_loss']:.4f}" in said

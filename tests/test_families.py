@@ -342,8 +342,8 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
         env = hub_env(hub, workdir / "hf-home", "lfs")
         proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", recipe], env=env, cwd=workdir, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        metrics, deadline = workdir / "out" / "metrics.jsonl", time.time() + 120
-        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        deadline = time.time() + 120
+        while not read_metrics(workdir / "out", running=True) and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)

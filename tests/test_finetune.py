@@ -24,7 +24,7 @@ from hfgpt.model.gpt import build_model, causal_lm
 from hfgpt.model.lora import quiet_peft
 from hfgpt.training import checkpoint, run as training_run
 from tests.conftest import PYTHON, TINY, run_env
-from tests.helpers import run
+from tests.helpers import read_metrics, run
 from tests.tools.fake_hub import FakeHub
 from tests.test_hub import hub_env, run_script
 
@@ -49,8 +49,7 @@ def card_code(folder) -> str:
 
 
 def metrics(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["iter"], r.get("loss"), r.get("val_loss")) for r in rows]
+    return [(r["iter"], r.get("loss"), r.get("val_loss")) for r in read_metrics(out_dir)]
 
 
 def assert_portable_tokenizer(folder, block_size: int | None):

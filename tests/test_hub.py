@@ -18,6 +18,7 @@ import pytest
 
 from tests.tools import fault_injection
 from tests.conftest import PYTHON, run_env
+from tests.helpers import read_metrics
 from tests.tools.fake_hub import FakeHub, client_env
 
 TOKEN = "hf_" + "TestOnlySecret" * 3  # the fake hub accepts this token and no other
@@ -115,7 +116,7 @@ def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny
     assert got["code"] == 0
     state = json.loads((workdir / "resumed" / "checkpoints" / "iter-000015" / "state.json").read_text())
     assert state["iter"] == 15 and state["tokens_seen"] == 15 * 8 * 32
-    resumed_rows = [json.loads(line) for line in (workdir / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    resumed_rows = read_metrics(workdir / "resumed")
     assert [r["iter"] for r in resumed_rows if "loss" in r] == [15]  # it went on from iteration 10
     card = (workdir / "downloaded" / "README.md").read_text()
     assert f'model="{repo}"' in card  # the card on the Hub names the repo
@@ -188,7 +189,7 @@ def test_failed_pushes_are_reported_and_never_stop_training(tiny_recipe, workdir
 
     assert never.stdout.strip().splitlines()[-1] == "2" and "error: the final push" in never.stderr
     assert (workdir / "out2" / "model.safetensors").is_file() and (workdir / "out2" / "checkpoints" / "iter-000010").is_dir()
-    rows = [json.loads(line) for line in (workdir / "out2" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(workdir / "out2")
     assert rows[-1]["iter"] == 10  # training ran to the end
     assert not list((workdir / "out2").glob(".push-*"))
 
@@ -291,8 +292,8 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
                                 cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # a row in metrics.jsonl: the loop runs, with its signal handlers (the file itself is made
         # before them, and a signal during set-up ends the process as signals do: nothing to save yet)
-        deadline, metrics = time.time() + 120, workdir / "out" / "metrics.jsonl"
-        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        deadline = time.time() + 120
+        while not read_metrics(workdir / "out", running=True) and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT if case == "second SIGINT" else signal.SIGTERM)
         if case == "second SIGINT":

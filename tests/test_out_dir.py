@@ -16,9 +16,8 @@ from hfgpt.core.files import owner_tag, remove_dead_temp
 from hfgpt.core import lock
 from hfgpt.core.lock import LOCK, hold_lock
 from hfgpt.core.layout import list_checkpoints
-from hfgpt.training.metrics import read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
-from tests.helpers import ACCELERATE
+from tests.helpers import ACCELERATE, read_metrics
 
 SHORT = {"max_iters": 10, "eval_interval": 5, "lr_decay_iters": 10, "log_interval": 5}
 
@@ -50,7 +49,7 @@ def test_a_new_run_never_replaces_another_run_unless_told(tiny_recipe, workdir, 
     assert "removed the earlier run's" in said and "checkpoints/" in said and "adapter/" in said and "notes.txt" in said
     assert not (out / "adapter").exists()
     assert [state["iter"] for _, state in list_checkpoints(out)] == [5]  # the first run's 5 and 10 are gone
-    assert [r["iter"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [5]
+    assert [r["iter"] for r in read_metrics(out) if "loss" in r] == [5]
     assert json.loads((out / "training.json").read_text())["iter"] == 5
     assert (out / "notes.txt").read_text() == "mine"
 

@@ -134,8 +134,8 @@ def test_the_slurm_script_checkpoints_on_sigusr1_and_requeues_the_job(tiny_recip
            "SLURM_NNODES": "1", "GPUS_PER_NODE": "1", "MASTER_PORT": str(free_port())}
     script = ["bash", str(ROOT / "scripts" / "slurm.sbatch"), recipe]
     job = subprocess.Popen(script, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics, deadline = workdir / "out" / "metrics.jsonl", time.time() + 240
-    while job.poll() is None and time.time() < deadline and not (metrics.exists() and metrics.read_text().count("loss") >= 3):
+    deadline = time.time() + 240
+    while job.poll() is None and time.time() < deadline and len(read_metrics(workdir / "out", running=True)) < 3:
         time.sleep(0.1)
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 does
     log = job.communicate(timeout=300)[0]

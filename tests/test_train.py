@@ -17,14 +17,7 @@ from hfgpt.core.errors import UserError
 from hfgpt.model.families import count_parameters
 from hfgpt.model.gpt import causal_lm, check_fits
 from tests.conftest import PYTHON, TINY, run_env
-
-
-def error_lines(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-
-
-def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+from tests.helpers import error_lines, read_metrics
 
 
 def test_short_run_loss_falls_and_writes_a_model_folder(tiny_recipe, workdir):
@@ -170,7 +163,7 @@ def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakesp
     args = [str(ROOT / "recipes" / "shakespeare_char_cpu_fast.yaml"), f"--source={shakespeare}", "--out_dir=fast",
             "--max_iters=30", "--lr_decay_iters=30", "--eval_interval=30", "--warmup_iters=5", "--mixed_precision=no"]
     assert train.main(args) == 0
-    rows = [json.loads(line) for line in (workdir / "fast" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(workdir / "fast")
     evals = [r for r in rows if "val_loss" in r]
     assert [r["iter"] for r in evals] == [0, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"] - 1
     model = GPT2LMHeadModel.from_pretrained(workdir / "fast")

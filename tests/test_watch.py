@@ -13,12 +13,9 @@ from markdown_it import MarkdownIt
 from hfgpt import train
 from hfgpt.hub.card import write_card
 from tests.conftest import free_port
+from tests.helpers import read_metrics
 
 SECRET = "hf_" + "WatchTestSecret" * 3
-
-
-def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def wandb_history(run_file) -> list[dict]:

@@ -204,8 +204,9 @@ WHOLE = {"config.json", "generation_config.json", "model.safetensors", "tokenize
 
 
 def _logged(out_dir: Path) -> int:
-    path = out_dir / "metrics.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if '"loss"' in line) if path.exists() else 0
+    from hfgpt.training.metrics import read_metrics
+
+    return sum(1 for row in read_metrics(out_dir / "metrics.jsonl") if "loss" in row)
 
 
 def _has_checkpoint(out_dir: Path) -> bool:

@@ -40,6 +40,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 import hfgpt.training.loop  # noqa: E402,F401  (imported before forking: the children start warm)
 from hfgpt import prepare, train  # noqa: E402
+from hfgpt.training.metrics import parse_metrics, read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is tests/tools/NAME.py)
 RECIPE = {
@@ -85,15 +86,8 @@ def running(pid: int) -> bool:
 
 def last_logged(out: Path) -> int:
     """The last iteration in metrics.jsonl with a training loss (0 when none)."""
-    path = out / "metrics.jsonl"
-    for line in reversed(path.read_text().splitlines() if path.exists() else []):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in row:
-            return row["iter"]
-    return 0
+    logged = [row["iter"] for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
+    return logged[-1] if logged else 0
 
 
 def saving(out: Path, what: tuple[str, ...] = ("model", "checkpoint")) -> bool:
@@ -127,8 +121,9 @@ def check_whole(out: Path) -> list[str]:
 
 
 def losses(out: Path) -> dict[int, float]:
-    found = {}
-    for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+    found, (rows, bad) = {}, parse_metrics((out / "metrics.jsonl").read_text())
+    assert not bad, f"{bad} partial line(s) left in metrics.jsonl"
+    for row in rows:
         if "loss" in row:
             assert row["iter"] not in found, f"iteration {row['iter']} logged twice"
             found[row["iter"]] = row["loss"]

@@ -137,7 +137,8 @@ TINY = {
     "min_lr": 3e-4,
     "dropout": 0.0,
     "device": "cpu",
-    "mixed_precision": "no",  # float32 whatever the CPU (auto is bf16 on CPUs with bf16 instructions): exact comparisons hold anywhere
+    # float32 whatever the CPU (auto is bf16 on CPUs with bf16 instructions): exact comparisons hold anywhere
+    "mixed_precision": "no",
     "compile": False,
     "always_save_checkpoint": True,
 }

@@ -2,7 +2,6 @@
 set, is written into recipe.yaml and continued exactly by a resume; a run keeps its budget, also
 when the machine becomes slower mid-run (the end moves up, the learning rate has decayed)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -94,7 +93,8 @@ def test_a_source_alone_names_the_dataset_and_out_dir(workdir, shakespeare_text)
     assert (recipe.data.dataset, recipe.train.out_dir) == ("mine", "out-mine")
 
 
-def budget_run(workdir, text: str, budget: int, slow_down_after: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def budget_run(workdir, text: str, budget: int,
+               slow_down_after: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """python -m hfgpt.train --source=... --time_budget=... on one core, timed from start to exit;
     with slow_down_after, a process spinning on the same core from that many seconds into the run on."""
     (workdir / "text.txt").write_text(text, encoding="utf-8")

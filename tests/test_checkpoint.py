@@ -77,7 +77,7 @@ def test_checkpoint_folder_is_a_model_folder_without_pickles(tiny_recipe, workdi
     written = [p for p in (workdir / "out").rglob("*") if p.is_file()]
     assert {p.suffix for p in written} <= {".json", ".jsonl", ".safetensors", ".yaml", ".md", ".png"}
     for p in written:
-        assert not p.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle/zip
+        assert p.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle/zip
 
 
 def test_keep_last_keeps_the_newest_and_the_best(tiny_recipe, workdir):

@@ -107,8 +107,8 @@ def assert_same_in_llama_cpp(folder, gguf_file, prompt=PROMPT):
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"], text
         assert llm.detokenize(prompt_ids).decode() == prompt
         vocab = len(logits[0])
-        # the padded rows left out; logits measured up to 1.7e-3 apart (llama.cpp's GELU is tanh's in half precision, its KV cache f16); a wrong
-        # layout (untransposed Conv1D, unpermuted RoPE rows) is off by whole units
+        # the padded rows left out; logits measured up to 1.7e-3 apart (llama.cpp's GELU is tanh's in half
+        # precision, its KV cache f16); a wrong layout (untransposed Conv1D, unpermuted RoPE rows) is off by whole units
         assert vocab == len(tok) and np.abs(logits - hf_logits[:, :vocab]).max() < 1e-2
         assert ids == hf_ids and len(ids) > 0, (ids, hf_ids)
         assert llm.detokenize(ids).decode() == expected  # what the pipeline printed, token for token

@@ -310,7 +310,8 @@ def test_architecture_llama_builds_a_plain_llama_from_nanogpts_names_and_resumes
 
 @pytest.mark.parametrize("values, problem", [
     ({"n_kv_head": 2}, "n_kv_head=2 is for architecture: llama"),
-    ({"architecture": "llama", "n_head": 4, "n_kv_head": 3}, "n_kv_head=3 does not divide n_head=4: pick a divisor of n_head (1, 2, 4)"),
+    ({"architecture": "llama", "n_head": 4, "n_kv_head": 3},
+     "n_kv_head=3 does not divide n_head=4: pick a divisor of n_head (1, 2, 4)"),
     ({"architecture": "llama", "n_head": 4, "n_embd": 36}, "architecture=llama rotates pairs of each head's 9 dimensions"),
     ({"architecture": "mamba"}, "architecture"),
 ])

@@ -99,8 +99,10 @@ def test_gpt2_medium_from_the_hub_prepares_with_its_tokenizer_trains_resumes_sam
     assert [i for i, loss, _ in metrics(out) if loss is not None] == [1, 2, 3, 4, 5, 6]
     config = json.loads((out / "config.json").read_text())
     # n_ctx too (gpt2-medium's config.json says 1024): llama.cpp's converter reads the context from it
-    assert config["n_positions"] == config["n_ctx"] == 64 and config["dtype"] == "float32" and not config.get("task_specific_params")
-    for folder, block_size in ((out, 64), (out / "checkpoints" / "iter-000006", 64), (workdir / "data" / "tiny" / "tokenizer", None)):
+    assert config["n_positions"] == config["n_ctx"] == 64 and config["dtype"] == "float32"
+    assert not config.get("task_specific_params")
+    for folder, block_size in ((out, 64), (out / "checkpoints" / "iter-000006", 64),
+                               (workdir / "data" / "tiny" / "tokenizer", None)):
         assert_portable_tokenizer(folder, block_size)
 
     # plain transformers: the card's snippet as written, with end-of-text suppressed so that only the

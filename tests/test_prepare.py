@@ -109,7 +109,7 @@ def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
     (workdir / "w.txt").write_text(" ".join(words[i] for i in ids), encoding="utf-8")
     folder, meta = run_prepare(workdir, dataset="big", source=workdir / "w.txt", tokenizer=workdir / "bigtok", block_size=64)
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_001
-    stored = np.concatenate([np.fromfile(folder / "train.bin", dtype=np.uint32), np.fromfile(folder / "val.bin", dtype=np.uint32)])
+    stored = np.concatenate([np.fromfile(folder / name, dtype=np.uint32) for name in ("train.bin", "val.bin")])
     assert stored.tolist() == ids.tolist() and stored.max() > 65_535
 
 

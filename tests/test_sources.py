@@ -110,7 +110,8 @@ def test_url_of_a_jsonl_file_is_downloaded_once_and_trains(corpus, paragraphs, w
     try:
         url = f"{server.url}/rows.jsonl"
         assert train.main([quick_recipe(workdir, source=url)]) == 0
-        assert train.main([quick_recipe(workdir, source=url), "--overwrite_out_dir=True"]) == 0  # the copy is reused: no second download
+        # the copy is reused: no second download
+        assert train.main([quick_recipe(workdir, source=url), "--overwrite_out_dir=True"]) == 0
         assert server.requests == 1
     finally:
         server.stop()

@@ -55,7 +55,8 @@ def test_shipped_deepspeed_config_is_filled_from_the_recipe_before_prepare(monke
     accelerator = deepspeed_accelerator(plugin)
     fill_deepspeed_config(accelerator, batch_size=12, accum=5, grad_clip=1.0)
     c = plugin.deepspeed_config
-    filled = (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"], c["train_batch_size"], c["gradient_clipping"])
+    filled = tuple(c[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                                      "gradient_clipping"))
     assert filled == (12, 5, 12 * 5 * 8, 1.0)
     assert accelerator.gradient_accumulation_steps == 5  # accelerate's accumulation is the same number
 

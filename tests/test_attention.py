@@ -41,6 +41,7 @@ def sdpa_calls(model, x, y, compile_blocks=False, graphs=None) -> tuple[list[dic
     return calls, loss
 
 
+@pytest.mark.e2e
 def test_plain_sdpa_under_compile_gets_a_mask():
     """Why the training attention exists (transformers 5.24, torch 2.13): a compiled GPT-2 on plain
     SDPA builds a (B, 1, T, T) mask, which no flash kernel takes. If this starts failing, transformers
@@ -50,6 +51,7 @@ def test_plain_sdpa_under_compile_gets_a_mask():
     assert len(calls) == 2 and all(c["attn_mask"] is not None and c["is_causal"] is False for c in calls)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("precision, compile_blocks", [("no", False), ("bf16", False), ("no", True)])
 def test_compiled_training_attention_is_causal_without_mask(precision, compile_blocks):
     torch.manual_seed(0)
@@ -109,6 +111,7 @@ def test_eager_training_forward_never_reads_the_device():
     assert host_reads(model.train(), x) == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family, config", [("llama", {}), ("qwen3", {}), ("gpt_neox", {}), ("phi3", {}),
                                             ("mistral", {"sliding_window": 4096}), ("gemma3", {"sliding_window": 32})])
 def test_every_familys_compiled_training_forward_is_one_graph_of_causal_sdpa(family, config, tmp_path, shakespeare_text):

@@ -107,6 +107,7 @@ def test_a_token_file_overwritten_in_place_is_noticed(tiny_recipe, workdir, caps
     assert train.main([recipe, "--source=None"]) == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["not JSON", "no vocab_size", "not an object"])
 def test_a_corrupt_meta_json_is_prepared_again_or_one_line(tiny_recipe, workdir, capsys, damage):
     recipe = str(tiny_recipe(**SHORT))

@@ -81,6 +81,7 @@ def brute_force_loss(folder, tokens: np.ndarray, block_size: int, stride: int) -
     return nll.mean().item()
 
 
+@pytest.mark.e2e
 def test_eval_whole_split_matches_brute_force_and_the_estimate(trained, workdir):
     out = trained / "out"
     assert hfgpt_eval.main([str(out), f"--data_dir={trained / 'data'}", "--batch_size=7"]) == 0

@@ -116,6 +116,7 @@ def assert_same_in_llama_cpp(folder, gguf_file, prompt=PROMPT):
         llm.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe", "gpt2"])
 def test_trained_folders_sample_in_llama_cpp_as_in_transformers(kind, trained, tmp_path, capsys):
     folder = trained(kind)
@@ -131,6 +132,7 @@ def test_trained_folders_sample_in_llama_cpp_as_in_transformers(kind, trained, t
     assert_same_in_llama_cpp(folder, out)
 
 
+@pytest.mark.e2e
 def test_default_file_is_in_the_folder_and_f16_is_half_the_size(trained, capsys):
     folder = trained("char")
     assert export.main(["gguf", str(folder)]) == 0
@@ -173,6 +175,7 @@ def tiny_llama(tok, text: str, tie: bool, seed: int = 0) -> LlamaForCausalLM:
     return model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind, tie", [("char", False), ("byte", True), ("bpe", False)])
 def test_llama_folders_sample_in_llama_cpp_as_in_transformers(kind, tie, tmp_path, shakespeare_text):
     text = text_for(shakespeare_text)

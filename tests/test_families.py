@@ -88,6 +88,7 @@ def resume_elsewhere(recipe, out, again) -> None:
                        f"--out_dir={again}"]) == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family", FULL)
 def test_full_fine_tuning_resumes_bitwise_into_a_plain_folder_of_the_family(family, trained, folder_of, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -112,6 +113,7 @@ def test_full_fine_tuning_resumes_bitwise_into_a_plain_folder_of_the_family(fami
     assert results["block_size"] == 32 and results["loss"] < 6
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family", LORA)
 def test_lora_adapts_every_linear_layer_merges_into_the_family_and_resumes_bitwise(family, trained, folder_of, tmp_path):
     from peft import PeftModel
@@ -137,6 +139,7 @@ def test_lora_adapts_every_linear_layer_merges_into_the_family_and_resumes_bitwi
         assert (merged(x).logits - adapted(x).logits).abs().max() < 1e-5
 
 
+@pytest.mark.e2e
 def test_saved_folders_sample_with_plain_transformers_as_hfgpt_does(trained, capsys):
     """Each family's out_dir in a process that never imports hfgpt: pipeline as on the model card,
     greedy; hfgpt.sample (greedy) gives the same text, its prompt read after the same BOS."""
@@ -238,6 +241,7 @@ def test_dropout_goes_to_the_familys_own_settings(family, keys, said, folder_of,
     assert {k: config[k] for k in keys} == {k: 0.1 for k in keys}
 
 
+@pytest.mark.e2e
 def test_bias_false_on_a_family_without_biases_says_so(trained, capsys):
     recipe, out = trained("llama")
     capsys.readouterr()
@@ -282,6 +286,7 @@ def test_gradient_checkpointing_computes_the_same_gradients_in_every_family(fami
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_architecture_llama_builds_a_plain_llama_from_nanogpts_names_and_resumes_bitwise(optimizer, tiny_recipe, workdir):
     from transformers import LlamaForCausalLM
@@ -382,6 +387,7 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
     assert result.returncode == 0 and result.stdout.count("ROMEO:") == 2, result.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_the_users_recipe_with_a_llama_folder_as_init_from_trains_resumes_and_samples(folder_of, workdir, shakespeare_text,
                                                                                        capsys):
     """recipes/my_dataset.yaml as shipped, given a Llama-shaped folder and a text (the run shortened

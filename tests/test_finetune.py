@@ -71,6 +71,7 @@ def gpt2_medium_hub(gpt2_medium_dir):
         yield hub
 
 
+@pytest.mark.e2e
 def test_gpt2_medium_from_the_hub_prepares_with_its_tokenizer_trains_resumes_samples_and_loads(
         workdir, shakespeare_text, gpt2_medium_hub):
     recipe = write_recipe(workdir, shakespeare_text[:20_000], init_from="gpt2-medium", sample_start="ROMEO:")
@@ -127,6 +128,7 @@ def test_char_data_with_a_gpt2_model_stops_before_training(workdir, shakespeare_
     assert not (workdir / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_bias_false_on_a_loaded_model_is_zero_from_the_start_and_resumes_exactly(tiny_recipe, workdir, capsys):
     assert train.main([str(tiny_recipe(max_iters=2, eval_interval=2))]) == 0
     base = workdir / "base"
@@ -149,6 +151,7 @@ def test_bias_false_on_a_loaded_model_is_zero_from_the_start_and_resumes_exactly
                for k, v in load_file(workdir / "a" / "model.safetensors").items())
 
 
+@pytest.mark.e2e
 def test_lora_trains_adapters_only_merges_exactly_resumes_bitwise_in_small_checkpoints(
         workdir, shakespeare_text, gpt2_medium_dir, capsys):
     from peft import PeftModel

@@ -123,6 +123,7 @@ def test_batched_muon_agrees_with_torchs_muon_on_cuda():
     assert worst < 1e-2, worst
 
 
+@pytest.mark.e2e
 def test_resume_is_exact_enough_and_saves_float32(tmp_path, shakespeare_text):
     """python -m hfgpt.train on the GPU with its defaults (compile, auto precision), dropout on:
     60 iterations straight, and 30 + resume to 60."""

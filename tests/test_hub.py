@@ -65,6 +65,7 @@ def paths_for(hub, repo: str) -> list[str]:
     return [path for _, path in hub.requests if f"/{repo}" in path]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["xet", "lfs"])
 def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny_recipe, workdir, hub, path):
     repo = f"{USER}/run-{path}"
@@ -123,6 +124,7 @@ def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny
     assert_token_nowhere(workdir)
 
 
+@pytest.mark.e2e
 def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, workdir, hub):
     from hfgpt import eval as hfgpt_eval
     from hfgpt import train
@@ -160,6 +162,7 @@ def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, work
     assert_token_nowhere(workdir)
 
 
+@pytest.mark.e2e
 def test_failed_pushes_are_reported_and_never_stop_training(tiny_recipe, workdir, hub):
     recipe = tiny_recipe(max_iters=10, eval_interval=5, log_interval=5, eval_iters=2, lr_decay_iters=10,
                          push_to_hub=True, hub_model_id=f"{USER}/flaky")
@@ -209,6 +212,7 @@ def pid_of_a_dead_process() -> int:
     return proc.pid
 
 
+@pytest.mark.e2e
 def test_push_uploads_the_model_folder_only_and_keeps_others_snapshots(tiny_recipe, workdir, hub):
     from hfgpt import train
 
@@ -246,6 +250,7 @@ def test_push_uploads_the_model_folder_only_and_keeps_others_snapshots(tiny_reci
     assert ".env" not in left_out[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("status, commits, code", [(400, 1, 2), (503, 2, 0)])
 def test_only_answers_that_may_change_are_tried_again(workdir, hub, status, commits, code):
     """A 4xx answer comes again: reported at once. A 5xx (or 429, a dropped connection) may pass:
@@ -278,6 +283,7 @@ def test_offline_mode_is_named_not_the_token(workdir, monkeypatch, capsys):
     assert len(errors) == 1 and "offline mode (HF_HUB_OFFLINE=1" in errors[0] and "token" not in errors[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["second SIGINT", "SIGTERM, push fails"])
 def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
     """SIGINT stops training; a second SIGINT while the final push is awaited stops at once (130).
@@ -316,6 +322,7 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
         assert "error: the final push" in stdout + stderr and commits()
 
 
+@pytest.mark.e2e
 def test_background_push_survives_random_kills(tmp_path, shakespeare_text):
     """The CI-sized run of tests/tools/fault_injection.py --target=push (python -m tests.tools.fault_injection
     --target=push --kills=10 runs longer)."""

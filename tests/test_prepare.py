@@ -58,6 +58,7 @@ def test_char_round_trip_through_saved_tokenizer(workdir, shakespeare, shakespea
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == meta["eot_token_id"]
 
 
+@pytest.mark.e2e
 def test_gpt2_ids_equal_the_real_gpt2_vocab(workdir, gpt2_dir, shakespeare_text):
     text = shakespeare_text[:200_000]
     (workdir / "s.txt").write_text(text, encoding="utf-8")
@@ -194,6 +195,7 @@ def test_token_files_are_checked_against_meta_json(tiny_recipe, workdir, capsys,
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.e2e
 def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text):
     """A train without a source, started while a prepare publishes (meta.json not there yet, the
     token files and tokenizer/ already are), waits for it instead of importing the half-published
@@ -217,6 +219,7 @@ def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text)
         ensure_prepared(recipe)
 
 
+@pytest.mark.e2e
 def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
     """The CI-sized run of tests/tools/fault_injection.py --target=prepare (python -m tests.tools.fault_injection
     --target=prepare --kills=10 runs longer)."""
@@ -224,6 +227,7 @@ def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
     assert got["kills"] == 3 and got["files"] > 10
 
 
+@pytest.mark.e2e
 def test_what_a_killed_prepare_left_is_removed_and_a_running_ones_kept(workdir, shakespeare, capsys):
     """Temporary names carry <host>-<pid>: a dead writer's work folder, meta.json being written and
     partial download go; a live writer's partial download stays (another prepare is fetching it)."""

@@ -86,6 +86,7 @@ SOURCES = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", SOURCES)
 def test_source_prepares_by_document_and_trains(kind, corpus, paragraphs, workdir):
     values = {k: (v.format(c=corpus) if isinstance(v, str) else [x.format(c=corpus) for x in v] if isinstance(v, list)
@@ -105,6 +106,7 @@ def test_source_prepares_by_document_and_trains(kind, corpus, paragraphs, workdi
     assert (workdir / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_url_of_a_jsonl_file_is_downloaded_once_and_trains(corpus, paragraphs, workdir):
     server = LocalServer(corpus)
     try:
@@ -255,6 +257,7 @@ def hub_dataset(hub, paragraphs):
     })
 
 
+@pytest.mark.e2e
 def test_hub_dataset_through_load_dataset_against_a_local_hub(workdir, paragraphs, tmp_path):
     """The real datasets.load_dataset talks HTTP to a stand-in Hub on 127.0.0.1; any other host
     goes to a dead proxy, so no request can leave the machine."""

@@ -31,6 +31,7 @@ def quick(workdir, **values) -> list[str]:
     return [str(path)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind, fast", [("gpt2", "tiktoken_encoder"), ("char", "char_encoder"), ("byte", "byte_encoder"),
                                         ("bpe", "tokenizers_encoder")])
 def test_fast_encoders_give_the_tokenizers_ids(kind, fast, gpt2_dir, shakespeare_text):
@@ -47,6 +48,7 @@ def test_fast_encoders_give_the_tokenizers_ids(kind, fast, gpt2_dir, shakespeare
     assert eot not in encode([TRICKY[0]])[0].tolist()
 
 
+@pytest.mark.e2e
 def test_bpe_4096_round_trips_shakespeare_and_samples_through_pipeline(workdir, shakespeare, shakespeare_text):
     assert train.main(quick(workdir, source=str(shakespeare), tokenizer="bpe", vocab_size=4096, n_embd=32)) == 0
     folder = workdir / "data" / "tiny"
@@ -79,6 +81,7 @@ def big_vocab_tokenizer(folder):
     return words
 
 
+@pytest.mark.e2e
 def test_uint32_files_train(workdir):
     words = big_vocab_tokenizer(workdir / "bigtok")
     ids = np.tile(np.arange(69_950, 70_000), 80)  # a cycle of 50 words, all above uint16: learnable
@@ -163,6 +166,7 @@ def write_nanogpt_folder(folder, text):
     return stoi
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("where", ["in place", "as source"])
 def test_nanogpt_data_folder_trains_as_is(workdir, shakespeare_text, where):
     text = shakespeare_text[:200_000]

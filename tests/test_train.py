@@ -20,6 +20,7 @@ from tests.conftest import PYTHON, TINY, run_env
 from tests.helpers import error_lines, read_metrics
 
 
+@pytest.mark.e2e
 def test_short_run_loss_falls_and_writes_a_model_folder(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe())]) == 0
     out = workdir / "out"
@@ -39,6 +40,7 @@ def test_short_run_loss_falls_and_writes_a_model_folder(tiny_recipe, workdir):
     assert (config["n_layer"], config["n_embd"], config["n_positions"], config["vocab_size"]) == (2, 32, 32, vocab_size)
 
 
+@pytest.mark.e2e
 def test_out_dir_loads_with_plain_transformers(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe())]) == 0
     script = textwrap.dedent(f"""
@@ -64,6 +66,7 @@ def test_bias_false_keeps_biases_at_zero(tiny_recipe, workdir):
     assert torch.count_nonzero(weights["transformer.h.0.attn.c_attn.weight"]) > 0
 
 
+@pytest.mark.e2e
 def test_only_better_val_loss_saves_without_always_save(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe(always_save_checkpoint=False))]) == 0
     assert (workdir / "out" / "model.safetensors").exists()  # the first evaluation after 0 always improves
@@ -96,6 +99,7 @@ def test_init_from_unknown_model_offline(tiny_recipe, capsys):
     assert len(errors) == 1 and "init_from='nobody/missing-model'" in errors[0] and "hf download" in errors[0]
 
 
+@pytest.mark.e2e
 def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10))]) == 0
     base = workdir / "base"
@@ -108,6 +112,7 @@ def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
     assert weights["transformer.wpe.weight"].shape == (16, 32)
 
 
+@pytest.mark.e2e
 def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
     recipe = tiny_recipe(mixed_precision="bf16")
     bf16_recipe = load_recipe(str(recipe))
@@ -125,6 +130,7 @@ def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(t
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.e2e
 def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):
     """torch.compile wraps the model; the saved folder and checkpoint hold GPT-2's own names."""
     recipe = tiny_recipe(compile=True, max_iters=10, eval_interval=10, lr_decay_iters=10)
@@ -155,6 +161,7 @@ def test_the_memory_estimate_counts_every_parameter(config):
         check_fits(config, available=n * 16 - 1, where="RAM")
 
 
+@pytest.mark.e2e
 def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakespeare):
     """shakespeare_char_cpu_fast.yaml as shipped, shortened to 30 iterations on the local tiny
     Shakespeare: Muon and WSD train it and out_dir is a one-block GPT-2 that transformers loads."""

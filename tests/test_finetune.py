@@ -1,6 +1,6 @@
-"""Fine-tuning as users do it: gpt2-medium from the Hub with its own tokenizer, bias: false on a
-loaded model, float32 master weights, gradient checkpointing, LoRA, the card's snippet, and
-tokenizer folders that transformers 4.x and 5.x both read.
+"""Fine-tuning as users do it: from a local folder (block_size cropped), gpt2-medium from the Hub with
+its own tokenizer, bias: false on a loaded model, float32 master weights, gradient checkpointing,
+LoRA, the card's snippet, and tokenizer folders that transformers 4.x and 5.x both read.
 
 The model is a tiny stand-in for openai-community/gpt2-medium (conftest's gpt2_medium_dir: GPT-2's
 files, config keys and tokenizer, 2 layers x 32), from a folder or, over HTTP, from tests/tools/fake_hub.py.
@@ -126,6 +126,19 @@ def test_char_data_with_a_gpt2_model_stops_before_training(workdir, shakespeare_
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "char tokenizer" in errors[0] and f"{gpt2_medium_dir} has its own tokenizer" in errors[0]
     assert not (workdir / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.e2e
+def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10))]) == 0
+    base = workdir / "base"
+    (workdir / "out").rename(base)
+    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10)), f"--init_from={base}", "--block_size=16",
+                       "--dropout=0.1"]) == 0
+    config = json.loads((workdir / "out" / "config.json").read_text())
+    assert config["n_positions"] == 16 and config["attn_pdrop"] == 0.1
+    weights = load_file(workdir / "out" / "model.safetensors")
+    assert weights["transformer.wpe.weight"].shape == (16, 32)
 
 
 @pytest.mark.e2e

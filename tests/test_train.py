@@ -100,19 +100,6 @@ def test_init_from_unknown_model_offline(tiny_recipe, capsys):
 
 
 @pytest.mark.e2e
-def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
-    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10))]) == 0
-    base = workdir / "base"
-    (workdir / "out").rename(base)
-    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10)), f"--init_from={base}", "--block_size=16",
-                       "--dropout=0.1"]) == 0
-    config = json.loads((workdir / "out" / "config.json").read_text())
-    assert config["n_positions"] == 16 and config["attn_pdrop"] == 0.1
-    weights = load_file(workdir / "out" / "model.safetensors")
-    assert weights["transformer.wpe.weight"].shape == (16, 32)
-
-
-@pytest.mark.e2e
 def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
     recipe = tiny_recipe(mixed_precision="bf16")
     bf16_recipe = load_recipe(str(recipe))

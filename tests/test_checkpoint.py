@@ -385,7 +385,8 @@ def test_a_really_full_disk(tiny_recipe, workdir):
     fit, with one line; what is left there is whole."""
     recipe = tiny_recipe(max_iters=1000, eval_interval=5, lr_decay_iters=1000, keep_last=None)
     (workdir / "small").mkdir()
-    look = ("import json, pathlib, sys; from hfgpt.core.layout import list_checkpoints; from hfgpt.training.checkpoint import broken; "
+    look = ("import json, pathlib, sys; from hfgpt.core.layout import list_checkpoints; "
+            "from hfgpt.training.checkpoint import broken; "
             "out = pathlib.Path('small/out'); print(json.dumps({'hidden': [str(p) for p in out.rglob('.*')], "
             "'checkpoints': [(s['iter'], broken(f, s)) for f, s in list_checkpoints(out)]}))")
     script = (f"mount -t tmpfs -o size=1m tmpfs small && {PYTHON} -m hfgpt.train {recipe} --out_dir=small/out; "

@@ -19,9 +19,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hfgpt import convert, sample, train
 from hfgpt import eval as hfgpt_eval
+from hfgpt.core import tensor_tree
 from hfgpt.core.lock import hold_lock
 from hfgpt.data.tokenizer import char_tokenizer
-from hfgpt.training import checkpoint
 from tests.conftest import PYTHON, run_env
 from tests.helpers import error_lines
 from tests.test_convert import write_nanogpt_run
@@ -220,14 +220,14 @@ def test_files_get_the_modes_the_umask_gives(tiny_recipe, workdir):
 
 def test_a_full_disk_at_the_first_save_does_not_promise_earlier_checkpoints(tiny_recipe, workdir, monkeypatch, capsys):
     recipe = str(tiny_recipe(**SHORT))
-    real = checkpoint.save_file
+    real = tensor_tree.save_file  # the optimizer's state is written by save_tree
 
     def full(tensors, path, *args, **kwargs):
         if path.name == "optimizer.safetensors":
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
+    monkeypatch.setattr(tensor_tree, "save_file", full)
     assert train.main([recipe]) == 2
     errors = error_lines(capsys)
     assert len(errors) == 1 and "no space left on the device" in errors[0]

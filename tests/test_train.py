@@ -199,6 +199,7 @@ def test_fp16_skipped_steps_are_counted_and_logged_with_a_fused_optimizer(tiny_r
     assert f"{skipped:,} optimizer steps skipped by the loss scaler" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["scratch", "auto then resume", "resume_from a folder", "time_budget"])
 def test_train_leaves_the_callers_recipe_as_given(tiny_recipe, workdir, case):
     """train(recipe) resolves a copy of its own (auto, the tokenizer, resume_from, a budget's plan):

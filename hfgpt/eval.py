@@ -39,7 +39,8 @@ class EvalOptions:
     block_size: int | None = option(None, min=1)
     """Tokens per window; None: the block_size the model was trained with (its recipe.yaml), else its context."""
     stride: int | None = option(None, min=1)
-    """Tokens between window starts; less than block_size overlaps the windows, each scoring its last stride tokens; None: block_size."""
+    """Tokens between window starts; less than block_size overlaps the windows, each scoring its last stride
+    tokens; None: block_size."""
     batch_size: int | None = option(None, min=1)
     """Windows per forward pass; None: as many as keep the logits near 512 MB, at most 256."""
     device: str = option("auto", choices=("auto", "cpu", "cuda", "mps"))

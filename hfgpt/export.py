@@ -29,7 +29,8 @@ class ExportOptions:
     out: str | None = option(None)
     """The file to write; None: <model folder>/<its name>-<outtype>.gguf (for a Hub id, in the current folder)."""
     outtype: str = option("f32", choices=("f32", "f16", "bf16"))
-    """Weight matrices in float32 (llama.cpp then samples as transformers does), or half the size in f16 or bf16; norms and biases stay float32."""
+    """Weight matrices in float32 (llama.cpp then samples as transformers does), or half the size in f16 or
+    bf16; norms and biases stay float32."""
 
 
 def target(options: ExportOptions, folder: Path, own: bool) -> Path:

@@ -10,7 +10,8 @@ eval_results.json), its tensorboard logs (runs/), and with --checkpoint (hub_str
 the newest resumable checkpoint as last-checkpoint/ (resume from it with resume_from=user/name).
 Nothing else: never checkpoints/ itself, wandb/, hidden files, other files (named as left out) or a
 link out of out_dir. A failed upload is tried again only when another try may pass (no
-connection, a timeout, 5xx, 429: huggingface_hub does it), then reported. The token comes from HF_TOKEN or `hf auth login` and is never printed or written.
+connection, a timeout, 5xx, 429: huggingface_hub does it), then reported. The token comes from
+HF_TOKEN or `hf auth login` and is never printed or written.
 See hfgpt.hub.push for how pushes run during training.
 """
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fill the ignored folder .gpu/ with what scripts/gpu_check.sh needs on a GPU machine that has no
 # package registry and no network (../shared/notes/gpu-machine.md): run it here, where both are,
-# then carry .gpu/ along (at most 64 MiB; this makes ~25 MB).
+# then carry .gpu/ along (at most 64 MiB; this makes ~30 MB: the wheels 24 MB, hfgpt's prepared data
+# and nanoGPT with its own 3 MB each).
 #
 #   scripts/gpu_bundle.sh NANOGPT_CLONE [TINY_SHAKESPEARE]      # default ../shared/data/tinyshakespeare/input.txt
 #   scripts/gpu_bundle.sh /work/.mirror/karpathy+nanoGPT/repo    # a bare git directory works too (the fetch tool's)

@@ -31,7 +31,7 @@ os.environ.pop("HF_TOKEN", None)
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.local_server import LocalServer  # noqa: E402,F401  (tests import it from here)
+from tests.tools.local_server import LocalServer  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HFGPT_SHARED", ROOT.parent / "shared"))
@@ -137,7 +137,8 @@ TINY = {
     "min_lr": 3e-4,
     "dropout": 0.0,
     "device": "cpu",
-    "mixed_precision": "no",  # float32 whatever the CPU (auto is bf16 on CPUs with bf16 instructions): exact comparisons hold anywhere
+    # float32 whatever the CPU (auto is bf16 on CPUs with bf16 instructions): exact comparisons hold anywhere
+    "mixed_precision": "no",
     "compile": False,
     "always_save_checkpoint": True,
 }

@@ -1,15 +1,16 @@
 """Helpers the tests share (fixtures live in conftest.py).
 
-    error_lines(capsys)          # the "error: ..." lines a command printed to stderr
-    read_metrics(out_dir)        # the rows of out_dir/metrics.jsonl
-    run(args, cwd)               # a command in a subprocess, offline, importing this checkout
+    error_lines(capsys)                  # the "error: ..." lines a command printed to stderr
+    read_metrics(out_dir)                # the rows of out_dir/metrics.jsonl, every line whole
+    read_metrics(out_dir, running=True)  # a run still writing it: [] before the file, a partial line skipped
+    run(args, cwd)                       # a command in a subprocess, offline, importing this checkout
 """
 
 import subprocess
 import sys
 from pathlib import Path
 
-from hfgpt.training.metrics import read_metrics as _read_metrics_file
+from hfgpt.training.metrics import parse_metrics
 from tests.conftest import run_env
 
 # accelerate's command, next to this Python (the venv need not be on PATH)
@@ -20,8 +21,15 @@ def error_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
 
-def read_metrics(out_dir) -> list[dict]:
-    return _read_metrics_file(Path(out_dir) / "metrics.jsonl")
+def read_metrics(out_dir, running: bool = False) -> list[dict]:
+    """The rows of out_dir/metrics.jsonl. A run that has ended wrote every line whole and the file must
+    be there; running=True reads a run still at work, as hfgpt's own readers do."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if running and not path.exists():
+        return []
+    rows, bad = parse_metrics(path.read_text(encoding="utf-8"))
+    assert running or not bad, f"{path}: {bad} line(s) that are not a JSON object"
+    return rows
 
 
 def run(args: list[str], cwd, env: dict | None = None, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:

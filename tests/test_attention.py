@@ -41,6 +41,7 @@ def sdpa_calls(model, x, y, compile_blocks=False, graphs=None) -> tuple[list[dic
     return calls, loss
 
 
+@pytest.mark.e2e
 def test_plain_sdpa_under_compile_gets_a_mask():
     """Why the training attention exists (transformers 5.24, torch 2.13): a compiled GPT-2 on plain
     SDPA builds a (B, 1, T, T) mask, which no flash kernel takes. If this starts failing, transformers
@@ -50,6 +51,7 @@ def test_plain_sdpa_under_compile_gets_a_mask():
     assert len(calls) == 2 and all(c["attn_mask"] is not None and c["is_causal"] is False for c in calls)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("precision, compile_blocks", [("no", False), ("bf16", False), ("no", True)])
 def test_compiled_training_attention_is_causal_without_mask(precision, compile_blocks):
     torch.manual_seed(0)
@@ -109,6 +111,7 @@ def test_eager_training_forward_never_reads_the_device():
     assert host_reads(model.train(), x) == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family, config", [("llama", {}), ("qwen3", {}), ("gpt_neox", {}), ("phi3", {}),
                                             ("mistral", {"sliding_window": 4096}), ("gemma3", {"sliding_window": 32})])
 def test_every_familys_compiled_training_forward_is_one_graph_of_causal_sdpa(family, config, tmp_path, shakespeare_text):
@@ -116,7 +119,7 @@ def test_every_familys_compiled_training_forward_is_one_graph_of_causal_sdpa(fam
     Dynamo graph (no graph break), every attention is_causal without a mask, the loss and
     gradients of plain SDPA."""
     from hfgpt.model.gpt import load_model
-    from tests.families import make_model_folder
+    from tests.tools.families import make_model_folder
 
     folder = make_model_folder(family, tmp_path / family, shakespeare_text[:20_000], **config)
     reference = load_model(str(folder), block_size=32, dropout=0.0).train()
@@ -143,7 +146,7 @@ def test_a_window_shorter_than_block_size_trains_with_its_mask(family, config, t
     model keeps the attention transformers masks, which computes what eager attention with the
     window computes, and not full causal attention."""
     from hfgpt.model.gpt import load_model
-    from tests.families import make_model_folder
+    from tests.tools.families import make_model_folder
 
     folder = make_model_folder(family, tmp_path / family, shakespeare_text[:20_000], **config)
     model = load_model(str(folder), block_size=32, dropout=0.0).train()
@@ -164,7 +167,7 @@ def test_rotary_models_attention_runs_in_float32_under_cpu_autocast(tmp_path, sh
     ~4x slower: the training attention turns it off for them as for bf16 inputs."""
     from hfgpt.model.attention import training_attention
     from hfgpt.model.gpt import load_model
-    from tests.families import make_model_folder
+    from tests.tools.families import make_model_folder
 
     model = load_model(str(make_model_folder("llama", tmp_path / "llama", shakespeare_text[:20_000])), block_size=32)
     module = model.model.layers[0].self_attn

@@ -4,11 +4,13 @@
 import json
 
 import numpy as np
+import pytest
 
 from hfgpt.bench import prepare as bench_prepare
 from hfgpt.data.nanogpt_data import same_tokens
 
 
+@pytest.mark.e2e
 def test_compare_with_tiktoken_map_on_a_generated_corpus(workdir, gpt2_dir, shakespeare):
     assert bench_prepare.main([f"--tokenizer={gpt2_dir}", "--dataset=b", "--block_size=64", "--corpus_mb=1",
                                f"--corpus_from={shakespeare}", "--compare_tiktoken", "--json=bench.json"]) == 0

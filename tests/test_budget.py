@@ -2,7 +2,6 @@
 set, is written into recipe.yaml and continued exactly by a resume; a run keeps its budget, also
 when the machine becomes slower mid-run (the end moves up, the learning rate has decayed)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -33,6 +32,7 @@ def test_a_budget_that_is_no_duration_is_one_line(tiny_recipe, capsys):
     assert error_lines(capsys) == [f"error: {recipe}: time_budget='soon' is not a duration: write e.g. 90s, 2m or 1h30m"]
 
 
+@pytest.mark.e2e
 def test_the_plan_sets_only_what_the_user_did_not(tiny_recipe, workdir, capsys):
     """Keys from the recipe file or the command line stay as given; every other planned key is
     the plan's, and recipe.yaml holds them."""
@@ -67,6 +67,7 @@ def test_the_iterations_fit_the_step_with_the_planned_dropout(monkeypatch, train
     assert recipe.train.max_iters == pytest.approx(rules.iterations(100, step), rel=0.02)
 
 
+@pytest.mark.e2e
 def test_a_resumed_budget_run_continues_its_plan_bitwise(tiny_recipe, workdir):
     """The same command with init_from=resume takes the plan from the checkpoint (not a new one)
     and ends where the uninterrupted run ends, bit for bit."""
@@ -83,6 +84,7 @@ def test_a_resumed_budget_run_continues_its_plan_bitwise(tiny_recipe, workdir):
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
 
+@pytest.mark.e2e
 def test_a_source_alone_names_the_dataset_and_out_dir(workdir, shakespeare_text):
     from hfgpt.training.budget import name_budget_run
 
@@ -94,7 +96,8 @@ def test_a_source_alone_names_the_dataset_and_out_dir(workdir, shakespeare_text)
     assert (recipe.data.dataset, recipe.train.out_dir) == ("mine", "out-mine")
 
 
-def budget_run(workdir, text: str, budget: int, slow_down_after: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def budget_run(workdir, text: str, budget: int,
+               slow_down_after: float | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """python -m hfgpt.train --source=... --time_budget=... on one core, timed from start to exit;
     with slow_down_after, a process spinning on the same core from that many seconds into the run on."""
     (workdir / "text.txt").write_text(text, encoding="utf-8")

@@ -22,12 +22,13 @@ from hfgpt.core.signals import StopSignal
 from hfgpt.core.tensor_tree import flatten, load_tree, unflatten
 from hfgpt.model import gpt
 from hfgpt.training import checkpoint, loop as training_loop
-from hfgpt.training.metrics import read_metrics
+from hfgpt.training.metrics import read_metrics as hfgpt_read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
+from tests.helpers import read_metrics
 
 
 def losses_by_iter(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(out_dir)
     return [(r["iter"], r["loss"]) for r in rows if "loss" in r], [(r["iter"], r["val_loss"]) for r in rows if "val_loss" in r]
 
 
@@ -44,6 +45,7 @@ def assert_same_weights(a, b):
 SPLIT = {"dropout": 0.1, "log_interval": 1, "max_iters": 40, "eval_interval": 10, "lr_decay_iters": 40, "keep_last": None}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("optimizer", [{}, {"optimizer": "muon", "muon_momentum": 0.9, "lr_schedule": "wsd"}],
                          ids=["adamw", "muon"])
 def test_split_and_resumed_run_is_bitwise_the_straight_run(tiny_recipe, workdir, optimizer):
@@ -66,6 +68,7 @@ def test_split_and_resumed_run_is_bitwise_the_straight_run(tiny_recipe, workdir,
     assert [g.get("momentum") for g in groups] == ([0.9, None, None] if optimizer else [None, None])
 
 
+@pytest.mark.e2e
 def test_checkpoint_folder_is_a_model_folder_without_pickles(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe())]) == 0
     folder, state = list_checkpoints(workdir / "out")[-1]
@@ -76,9 +79,10 @@ def test_checkpoint_folder_is_a_model_folder_without_pickles(tiny_recipe, workdi
     written = [p for p in (workdir / "out").rglob("*") if p.is_file()]
     assert {p.suffix for p in written} <= {".json", ".jsonl", ".safetensors", ".yaml", ".md", ".png"}
     for p in written:
-        assert not p.read_bytes()[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle/zip
+        assert p.read_bytes()[:2] not in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05", b"PK")  # pickle/zip
 
 
+@pytest.mark.e2e
 def test_keep_last_keeps_the_newest_and_the_best(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe(eval_interval=10, keep_last=2))]) == 0
     found = list_checkpoints(workdir / "out")
@@ -90,6 +94,7 @@ def test_keep_last_keeps_the_newest_and_the_best(tiny_recipe, workdir):
     assert layout.latest(workdir / "out")[1]["iter"] == 100
 
 
+@pytest.mark.e2e
 def test_resume_skips_incomplete_checkpoints(tiny_recipe, workdir):
     recipe = tiny_recipe(**SPLIT)
     assert train.main([str(recipe), "--max_iters=20"]) == 0
@@ -107,6 +112,7 @@ def test_resume_skips_incomplete_checkpoints(tiny_recipe, workdir):
     assert layout.latest(workdir / "out")[1]["iter"] == 30
 
 
+@pytest.mark.e2e
 def test_resume_with_another_shape_is_refused(tiny_recipe, workdir, capsys):
     recipe = tiny_recipe(**SPLIT)
     assert train.main([str(recipe), "--max_iters=10"]) == 0
@@ -125,6 +131,7 @@ def test_resume_without_checkpoint(tiny_recipe, capsys):
     assert "has no complete checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir, monkeypatch, capsys):
     calls = {"n": 0}
     real = gpt.lm_loss
@@ -145,15 +152,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_recipe, workdir,
     assert all(torch.isfinite(v).all() for v in weights(workdir / "out").values())
 
 
+@pytest.mark.e2e
 def test_sigterm_checkpoints_exits_143_and_resumes(tiny_recipe, workdir):
     recipe = tiny_recipe(max_iters=100_000, lr_decay_iters=100_000, eval_interval=50_000, log_interval=1,
                          n_embd=64, block_size=64, batch_size=16)
     proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", str(recipe)], cwd=workdir, env=run_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = workdir / "out" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and metrics.read_text().count('"loss"') >= 5:
+        if len([r for r in read_metrics(workdir / "out", running=True) if "loss" in r]) >= 5:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
@@ -193,10 +200,11 @@ def test_stop_signal_is_gathered_every_log_interval_only():
         assert alone.received(one, 3) == signal.SIGTERM and one.gathers == 0  # one process: at once, no gather
 
 
+@pytest.mark.e2e
 def test_sigkill_at_random_moments_and_during_saves_then_resume_is_exact(shakespeare):
-    """tests/kill_loop.py with 10 kills and a SIGUSR1, every start the identical command line with
+    """tests/tools/kill_loop.py with 10 kills and a SIGUSR1, every start the identical command line with
     init_from: auto (as a cluster requeues a job), in its own process (it forks the runs it kills)."""
-    result = subprocess.run([PYTHON, "-m", "tests.kill_loop", "--kills=10", "--seed=1", "--max_iters=60", "--json",
+    result = subprocess.run([PYTHON, "-m", "tests.tools.kill_loop", "--kills=10", "--seed=1", "--max_iters=60", "--json",
                              f"--text={shakespeare}"], cwd=ROOT, env=run_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -228,6 +236,7 @@ def test_state_flatten_round_trip(obj):
 
 # --- the second run, the broken file (issue 9) ----------------------------------------------------
 
+@pytest.mark.e2e
 def test_a_rewound_run_sets_the_newer_checkpoints_aside(tiny_recipe, workdir, capsys):
     recipe, ckpts = tiny_recipe(**SPLIT), workdir / "out" / "checkpoints"
     assert train.main([str(recipe), "--max_iters=20"]) == 0
@@ -250,6 +259,7 @@ CORRUPT = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", CORRUPT)
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny_recipe, workdir, capsys, damage):
     recipe, ckpts = tiny_recipe(**SPLIT), workdir / "out" / "checkpoints"
@@ -267,12 +277,13 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tiny_recipe, w
     assert checkpoint.broken(*list_checkpoints(workdir / "out")[1]) is None  # iter-000020 written anew, whole
 
 
+@pytest.mark.e2e
 def test_a_partial_last_metrics_line_is_dropped_on_resume(tiny_recipe, workdir, capsys):
     recipe, metrics = tiny_recipe(**SPLIT), workdir / "out" / "metrics.jsonl"
     assert train.main([str(recipe), "--max_iters=10"]) == 0
     with metrics.open("a") as f:
         f.write('{"iter": 11, "loss": 3.1, "l')  # killed while writing this line
-    assert len(read_metrics(metrics)) == len(metrics.read_text().splitlines()) - 1  # readers skip it (the plot)
+    assert len(hfgpt_read_metrics(metrics)) == len(metrics.read_text().splitlines()) - 1  # readers skip it (the plot)
     assert train.main([str(recipe), "--init_from=resume", "--max_iters=20"]) == 0
     assert "dropped 1 unreadable line" in capsys.readouterr().out
     logs, evals = losses_by_iter(workdir / "out")  # every line parses again
@@ -297,17 +308,18 @@ def test_a_signal_during_an_evaluation_keeps_its_losses(tiny_recipe, workdir, mo
     assert layout.best(workdir / "out")[1]["iter"] == 10
 
 
+@pytest.mark.e2e
 def test_eval_only_with_resume_evaluates_the_checkpoint_and_writes_no_checkpoint(tiny_recipe, workdir, capsys):
     recipe, out = tiny_recipe(**SPLIT), workdir / "out"
     assert train.main([str(recipe), "--max_iters=20"]) == 0
     capsys.readouterr()
     saved = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "metrics.jsonl"
              and p.name != "loss.png"}
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = read_metrics(out)
     assert train.main([str(recipe), "--init_from=resume", "--eval_only=True",
                        f"--resume_from={out / 'checkpoints' / 'iter-000010'}"]) == 0
     said = capsys.readouterr().out
-    after = read_metrics(out / "metrics.jsonl")
+    after = read_metrics(out)
     assert after[:-1] == rows  # the run's log is kept whole (rows past iteration 10 too)
     assert after[-1]["iter"] == 10 and after[-1]["train_loss"] > 0 and after[-1]["val_loss"] > 0
     assert f"iter 10: train loss {after[-1]['train_loss']:.4f}, val loss {after[-1]['val_loss']:.4f}" in said
@@ -321,6 +333,7 @@ def full_disk(path: Path):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("save", ["checkpoint", "model"])
 def test_a_full_disk_stops_with_one_line_and_keeps_the_earlier_checkpoints(tiny_recipe, workdir, monkeypatch,
                                                                           capsys, save):
@@ -364,6 +377,7 @@ def can_mount_tmpfs() -> bool:
         capture_output=True).returncode == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not can_mount_tmpfs(), reason="needs user namespaces to mount a small tmpfs; the simulated "
                                                    "full disk above tests the same path everywhere")
 def test_a_really_full_disk(tiny_recipe, workdir):
@@ -371,7 +385,8 @@ def test_a_really_full_disk(tiny_recipe, workdir):
     fit, with one line; what is left there is whole."""
     recipe = tiny_recipe(max_iters=1000, eval_interval=5, lr_decay_iters=1000, keep_last=None)
     (workdir / "small").mkdir()
-    look = ("import json, pathlib, sys; from hfgpt.core.layout import list_checkpoints; from hfgpt.training.checkpoint import broken; "
+    look = ("import json, pathlib, sys; from hfgpt.core.layout import list_checkpoints; "
+            "from hfgpt.training.checkpoint import broken; "
             "out = pathlib.Path('small/out'); print(json.dumps({'hidden': [str(p) for p in out.rglob('.*')], "
             "'checkpoints': [(s['iter'], broken(f, s)) for f, s in list_checkpoints(out)]}))")
     script = (f"mount -t tmpfs -o size=1m tmpfs small && {PYTHON} -m hfgpt.train {recipe} --out_dir=small/out; "
@@ -386,6 +401,7 @@ def test_a_really_full_disk(tiny_recipe, workdir):
     assert left["hidden"] == [] and left["checkpoints"] and all(why is None for _, why in left["checkpoints"])
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_and_a_model_are_on_disk_before_they_are_published(tiny_recipe, workdir, monkeypatch):
     events, real_fsync, real_replace, real_exchange = [], os.fsync, os.replace, files._exchange
 
@@ -462,6 +478,7 @@ def test_replace_dir_never_loses_both_copies(tmp_path, monkeypatch, exchange):
     assert (final / "state.json").read_text() == "old"
 
 
+@pytest.mark.e2e
 def test_out_dir_and_the_checkpoint_are_one_serialization(tiny_recipe, workdir, monkeypatch):
     """When val improves, out_dir's model files are the checkpoint's: written once, then hard-linked,
     never serialized from the model a second time."""

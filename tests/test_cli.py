@@ -34,6 +34,7 @@ def test_every_step_has_help_that_names_both_commands(step, capsys):
     assert f"usage: hfgpt {step}" in out and f"python -m hfgpt.{step}" in out
 
 
+@pytest.mark.e2e
 def test_help_is_fast_it_imports_no_torch(tmp_path):
     """--help prints from the option declarations alone: no torch, transformers or datasets import."""
     script = ("import sys; from hfgpt import train, sample, eval, push, prepare, export\n"
@@ -62,6 +63,7 @@ def test_every_recipe_key_is_read_by_some_step():
     assert all(FIELDS[k].metadata.get("shapes") in (None, "data", "model", "new_model", "optimizer") for k in KEYS)
 
 
+@pytest.mark.e2e
 def test_config_flag_is_the_same_as_the_positional_recipe(tiny_recipe, workdir):
     path = tiny_recipe(max_iters=4, eval_interval=4, log_interval=2, warmup_iters=1, lr_decay_iters=4)
     assert cli.main(["train", "--config", str(path), "--out_dir=a"]) == 0
@@ -69,6 +71,7 @@ def test_config_flag_is_the_same_as_the_positional_recipe(tiny_recipe, workdir):
     assert (workdir / "a" / "model.safetensors").read_bytes() == (workdir / "b" / "model.safetensors").read_bytes()
 
 
+@pytest.mark.e2e
 def test_log_lines_without_a_terminal(tiny_recipe, workdir):
     """stdout to a file (CI, nohup): plain lines with elapsed time, ETA and ms/iter, no carriage
     returns, no 'mfu n/a' on a CPU; then the summary with where everything is and what to run next."""
@@ -117,6 +120,7 @@ def test_one_error_prefix(capsys):
     assert capsys.readouterr().err == "error: something\n"
 
 
+@pytest.mark.e2e
 def test_errors_under_accelerate_launch_come_last(tmp_path):
     """The README's launch command (accelerate's own config, -q) prints no 'values not passed'
     block and ends with hfgpt's one line; under torchrun (--multi_gpu) the closing summary

@@ -150,7 +150,8 @@ def test_bad_watch_and_hub_keys(arg, message):
 def test_fast_cpu_recipe_races_on_nanogpts_data_with_muon_wsd_and_one_evaluation():
     """shakespeare_char_cpu_fast.yaml: nanoGPT's char-level data (so whole-val losses compare), the
     levers of docs/speed.md's Time to quality, and the shipped recipe's defaults left alone."""
-    fast, cpu = (load_recipe(str(ROOT / "recipes" / name)) for name in ("shakespeare_char_cpu_fast.yaml", "shakespeare_char_cpu.yaml"))
+    fast, cpu = (load_recipe(str(ROOT / "recipes" / name))
+                 for name in ("shakespeare_char_cpu_fast.yaml", "shakespeare_char_cpu.yaml"))
     assert (fast.data.dataset, fast.data.tokenizer, fast.data.val_fraction, fast.data.source) == \
            (cpu.data.dataset, cpu.data.tokenizer, cpu.data.val_fraction, cpu.data.source)
     assert (fast.model.n_layer, fast.model.n_head, fast.model.n_embd, fast.model.block_size) == (1, 4, 128, 64)

@@ -56,11 +56,13 @@ def page_ids(site: Path, page: str) -> set[str]:
     return set(re.findall(r'id="([^"]+)"', built(site, page)))
 
 
+@pytest.mark.e2e
 def test_the_site_builds_strictly_with_every_page_in_the_nav(site):
     assert sorted(nav_pages()) == sorted(p.name for p in pages())
     assert all(page_text(site, page).strip() for page in nav_pages())
 
 
+@pytest.mark.e2e
 def test_the_readme_is_short_and_its_links_reach_pages_and_anchors_that_exist(site):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.encode()) <= README_LIMIT
@@ -70,6 +72,7 @@ def test_the_readme_is_short_and_its_links_reach_pages_and_anchors_that_exist(si
         assert not anchor or anchor in page_ids(site, page), f"docs/{page}#{anchor}"
 
 
+@pytest.mark.e2e
 def test_the_docs_home_has_the_readmes_setup_commands(site):
     setup = (ROOT / "README.md").read_text().split("## Setup", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```sh\n(.+?)\n```", setup)
@@ -97,6 +100,7 @@ def test_the_key_reference_is_every_fields_help():
             assert row["doc"] and f"      {row['doc']}" in train_help
 
 
+@pytest.mark.e2e
 def test_the_key_reference_renders_as_written(site):
     """Every key on the built recipes page, and text that Markdown would otherwise change
     (**/*.md as bold, <|endoftext|> as a tag, | as a cell border) shown as in the field's docstring."""
@@ -139,6 +143,7 @@ def test_the_docs_mark_runnable_blocks():
     assert {"README.md", "docs/index.md", "docs/data.md", "docs/recipes.md"} <= marked
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("where, code", runnable_blocks())
 def test_a_runnable_block_runs(where, code, tmp_path):
     """Each block in a fresh folder, as a reader would paste it, offline, with this checkout's hfgpt

@@ -71,6 +71,7 @@ def test_a_copy_the_user_put_there_is_used_unless_made_for_another_url(workdir, 
         server.stop()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("fault", ["half sent", "dropped, resumed", "dropped, no Range", "404"])
 def test_a_download_is_whole_or_nothing(workdir, served, capsys, fault):
     server = LocalServer(served, short=fault == "half sent", drops=int(fault.startswith("dropped")),
@@ -97,6 +98,7 @@ def test_a_download_is_whole_or_nothing(workdir, served, capsys, fault):
         assert f"sent {len(whole) // 2:,} of its {len(whole):,} bytes" in errors[0] and len(ranges) == TRIES
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("login", ["", "us3r9x7:pa55word@"])
 def test_secrets_in_a_url_are_written_nowhere(workdir, served, tiny_recipe, capsys, login):
     server = LocalServer(served)

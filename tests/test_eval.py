@@ -13,6 +13,7 @@ from hfgpt import eval as hfgpt_eval
 from hfgpt import train
 from hfgpt.evaluation.score import unit_lengths, windows
 from hfgpt.data.tokenizer import bpe_from_vocab_merges, char_tokenizer
+from tests.helpers import read_metrics
 
 
 @pytest.mark.parametrize("n, block_size, stride", [(100, 8, 8), (100, 8, 3), (9, 8, 8), (5, 8, 8), (1001, 64, 64),
@@ -80,6 +81,7 @@ def brute_force_loss(folder, tokens: np.ndarray, block_size: int, stride: int) -
     return nll.mean().item()
 
 
+@pytest.mark.e2e
 def test_eval_whole_split_matches_brute_force_and_the_estimate(trained, workdir):
     out = trained / "out"
     assert hfgpt_eval.main([str(out), f"--data_dir={trained / 'data'}", "--batch_size=7"]) == 0
@@ -89,7 +91,7 @@ def test_eval_whole_split_matches_brute_force_and_the_estimate(trained, workdir)
     assert results["loss"] == pytest.approx(brute_force_loss(out, val, 32, 32), abs=1e-5)
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]))
     assert results["bits_per_char"] == pytest.approx(results["loss"] / math.log(2))
-    estimate = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]["val_loss"]
+    estimate = read_metrics(out)[-1]["val_loss"]
     assert results["loss"] == pytest.approx(estimate, abs=0.05) and results["iter"] == 100
 
     # deterministic, whatever the batch size; overlapping windows score each token once too

@@ -107,8 +107,8 @@ def assert_same_in_llama_cpp(folder, gguf_file, prompt=PROMPT):
             assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text)["input_ids"], text
         assert llm.detokenize(prompt_ids).decode() == prompt
         vocab = len(logits[0])
-        # the padded rows left out; logits measured up to 1.7e-3 apart (llama.cpp's GELU is tanh's in half precision, its KV cache f16); a wrong
-        # layout (untransposed Conv1D, unpermuted RoPE rows) is off by whole units
+        # the padded rows left out; logits measured up to 1.7e-3 apart (llama.cpp's GELU is tanh's in half
+        # precision, its KV cache f16); a wrong layout (untransposed Conv1D, unpermuted RoPE rows) is off by whole units
         assert vocab == len(tok) and np.abs(logits - hf_logits[:, :vocab]).max() < 1e-2
         assert ids == hf_ids and len(ids) > 0, (ids, hf_ids)
         assert llm.detokenize(ids).decode() == expected  # what the pipeline printed, token for token
@@ -116,6 +116,7 @@ def assert_same_in_llama_cpp(folder, gguf_file, prompt=PROMPT):
         llm.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe", "gpt2"])
 def test_trained_folders_sample_in_llama_cpp_as_in_transformers(kind, trained, tmp_path, capsys):
     folder = trained(kind)
@@ -131,6 +132,7 @@ def test_trained_folders_sample_in_llama_cpp_as_in_transformers(kind, trained, t
     assert_same_in_llama_cpp(folder, out)
 
 
+@pytest.mark.e2e
 def test_default_file_is_in_the_folder_and_f16_is_half_the_size(trained, capsys):
     folder = trained("char")
     assert export.main(["gguf", str(folder)]) == 0
@@ -173,6 +175,7 @@ def tiny_llama(tok, text: str, tie: bool, seed: int = 0) -> LlamaForCausalLM:
     return model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind, tie", [("char", False), ("byte", True), ("bpe", False)])
 def test_llama_folders_sample_in_llama_cpp_as_in_transformers(kind, tie, tmp_path, shakespeare_text):
     text = text_for(shakespeare_text)

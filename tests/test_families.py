@@ -1,5 +1,5 @@
 """Any causal LM: the families people fine-tune (Llama, Qwen2, Qwen3, Mistral, GPT-NeoX, Gemma, Phi-3,
-OPT, Mixtral, Bloom, GPT-2), tiny and random, built by tests/families.py with their own kind of
+OPT, Mixtral, Bloom, GPT-2), tiny and random, built by tests/tools/families.py with their own kind of
 tokenizer. Full fine-tuning and LoRA resume bitwise into plain folders of the family, which
 transformers' pipeline samples in a process without hfgpt; documents carry the tokenizer's BOS
 and EOS, checked by id; dropout, bias, block_size, LoRA targets, MFU, the FSDP unit and the
@@ -19,7 +19,7 @@ from hfgpt import convert, prepare, sample, train
 from hfgpt import eval as hfgpt_eval
 from hfgpt.model.families import linear_layer_names, model_shape, transformer_blocks
 from tests.conftest import PYTHON, TINY, run_env
-from tests.families import FAMILY_SPECS, make_model_folder
+from tests.tools.families import FAMILY_SPECS, make_model_folder
 from tests.helpers import error_lines, read_metrics
 
 # the families the issue names, and more of other shapes: OPT's offset position table, Gemma 3's
@@ -88,6 +88,7 @@ def resume_elsewhere(recipe, out, again) -> None:
                        f"--out_dir={again}"]) == 0
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family", FULL)
 def test_full_fine_tuning_resumes_bitwise_into_a_plain_folder_of_the_family(family, trained, folder_of, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -112,6 +113,7 @@ def test_full_fine_tuning_resumes_bitwise_into_a_plain_folder_of_the_family(fami
     assert results["block_size"] == 32 and results["loss"] < 6
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("family", LORA)
 def test_lora_adapts_every_linear_layer_merges_into_the_family_and_resumes_bitwise(family, trained, folder_of, tmp_path):
     from peft import PeftModel
@@ -137,6 +139,7 @@ def test_lora_adapts_every_linear_layer_merges_into_the_family_and_resumes_bitwi
         assert (merged(x).logits - adapted(x).logits).abs().max() < 1e-5
 
 
+@pytest.mark.e2e
 def test_saved_folders_sample_with_plain_transformers_as_hfgpt_does(trained, capsys):
     """Each family's out_dir in a process that never imports hfgpt: pipeline as on the model card,
     greedy; hfgpt.sample (greedy) gives the same text, its prompt read after the same BOS."""
@@ -238,6 +241,7 @@ def test_dropout_goes_to_the_familys_own_settings(family, keys, said, folder_of,
     assert {k: config[k] for k in keys} == {k: 0.1 for k in keys}
 
 
+@pytest.mark.e2e
 def test_bias_false_on_a_family_without_biases_says_so(trained, capsys):
     recipe, out = trained("llama")
     capsys.readouterr()
@@ -282,6 +286,7 @@ def test_gradient_checkpointing_computes_the_same_gradients_in_every_family(fami
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_architecture_llama_builds_a_plain_llama_from_nanogpts_names_and_resumes_bitwise(optimizer, tiny_recipe, workdir):
     from transformers import LlamaForCausalLM
@@ -310,7 +315,8 @@ def test_architecture_llama_builds_a_plain_llama_from_nanogpts_names_and_resumes
 
 @pytest.mark.parametrize("values, problem", [
     ({"n_kv_head": 2}, "n_kv_head=2 is for architecture: llama"),
-    ({"architecture": "llama", "n_head": 4, "n_kv_head": 3}, "n_kv_head=3 does not divide n_head=4: pick a divisor of n_head (1, 2, 4)"),
+    ({"architecture": "llama", "n_head": 4, "n_kv_head": 3},
+     "n_kv_head=3 does not divide n_head=4: pick a divisor of n_head (1, 2, 4)"),
     ({"architecture": "llama", "n_head": 4, "n_embd": 36}, "architecture=llama rotates pairs of each head's 9 dimensions"),
     ({"architecture": "mamba"}, "architecture"),
 ])
@@ -329,7 +335,7 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
     import signal
     import time
 
-    from tests.fake_hub import FakeHub
+    from tests.tools.fake_hub import FakeHub
     from tests.test_hub import TOKEN, USER, hub_env, run_script
 
     repo = "HuggingFaceTB/SmolLM2-135M"
@@ -342,8 +348,8 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
         env = hub_env(hub, workdir / "hf-home", "lfs")
         proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", recipe], env=env, cwd=workdir, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        metrics, deadline = workdir / "out" / "metrics.jsonl", time.time() + 120
-        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        deadline = time.time() + 120
+        while not read_metrics(workdir / "out", running=True) and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
@@ -381,6 +387,7 @@ def test_a_llama_from_the_hub_fine_tunes_stops_resumes_adapts_pushes_evaluates_a
     assert result.returncode == 0 and result.stdout.count("ROMEO:") == 2, result.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_the_users_recipe_with_a_llama_folder_as_init_from_trains_resumes_and_samples(folder_of, workdir, shakespeare_text,
                                                                                        capsys):
     """recipes/my_dataset.yaml as shipped, given a Llama-shaped folder and a text (the run shortened

@@ -1,9 +1,9 @@
-"""Fine-tuning as users do it: gpt2-medium from the Hub with its own tokenizer, bias: false on a
-loaded model, float32 master weights, gradient checkpointing, LoRA, the card's snippet, and
-tokenizer folders that transformers 4.x and 5.x both read.
+"""Fine-tuning as users do it: from a local folder (block_size cropped), gpt2-medium from the Hub with
+its own tokenizer, bias: false on a loaded model, float32 master weights, gradient checkpointing,
+LoRA, the card's snippet, and tokenizer folders that transformers 4.x and 5.x both read.
 
 The model is a tiny stand-in for openai-community/gpt2-medium (conftest's gpt2_medium_dir: GPT-2's
-files, config keys and tokenizer, 2 layers x 32), from a folder or, over HTTP, from tests/fake_hub.py.
+files, config keys and tokenizer, 2 layers x 32), from a folder or, over HTTP, from tests/tools/fake_hub.py.
 """
 
 import json
@@ -24,8 +24,8 @@ from hfgpt.model.gpt import build_model, causal_lm
 from hfgpt.model.lora import quiet_peft
 from hfgpt.training import checkpoint, run as training_run
 from tests.conftest import PYTHON, TINY, run_env
-from tests.helpers import run
-from tests.fake_hub import FakeHub
+from tests.helpers import read_metrics, run
+from tests.tools.fake_hub import FakeHub
 from tests.test_hub import hub_env, run_script
 
 FINETUNE = {**{k: v for k, v in TINY.items() if k != "tokenizer"}, "block_size": 64, "batch_size": 4,
@@ -49,8 +49,7 @@ def card_code(folder) -> str:
 
 
 def metrics(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["iter"], r.get("loss"), r.get("val_loss")) for r in rows]
+    return [(r["iter"], r.get("loss"), r.get("val_loss")) for r in read_metrics(out_dir)]
 
 
 def assert_portable_tokenizer(folder, block_size: int | None):
@@ -72,6 +71,7 @@ def gpt2_medium_hub(gpt2_medium_dir):
         yield hub
 
 
+@pytest.mark.e2e
 def test_gpt2_medium_from_the_hub_prepares_with_its_tokenizer_trains_resumes_samples_and_loads(
         workdir, shakespeare_text, gpt2_medium_hub):
     recipe = write_recipe(workdir, shakespeare_text[:20_000], init_from="gpt2-medium", sample_start="ROMEO:")
@@ -100,8 +100,10 @@ def test_gpt2_medium_from_the_hub_prepares_with_its_tokenizer_trains_resumes_sam
     assert [i for i, loss, _ in metrics(out) if loss is not None] == [1, 2, 3, 4, 5, 6]
     config = json.loads((out / "config.json").read_text())
     # n_ctx too (gpt2-medium's config.json says 1024): llama.cpp's converter reads the context from it
-    assert config["n_positions"] == config["n_ctx"] == 64 and config["dtype"] == "float32" and not config.get("task_specific_params")
-    for folder, block_size in ((out, 64), (out / "checkpoints" / "iter-000006", 64), (workdir / "data" / "tiny" / "tokenizer", None)):
+    assert config["n_positions"] == config["n_ctx"] == 64 and config["dtype"] == "float32"
+    assert not config.get("task_specific_params")
+    for folder, block_size in ((out, 64), (out / "checkpoints" / "iter-000006", 64),
+                               (workdir / "data" / "tiny" / "tokenizer", None)):
         assert_portable_tokenizer(folder, block_size)
 
     # plain transformers: the card's snippet as written, with end-of-text suppressed so that only the
@@ -126,6 +128,20 @@ def test_char_data_with_a_gpt2_model_stops_before_training(workdir, shakespeare_
     assert not (workdir / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
+def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
+    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10))]) == 0
+    base = workdir / "base"
+    (workdir / "out").rename(base)
+    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10)), f"--init_from={base}", "--block_size=16",
+                       "--dropout=0.1"]) == 0
+    config = json.loads((workdir / "out" / "config.json").read_text())
+    assert config["n_positions"] == 16 and config["attn_pdrop"] == 0.1
+    weights = load_file(workdir / "out" / "model.safetensors")
+    assert weights["transformer.wpe.weight"].shape == (16, 32)
+
+
+@pytest.mark.e2e
 def test_bias_false_on_a_loaded_model_is_zero_from_the_start_and_resumes_exactly(tiny_recipe, workdir, capsys):
     assert train.main([str(tiny_recipe(max_iters=2, eval_interval=2))]) == 0
     base = workdir / "base"
@@ -148,6 +164,7 @@ def test_bias_false_on_a_loaded_model_is_zero_from_the_start_and_resumes_exactly
                for k, v in load_file(workdir / "a" / "model.safetensors").items())
 
 
+@pytest.mark.e2e
 def test_lora_trains_adapters_only_merges_exactly_resumes_bitwise_in_small_checkpoints(
         workdir, shakespeare_text, gpt2_medium_dir, capsys):
     from peft import PeftModel

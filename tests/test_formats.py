@@ -12,6 +12,7 @@ from hfgpt.data.meta import meta_problem, read_meta
 from tests.helpers import error_lines
 
 
+@pytest.mark.e2e
 def test_what_hfgpt_writes_carries_its_format(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe(max_iters=2, eval_interval=2))]) == 0
     state = json.loads((workdir / "out" / "checkpoints" / "iter-000002" / "state.json").read_text())

@@ -8,7 +8,6 @@ hfgpt's batched Muon against torch's on CUDA's kernels, and a resume that is exa
 (CUDA's atomic adds in the embedding backward make it not bitwise) with float32 weights saved.
 """
 
-import json
 import subprocess
 
 import numpy as np
@@ -18,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import PYTHON, run_env
+from tests.helpers import read_metrics
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -123,6 +123,7 @@ def test_batched_muon_agrees_with_torchs_muon_on_cuda():
     assert worst < 1e-2, worst
 
 
+@pytest.mark.e2e
 def test_resume_is_exact_enough_and_saves_float32(tmp_path, shakespeare_text):
     """python -m hfgpt.train on the GPU with its defaults (compile, auto precision), dropout on:
     60 iterations straight, and 30 + resume to 60."""
@@ -136,8 +137,7 @@ def test_resume_is_exact_enough_and_saves_float32(tmp_path, shakespeare_text):
         out = subprocess.run([PYTHON, "-m", "hfgpt.train", "r.yaml", *args], cwd=tmp_path, capture_output=True,
                              text=True, timeout=900, env=run_env())
         assert out.returncode == 0, out.stderr[-3000:]
-    val = {d: [r["val_loss"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
-               if "val_loss" in r] for d in ("full", "split")}
+    val = {d: [r["val_loss"] for r in read_metrics(tmp_path / d) if "val_loss" in r] for d in ("full", "split")}
     assert len(val["full"]) == len(val["split"]) == 3
     assert abs(val["full"][-1] - val["split"][-1]) < 1e-2, val
     weights = load_file(tmp_path / "split" / "model.safetensors")

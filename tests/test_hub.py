@@ -1,4 +1,4 @@
-"""The Hub for real: huggingface_hub's own client, over HTTP, against tests/fake_hub.py on 127.0.0.1.
+"""The Hub for real: huggingface_hub's own client, over HTTP, against tests/tools/fake_hub.py on 127.0.0.1.
 
 HF_ENDPOINT is read when huggingface_hub is imported, so everything that talks to the Hub runs in
 a subprocess with the fake hub's URL, its own HF_HOME and a token. Proxies point at a closed local
@@ -16,9 +16,10 @@ import time
 
 import pytest
 
-from tests import fault_injection
+from tests.tools import fault_injection
 from tests.conftest import PYTHON, run_env
-from tests.fake_hub import FakeHub, client_env
+from tests.helpers import read_metrics
+from tests.tools.fake_hub import FakeHub, client_env
 
 TOKEN = "hf_" + "TestOnlySecret" * 3  # the fake hub accepts this token and no other
 USER = "test-user"
@@ -64,6 +65,7 @@ def paths_for(hub, repo: str) -> list[str]:
     return [path for _, path in hub.requests if f"/{repo}" in path]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("path", ["xet", "lfs"])
 def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny_recipe, workdir, hub, path):
     repo = f"{USER}/run-{path}"
@@ -115,13 +117,14 @@ def test_training_pushes_in_the_background_then_downloads_loads_and_resumes(tiny
     assert got["code"] == 0
     state = json.loads((workdir / "resumed" / "checkpoints" / "iter-000015" / "state.json").read_text())
     assert state["iter"] == 15 and state["tokens_seen"] == 15 * 8 * 32
-    resumed_rows = [json.loads(line) for line in (workdir / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    resumed_rows = read_metrics(workdir / "resumed")
     assert [r["iter"] for r in resumed_rows if "loss" in r] == [15]  # it went on from iteration 10
     card = (workdir / "downloaded" / "README.md").read_text()
     assert f'model="{repo}"' in card  # the card on the Hub names the repo
     assert_token_nowhere(workdir)
 
 
+@pytest.mark.e2e
 def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, workdir, hub):
     from hfgpt import eval as hfgpt_eval
     from hfgpt import train
@@ -159,6 +162,7 @@ def test_push_command_revisions_init_from_and_eval_of_a_hub_id(tiny_recipe, work
     assert_token_nowhere(workdir)
 
 
+@pytest.mark.e2e
 def test_failed_pushes_are_reported_and_never_stop_training(tiny_recipe, workdir, hub):
     recipe = tiny_recipe(max_iters=10, eval_interval=5, log_interval=5, eval_iters=2, lr_decay_iters=10,
                          push_to_hub=True, hub_model_id=f"{USER}/flaky")
@@ -188,7 +192,7 @@ def test_failed_pushes_are_reported_and_never_stop_training(tiny_recipe, workdir
 
     assert never.stdout.strip().splitlines()[-1] == "2" and "error: the final push" in never.stderr
     assert (workdir / "out2" / "model.safetensors").is_file() and (workdir / "out2" / "checkpoints" / "iter-000010").is_dir()
-    rows = [json.loads(line) for line in (workdir / "out2" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(workdir / "out2")
     assert rows[-1]["iter"] == 10  # training ran to the end
     assert not list((workdir / "out2").glob(".push-*"))
 
@@ -208,6 +212,7 @@ def pid_of_a_dead_process() -> int:
     return proc.pid
 
 
+@pytest.mark.e2e
 def test_push_uploads_the_model_folder_only_and_keeps_others_snapshots(tiny_recipe, workdir, hub):
     from hfgpt import train
 
@@ -245,6 +250,7 @@ def test_push_uploads_the_model_folder_only_and_keeps_others_snapshots(tiny_reci
     assert ".env" not in left_out[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("status, commits, code", [(400, 1, 2), (503, 2, 0)])
 def test_only_answers_that_may_change_are_tried_again(workdir, hub, status, commits, code):
     """A 4xx answer comes again: reported at once. A 5xx (or 429, a dropped connection) may pass:
@@ -277,6 +283,7 @@ def test_offline_mode_is_named_not_the_token(workdir, monkeypatch, capsys):
     assert len(errors) == 1 and "offline mode (HF_HUB_OFFLINE=1" in errors[0] and "token" not in errors[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["second SIGINT", "SIGTERM, push fails"])
 def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
     """SIGINT stops training; a second SIGINT while the final push is awaited stops at once (130).
@@ -291,8 +298,8 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
                                 cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # a row in metrics.jsonl: the loop runs, with its signal handlers (the file itself is made
         # before them, and a signal during set-up ends the process as signals do: nothing to save yet)
-        deadline, metrics = time.time() + 120, workdir / "out" / "metrics.jsonl"
-        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        deadline = time.time() + 120
+        while not read_metrics(workdir / "out", running=True) and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT if case == "second SIGINT" else signal.SIGTERM)
         if case == "second SIGINT":
@@ -315,8 +322,9 @@ def test_a_signal_and_the_final_push(tiny_recipe, workdir, hub, case):
         assert "error: the final push" in stdout + stderr and commits()
 
 
+@pytest.mark.e2e
 def test_background_push_survives_random_kills(tmp_path, shakespeare_text):
-    """The CI-sized run of tests/fault_injection.py --target=push (python -m tests.fault_injection
+    """The CI-sized run of tests/tools/fault_injection.py --target=push (python -m tests.tools.fault_injection
     --target=push --kills=10 runs longer)."""
     got = fault_injection.run_push(tmp_path, shakespeare_text[:100_000], kills=3, seed=0, say=lambda message: None)
     assert got["kills"] == 3 and got["commits"] >= 3

@@ -106,6 +106,7 @@ def trained_run(tmp_path_factory, shakespeare_text):
     return copy
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("damage", ["another model's weights", "config.json edited", "optimizer.json is {}",
                                     "rng-0 missing"])
 def test_a_readable_but_wrong_newest_checkpoint_falls_back_to_the_one_before(trained_run, workdir, tmp_path, capsys,
@@ -129,6 +130,7 @@ def test_a_readable_but_wrong_newest_checkpoint_falls_back_to_the_one_before(tra
     assert "fewer processes" not in said
 
 
+@pytest.mark.e2e
 def test_a_hub_checkpoint_that_would_replace_a_local_one_is_refused(tiny_recipe, workdir, monkeypatch, capsys):
     """resume_from=user/name downloads last-checkpoint/ as checkpoints/iter-NNNNNN: on main it replaced
     a local checkpoint of that iteration with other weights, without a word."""
@@ -155,6 +157,7 @@ def test_a_hub_checkpoint_that_would_replace_a_local_one_is_refused(tiny_recipe,
     assert train.main([recipe, "--init_from=resume", "--resume_from=someone/their-run", "--max_iters=12"]) == 0
 
 
+@pytest.mark.e2e
 def test_convert_never_writes_over_a_run_or_a_model_unless_told(tiny_recipe, workdir, tmp_path, capsys):
     write_nanogpt_run(tmp_path, bias=True, compiled=False)
     recipe = str(tiny_recipe(**SHORT))
@@ -187,6 +190,7 @@ sys.exit(convert.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.e2e
 def test_a_killed_convert_leaves_no_half_folder(tmp_path):
     write_nanogpt_run(tmp_path, bias=True, compiled=False)
     args = ["to-hf", str(tmp_path / "ckpt.pt"), str(tmp_path / "hf"), f"--meta={tmp_path / 'meta.pkl'}"]
@@ -216,7 +220,7 @@ def test_files_get_the_modes_the_umask_gives(tiny_recipe, workdir):
 
 def test_a_full_disk_at_the_first_save_does_not_promise_earlier_checkpoints(tiny_recipe, workdir, monkeypatch, capsys):
     recipe = str(tiny_recipe(**SHORT))
-    real = tensor_tree.save_file
+    real = tensor_tree.save_file  # the optimizer's state is written by save_tree
 
     def full(tensors, path, *args, **kwargs):
         if path.name == "optimizer.safetensors":
@@ -230,6 +234,7 @@ def test_a_full_disk_at_the_first_save_does_not_promise_earlier_checkpoints(tiny
     assert "earlier checkpoints are intact" not in errors[0] and "start the run again" in errors[0]
 
 
+@pytest.mark.e2e
 def test_a_sample_start_the_tokenizer_lacks_is_refused_before_anything_is_written(tiny_recipe, workdir, capsys,
                                                                                  shakespeare_text):
     """The evaluations' samples start from sample_start ("\\n" by default): on a corpus without a
@@ -244,6 +249,7 @@ def test_a_sample_start_the_tokenizer_lacks_is_refused_before_anything_is_writte
     assert train.main([recipe, "--eval_samples=1", "--sample_start=The"]) == 0
 
 
+@pytest.mark.e2e
 def test_overwrite_removes_only_what_the_replaced_run_wrote(tiny_recipe, workdir):
     """The user's vocab.txt, merges.txt and added_tokens.json in out_dir, which a char run never
     writes: on main --overwrite_out_dir=True removed them with the run (hfgpt's file names)."""

@@ -9,18 +9,17 @@ the recipe's device: cpu makes the processes a gloo group (MULTI_CPU).
 import json
 import subprocess
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from hfgpt import train
 from tests.conftest import ROOT, free_port, run_env
-from tests.helpers import ACCELERATE
+from tests.helpers import ACCELERATE, read_metrics
+
+pytestmark = pytest.mark.e2e
 
 LAUNCH = [ACCELERATE, "launch", "--config_file", str(ROOT / "accelerate_config.yaml"), "--multi_gpu", "--num_processes", "2"]
-
-
-def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def state(folder) -> dict:

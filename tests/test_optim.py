@@ -62,7 +62,8 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert sorted(muon) == sorted(f"transformer.h.{i}.{m}.weight" for i in range(2)
                                   for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
     assert sorted(decay) == ["transformer.wpe.weight", "transformer.wte.weight"]  # wte is also the tied lm_head
-    assert all(n.endswith(".bias") or ".ln_" in n for n in no_decay) and len(no_decay) == 8 * 2 + 2  # 2 LayerNorms and 4 biases per block, ln_f
+    # 2 LayerNorms and 4 biases per block, and ln_f
+    assert all(n.endswith(".bias") or ".ln_" in n for n in no_decay) and len(no_decay) == 8 * 2 + 2
     assert [g["muon"] for g in opt.param_groups] == [True, False, False]
     assert opt.param_groups[0]["weight_decay"] == 0.0 and opt.param_groups[1]["weight_decay"] == 0.1
 

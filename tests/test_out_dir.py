@@ -16,9 +16,8 @@ from hfgpt.core.files import owner_tag, remove_dead_temp
 from hfgpt.core import lock
 from hfgpt.core.lock import LOCK, hold_lock
 from hfgpt.core.layout import list_checkpoints
-from hfgpt.training.metrics import read_metrics
 from tests.conftest import PYTHON, ROOT, dead_owner, run_env
-from tests.helpers import ACCELERATE
+from tests.helpers import ACCELERATE, read_metrics
 
 SHORT = {"max_iters": 10, "eval_interval": 5, "lr_decay_iters": 10, "log_interval": 5}
 
@@ -31,6 +30,7 @@ def files(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.e2e
 def test_a_new_run_never_replaces_another_run_unless_told(tiny_recipe, workdir, capsys):
     recipe, out = tiny_recipe(**SHORT), workdir / "out"
     assert train.main([str(recipe)]) == 0
@@ -50,7 +50,7 @@ def test_a_new_run_never_replaces_another_run_unless_told(tiny_recipe, workdir, 
     assert "removed the earlier run's" in said and "checkpoints/" in said and "adapter/" in said and "notes.txt" in said
     assert not (out / "adapter").exists()
     assert [state["iter"] for _, state in list_checkpoints(out)] == [5]  # the first run's 5 and 10 are gone
-    assert [r["iter"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [5]
+    assert [r["iter"] for r in read_metrics(out) if "loss" in r] == [5]
     assert json.loads((out / "training.json").read_text())["iter"] == 5
     assert (out / "notes.txt").read_text() == "mine"
 
@@ -66,6 +66,7 @@ def test_refusal_offers_resume_and_overwrite(tiny_recipe, workdir, capsys):
     assert "overwrite_out_dir=True with init_from=resume" in error_lines(capsys)[0]
 
 
+@pytest.mark.e2e
 def test_two_processes_of_a_multi_process_run_refuse_together(tiny_recipe, workdir):
     (workdir / "out").mkdir()
     (workdir / "out" / "config.json").write_text('{"model_type": "gpt2"}')
@@ -101,6 +102,7 @@ def test_the_lock_names_its_holder_and_goes_with_it(tmp_path):
     assert not (tmp_path / LOCK).exists()
 
 
+@pytest.mark.e2e
 def test_the_lock_of_a_killed_run_is_taken_over(tiny_recipe, workdir, capsys, monkeypatch):
     """A lock naming another machine that nobody renews within 2.5 heartbeats (0.4 s here) is dead."""
     monkeypatch.setattr(lock, "HEARTBEAT", 0.4)
@@ -112,6 +114,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tiny_recipe, workdir, capsys, mo
     assert not (workdir / "out" / LOCK).exists()  # released at the end
 
 
+@pytest.mark.e2e
 def test_a_second_training_into_a_running_out_dir_stops_and_eval_meanwhile_is_safe(tiny_recipe, workdir, capsys):
     recipe = tiny_recipe(max_iters=100_000, lr_decay_iters=100_000, eval_interval=2, log_interval=1, eval_iters=1)
     proc = subprocess.Popen([PYTHON, "-m", "hfgpt.train", str(recipe)], cwd=workdir, env=run_env(),

@@ -23,7 +23,7 @@ from hfgpt.data.prepare import prepare as prepare_data
 from hfgpt.data.shards import PREPARING, ShardWriter
 from hfgpt.data.sources import read_pieces
 from hfgpt.data.tokenizer import load_tokenizer
-from tests import fault_injection
+from tests.tools import fault_injection
 from tests.conftest import LocalServer
 
 
@@ -58,6 +58,7 @@ def test_char_round_trip_through_saved_tokenizer(workdir, shakespeare, shakespea
     assert tok.eos_token == "<|endoftext|>" and tok.eos_token_id == meta["eot_token_id"]
 
 
+@pytest.mark.e2e
 def test_gpt2_ids_equal_the_real_gpt2_vocab(workdir, gpt2_dir, shakespeare_text):
     text = shakespeare_text[:200_000]
     (workdir / "s.txt").write_text(text, encoding="utf-8")
@@ -109,7 +110,7 @@ def test_uint32_when_the_vocabulary_exceeds_uint16(workdir):
     (workdir / "w.txt").write_text(" ".join(words[i] for i in ids), encoding="utf-8")
     folder, meta = run_prepare(workdir, dataset="big", source=workdir / "w.txt", tokenizer=workdir / "bigtok", block_size=64)
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_001
-    stored = np.concatenate([np.fromfile(folder / "train.bin", dtype=np.uint32), np.fromfile(folder / "val.bin", dtype=np.uint32)])
+    stored = np.concatenate([np.fromfile(folder / name, dtype=np.uint32) for name in ("train.bin", "val.bin")])
     assert stored.tolist() == ids.tolist() and stored.max() > 65_535
 
 
@@ -194,6 +195,7 @@ def test_token_files_are_checked_against_meta_json(tiny_recipe, workdir, capsys,
     assert not (workdir / "out").exists()
 
 
+@pytest.mark.e2e
 def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text):
     """A train without a source, started while a prepare publishes (meta.json not there yet, the
     token files and tokenizer/ already are), waits for it instead of importing the half-published
@@ -217,13 +219,15 @@ def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text)
         ensure_prepared(recipe)
 
 
+@pytest.mark.e2e
 def test_prepare_survives_random_kills(tmp_path, shakespeare_text):
-    """The CI-sized run of tests/fault_injection.py --target=prepare (python -m tests.fault_injection
+    """The CI-sized run of tests/tools/fault_injection.py --target=prepare (python -m tests.tools.fault_injection
     --target=prepare --kills=10 runs longer)."""
     got = fault_injection.run_prepare(tmp_path, shakespeare_text, kills=3, seed=0, say=lambda message: None)
     assert got["kills"] == 3 and got["files"] > 10
 
 
+@pytest.mark.e2e
 def test_what_a_killed_prepare_left_is_removed_and_a_running_ones_kept(workdir, shakespeare, capsys):
     """Temporary names carry <host>-<pid>: a dead writer's work folder, meta.json being written and
     partial download go; a live writer's partial download stays (another prepare is fetching it)."""

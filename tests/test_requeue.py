@@ -1,7 +1,7 @@
 """One command line that is a run's first start and every restart (a requeued cluster job):
 init_from: auto, SIGUSR1 before the time limit, scripts/slurm.sbatch; and what a resumed run says
 of itself (recipe.yaml names what it started from, notes on a resume that trains nothing or only
-at min_lr). tests/kill_loop.py (test_checkpoint.py) kills such a run ten times and signals it once."""
+at min_lr). tests/tools/kill_loop.py (test_checkpoint.py) kills such a run ten times and signals it once."""
 
 import json
 import os
@@ -35,6 +35,7 @@ def test_init_from_auto_starts_then_resumes_and_says_which(tiny_recipe, workdir,
     assert yaml.safe_load((workdir / "out" / "recipe.yaml").read_text())["init_from"] == "scratch"
 
 
+@pytest.mark.e2e
 def test_init_from_auto_model_fine_tunes_from_it(tiny_recipe, workdir, gpt2_medium_dir, capsys):
     recipe = str(tiny_recipe(**SHORT, init_from=f"auto:{gpt2_medium_dir}", tokenizer=None))
     assert train.main([recipe, "--max_iters=5", "--eval_interval=5"]) == 0
@@ -47,6 +48,7 @@ def test_init_from_auto_model_fine_tunes_from_it(tiny_recipe, workdir, gpt2_medi
     assert f"init_from: {gpt2_medium_dir}" in (workdir / "out" / "README.md").read_text()
 
 
+@pytest.mark.e2e
 def test_init_from_auto_replaces_only_its_own_leftovers(tiny_recipe, workdir, capsys):
     """Without a checkpoint, out_dir may hold what an attempt of this run left (its metrics, a model
     saved under this recipe): replaced. Another run's model is refused as for any new run."""
@@ -65,6 +67,7 @@ def test_init_from_auto_replaces_only_its_own_leftovers(tiny_recipe, workdir, ca
     assert len(errors) == 1 and "holds another run (model" in errors[0]
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_records_what_it_started_from_and_notes_a_resume_that_trains_nothing(tiny_recipe, workdir,
                                                                                          capsys):
     """recipe.yaml and the card said init_from: resume after a resume (rerun elsewhere it fails, and a
@@ -98,7 +101,7 @@ def test_the_slurm_script_checkpoints_on_sigusr1_and_requeues_the_job(tiny_recip
     process under accelerate launch): SIGUSR1 to the batch script before the time limit reaches
     the training process (the launcher, accelerate launch, ignores it), which checkpoints and stops;
     the script requeues the job, whose next start (the same command: --init_from=auto) resumes it
-    (tests/kill_loop.py reruns such a command after every stop)."""
+    (tests/tools/kill_loop.py reruns such a command after every stop)."""
     bin_dir = workdir / "bin"
     bin_dir.mkdir()
     shim(bin_dir, "srun", """\
@@ -134,8 +137,8 @@ def test_the_slurm_script_checkpoints_on_sigusr1_and_requeues_the_job(tiny_recip
            "SLURM_NNODES": "1", "GPUS_PER_NODE": "1", "MASTER_PORT": str(free_port())}
     script = ["bash", str(ROOT / "scripts" / "slurm.sbatch"), recipe]
     job = subprocess.Popen(script, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics, deadline = workdir / "out" / "metrics.jsonl", time.time() + 240
-    while job.poll() is None and time.time() < deadline and not (metrics.exists() and metrics.read_text().count("loss") >= 3):
+    deadline = time.time() + 240
+    while job.poll() is None and time.time() < deadline and len(read_metrics(workdir / "out", running=True)) < 3:
         time.sleep(0.1)
     job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 does
     log = job.communicate(timeout=300)[0]
@@ -145,6 +148,7 @@ def test_the_slurm_script_checkpoints_on_sigusr1_and_requeues_the_job(tiny_recip
     assert "SIGUSR1: saved" in log and "scontrol requeue 4242" in log  # the requeued start: init_from=auto resumes
 
 
+@pytest.mark.e2e
 def test_sigusr1_checkpoints_and_exits_138_with_a_requeue_hint(tiny_recipe, workdir, monkeypatch, capsys):
     """In one process (no launcher): SIGUSR1 is a stop request with its own exit code."""
     from hfgpt.training import run

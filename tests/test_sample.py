@@ -22,6 +22,7 @@ def trained(tmp_path_factory, shakespeare_text):
     return d / "out"
 
 
+@pytest.mark.e2e
 def test_generates_past_block_size(trained):
     pipe = load_pipeline(str(trained), "cpu")
     assert pipe.model.config.n_positions == 32

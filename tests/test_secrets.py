@@ -15,7 +15,7 @@ from hfgpt import eval as hfgpt_eval
 from hfgpt import prepare, train
 from hfgpt.core.lock import LOCK, holder_text
 from tests.conftest import PYTHON, LocalServer, run_env
-from tests.helpers import error_lines
+from tests.helpers import error_lines, read_metrics
 
 PASSWORD, SIGNATURE, TOKEN = "pAss-9f3k2", "s1gnAture-77q", "hf_" + "SecretTokenOfTheTest" * 2
 SECRETS = (PASSWORD, SIGNATURE, TOKEN, "us3rname")
@@ -44,8 +44,7 @@ def leaked(*folders) -> list[str]:
 def wait_for_training(proc, out, rows: int = 3, timeout: float = 120):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        metrics = out / "metrics.jsonl"
-        if metrics.exists() and metrics.read_text().count('"loss"') >= rows:
+        if len([r for r in read_metrics(out, running=True) if "loss" in r]) >= rows:
             return
         time.sleep(0.05)
     raise AssertionError(f"training did not start (exit {proc.poll()}): {proc.stderr.read()[-2000:] if proc.stderr else ''}")

@@ -16,7 +16,7 @@ from hfgpt import prepare, train
 from hfgpt.core.errors import UserError
 from hfgpt.data.sources import read_pieces
 from tests.conftest import PYTHON, TINY, LocalServer, run_env
-from tests.fake_hub import FakeHub
+from tests.tools.fake_hub import FakeHub
 
 N_ROWS = 60
 QUICK = {**TINY, "max_iters": 4, "eval_interval": 4, "eval_iters": 2, "warmup_iters": 1, "lr_decay_iters": 4}
@@ -86,6 +86,7 @@ SOURCES = {
 }
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", SOURCES)
 def test_source_prepares_by_document_and_trains(kind, corpus, paragraphs, workdir):
     values = {k: (v.format(c=corpus) if isinstance(v, str) else [x.format(c=corpus) for x in v] if isinstance(v, list)
@@ -105,12 +106,14 @@ def test_source_prepares_by_document_and_trains(kind, corpus, paragraphs, workdi
     assert (workdir / "out" / "model.safetensors").exists()
 
 
+@pytest.mark.e2e
 def test_url_of_a_jsonl_file_is_downloaded_once_and_trains(corpus, paragraphs, workdir):
     server = LocalServer(corpus)
     try:
         url = f"{server.url}/rows.jsonl"
         assert train.main([quick_recipe(workdir, source=url)]) == 0
-        assert train.main([quick_recipe(workdir, source=url), "--overwrite_out_dir=True"]) == 0  # the copy is reused: no second download
+        # the copy is reused: no second download
+        assert train.main([quick_recipe(workdir, source=url), "--overwrite_out_dir=True"]) == 0
         assert server.requests == 1
     finally:
         server.stop()
@@ -254,6 +257,7 @@ def hub_dataset(hub, paragraphs):
     })
 
 
+@pytest.mark.e2e
 def test_hub_dataset_through_load_dataset_against_a_local_hub(workdir, paragraphs, tmp_path):
     """The real datasets.load_dataset talks HTTP to a stand-in Hub on 127.0.0.1; any other host
     goes to a dead proxy, so no request can leave the machine."""

@@ -43,6 +43,7 @@ def launcher_environment(config_file: str) -> dict:
     return {k: v for k, v in env.items() if k.startswith("ACCELERATE_")}
 
 
+@pytest.mark.e2e
 def test_shipped_deepspeed_config_is_filled_from_the_recipe_before_prepare(monkeypatch):
     """The micro-batch is "auto" (prepare() would raise without a DataLoader), and so are the
     accumulation and clipping the shipped config leaves out: hfgpt fills all of them."""
@@ -55,7 +56,8 @@ def test_shipped_deepspeed_config_is_filled_from_the_recipe_before_prepare(monke
     accelerator = deepspeed_accelerator(plugin)
     fill_deepspeed_config(accelerator, batch_size=12, accum=5, grad_clip=1.0)
     c = plugin.deepspeed_config
-    filled = (c["train_micro_batch_size_per_gpu"], c["gradient_accumulation_steps"], c["train_batch_size"], c["gradient_clipping"])
+    filled = tuple(c[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                                      "gradient_clipping"))
     assert filled == (12, 5, 12 * 5 * 8, 1.0)
     assert accelerator.gradient_accumulation_steps == 5  # accelerate's accumulation is the same number
 
@@ -90,6 +92,7 @@ def test_fsdp_reduces_gradients_in_float32(version):
     plugin.validate_mixed_precision_policy()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("architecture, block, named", [("gpt2", "GPT2Block", None), ("llama", "LlamaDecoderLayer", None),
                                                          ("llama", "LlamaDecoderLayer", "GPT2Block")])
 def test_fsdp_shards_by_the_models_own_blocks(architecture, block, named, monkeypatch, capsys):
@@ -156,6 +159,7 @@ def test_prepared_module_returns_the_loss_not_float32_logits():
     assert own_names(wrapped, accelerator.get_state_dict(wrapped)).keys() == gpt.state_dict().keys()
 
 
+@pytest.mark.e2e
 def test_ddp_around_the_compiled_loss_module(tmp_path):
     """DDP(torch.compile(NextTokenLoss)): the same loss and gradients as the plain GPT, the GPT's own
     weight names, and causal_lm() finds the GPT where accelerate's unwrap_model stops at the
@@ -184,12 +188,13 @@ def test_ddp_around_the_compiled_loss_module(tmp_path):
 
 
 def sharded_run(*args: str, launcher=(PYTHON,), env=None) -> dict:
-    out = subprocess.run([*launcher, "-m", "tests.sharded_run", *args], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([*launcher, "-m", "tests.tools.sharded_run", *args], cwd=ROOT, capture_output=True, text=True,
                          timeout=900, env={**run_env(), "MASTER_PORT": str(free_port()), **(env or {})})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout.split("RESULT ")[-1])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("architecture, tensors, first", [("gpt2", 28, "lm.transformer.h.0."),
                                                           ("llama", 20, "lm.model.embed_tokens.")])
 def test_fsdp2_optimizer_state_round_trips_through_safetensors(tmp_path, architecture, tensors, first):
@@ -203,6 +208,7 @@ def test_fsdp2_optimizer_state_round_trips_through_safetensors(tmp_path, archite
     assert result["equal"] and result["n"] == tensors and result["keys"][0].startswith(first)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_deepspeed_steps_once_per_iteration_and_scales_the_loss_once(architecture):
     """ZeRO-2, 4 micro-batches an iteration: 2 iterations are 2 DeepSpeed steps (hfgpt 0.1: 8), and
@@ -212,6 +218,7 @@ def test_deepspeed_steps_once_per_iteration_and_scales_the_loss_once(architectur
     assert result == {"global_steps": 2, "max_weight_diff": 0.0, "gradient_accumulation_steps": 4}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("stage, architecture", [(2, "gpt2"), (3, "gpt2"), (3, "llama")])
 def test_deepspeed_saves_float32_master_weights_and_no_pickle_of_its_own(stage, architecture):
     """bf16 under ZeRO-2 and 3: the saved weights are DeepSpeed's float32 masters under the GPT's
@@ -330,6 +337,7 @@ def test_fsdp2_with_the_chunked_loss_makes_no_float32_logits(tmp_path, monkeypat
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("native_bf16, precision", [(True, "bf16"), (False, "fp16")])
 def test_the_shipped_deepspeed_config_leaves_the_precision_to_the_recipe(monkeypatch, native_bf16, precision):
     """accelerate launch --config_file accelerate_configs/deepspeed.yaml: mixed_precision auto picks bf16

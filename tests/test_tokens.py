@@ -19,6 +19,7 @@ from hfgpt.core.errors import UserError
 from hfgpt.data.nanogpt_data import read_meta_pkl
 from hfgpt.data.tokenizer import byte_tokenizer, char_tokenizer, load_tokenizer, train_bpe
 from tests.conftest import TINY
+from tests.helpers import read_metrics
 
 QUICK = {**TINY, "max_iters": 6, "eval_interval": 6, "eval_iters": 2, "warmup_iters": 1, "lr_decay_iters": 6}
 TRICKY = ["x<|endoftext|>y", "\u65e5\u672c \u2713 \U0001f600 caf\u00e9", " \t\r\n  lead and trail  \n\n", "", "a" * 3000]
@@ -30,6 +31,7 @@ def quick(workdir, **values) -> list[str]:
     return [str(path)]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind, fast", [("gpt2", "tiktoken_encoder"), ("char", "char_encoder"), ("byte", "byte_encoder"),
                                         ("bpe", "tokenizers_encoder")])
 def test_fast_encoders_give_the_tokenizers_ids(kind, fast, gpt2_dir, shakespeare_text):
@@ -46,6 +48,7 @@ def test_fast_encoders_give_the_tokenizers_ids(kind, fast, gpt2_dir, shakespeare
     assert eot not in encode([TRICKY[0]])[0].tolist()
 
 
+@pytest.mark.e2e
 def test_bpe_4096_round_trips_shakespeare_and_samples_through_pipeline(workdir, shakespeare, shakespeare_text):
     assert train.main(quick(workdir, source=str(shakespeare), tokenizer="bpe", vocab_size=4096, n_embd=32)) == 0
     folder = workdir / "data" / "tiny"
@@ -78,6 +81,7 @@ def big_vocab_tokenizer(folder):
     return words
 
 
+@pytest.mark.e2e
 def test_uint32_files_train(workdir):
     words = big_vocab_tokenizer(workdir / "bigtok")
     ids = np.tile(np.arange(69_950, 70_000), 80)  # a cycle of 50 words, all above uint16: learnable
@@ -89,7 +93,7 @@ def test_uint32_files_train(workdir):
     assert meta["dtype"] == "uint32" and (folder / "train.bin").stat().st_size == 4 * meta["train_tokens"]
     x, y = Batches(load_tokens(folder, meta, "train"), 32, 64, seed=0).next_batch()
     assert x.max() > 65_535 and torch.equal(x[:, 1:], y[:, :-1])
-    rows = [json.loads(line) for line in (workdir / "out" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(workdir / "out")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # it learns the cycle (uniform would stay at ~11.16)
     assert json.loads((workdir / "out" / "config.json").read_text())["vocab_size"] == 70_016  # 70,001 padded to 64s
     suppressed = json.loads((workdir / "out" / "generation_config.json").read_text())["suppress_tokens"]
@@ -162,6 +166,7 @@ def write_nanogpt_folder(folder, text):
     return stoi
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("where", ["in place", "as source"])
 def test_nanogpt_data_folder_trains_as_is(workdir, shakespeare_text, where):
     text = shakespeare_text[:200_000]

@@ -17,16 +17,10 @@ from hfgpt.core.errors import UserError
 from hfgpt.model.families import count_parameters
 from hfgpt.model.gpt import causal_lm, check_fits
 from tests.conftest import PYTHON, TINY, run_env
+from tests.helpers import error_lines, read_metrics
 
 
-def error_lines(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-
-
-def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-
-
+@pytest.mark.e2e
 def test_short_run_loss_falls_and_writes_a_model_folder(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe())]) == 0
     out = workdir / "out"
@@ -46,6 +40,7 @@ def test_short_run_loss_falls_and_writes_a_model_folder(tiny_recipe, workdir):
     assert (config["n_layer"], config["n_embd"], config["n_positions"], config["vocab_size"]) == (2, 32, 32, vocab_size)
 
 
+@pytest.mark.e2e
 def test_out_dir_loads_with_plain_transformers(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe())]) == 0
     script = textwrap.dedent(f"""
@@ -71,6 +66,7 @@ def test_bias_false_keeps_biases_at_zero(tiny_recipe, workdir):
     assert torch.count_nonzero(weights["transformer.h.0.attn.c_attn.weight"]) > 0
 
 
+@pytest.mark.e2e
 def test_only_better_val_loss_saves_without_always_save(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe(always_save_checkpoint=False))]) == 0
     assert (workdir / "out" / "model.safetensors").exists()  # the first evaluation after 0 always improves
@@ -103,18 +99,7 @@ def test_init_from_unknown_model_offline(tiny_recipe, capsys):
     assert len(errors) == 1 and "init_from='nobody/missing-model'" in errors[0] and "hf download" in errors[0]
 
 
-def test_finetune_from_a_local_folder_crops_block_size(tiny_recipe, workdir):
-    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10))]) == 0
-    base = workdir / "base"
-    (workdir / "out").rename(base)
-    assert train.main([str(tiny_recipe(max_iters=10, eval_interval=10)), f"--init_from={base}", "--block_size=16",
-                       "--dropout=0.1"]) == 0
-    config = json.loads((workdir / "out" / "config.json").read_text())
-    assert config["n_positions"] == 16 and config["attn_pdrop"] == 0.1
-    weights = load_file(workdir / "out" / "model.safetensors")
-    assert weights["transformer.wpe.weight"].shape == (16, 32)
-
-
+@pytest.mark.e2e
 def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(tiny_recipe, workdir):
     recipe = tiny_recipe(mixed_precision="bf16")
     bf16_recipe = load_recipe(str(recipe))
@@ -132,6 +117,7 @@ def test_bf16_training_on_cpu_uses_the_training_attention_and_saves_plain_sdpa(t
     assert model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.e2e
 def test_compiled_run_saves_plain_weights(tiny_recipe, workdir):
     """torch.compile wraps the model; the saved folder and checkpoint hold GPT-2's own names."""
     recipe = tiny_recipe(compile=True, max_iters=10, eval_interval=10, lr_decay_iters=10)
@@ -162,6 +148,7 @@ def test_the_memory_estimate_counts_every_parameter(config):
         check_fits(config, available=n * 16 - 1, where="RAM")
 
 
+@pytest.mark.e2e
 def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakespeare):
     """shakespeare_char_cpu_fast.yaml as shipped, shortened to 30 iterations on the local tiny
     Shakespeare: Muon and WSD train it and out_dir is a one-block GPT-2 that transformers loads."""
@@ -170,7 +157,7 @@ def test_the_fast_cpu_recipe_trains_a_one_block_model_with_muon(workdir, shakesp
     args = [str(ROOT / "recipes" / "shakespeare_char_cpu_fast.yaml"), f"--source={shakespeare}", "--out_dir=fast",
             "--max_iters=30", "--lr_decay_iters=30", "--eval_interval=30", "--warmup_iters=5", "--mixed_precision=no"]
     assert train.main(args) == 0
-    rows = [json.loads(line) for line in (workdir / "fast" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(workdir / "fast")
     evals = [r for r in rows if "val_loss" in r]
     assert [r["iter"] for r in evals] == [0, 30] and evals[-1]["val_loss"] < evals[0]["val_loss"] - 1
     model = GPT2LMHeadModel.from_pretrained(workdir / "fast")
@@ -212,6 +199,7 @@ def test_fp16_skipped_steps_are_counted_and_logged_with_a_fused_optimizer(tiny_r
     assert f"{skipped:,} optimizer steps skipped by the loss scaler" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["scratch", "auto then resume", "resume_from a folder", "time_budget"])
 def test_train_leaves_the_callers_recipe_as_given(tiny_recipe, workdir, case):
     """train(recipe) resolves a copy of its own (auto, the tokenizer, resume_from, a budget's plan):

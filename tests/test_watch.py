@@ -13,12 +13,9 @@ from markdown_it import MarkdownIt
 from hfgpt import train
 from hfgpt.hub.card import write_card
 from tests.conftest import free_port
+from tests.helpers import read_metrics
 
 SECRET = "hf_" + "WatchTestSecret" * 3
-
-
-def read_metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def wandb_history(run_file) -> list[dict]:
@@ -60,6 +57,7 @@ def tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+@pytest.mark.e2e
 def test_tensorboard_and_offline_wandb_get_every_step(tiny_recipe, workdir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -93,6 +91,7 @@ def test_tensorboard_and_offline_wandb_get_every_step(tiny_recipe, workdir, monk
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.e2e
 def test_trackio_gets_every_step_offline_and_its_dashboard_shows_the_run(tiny_recipe, workdir, monkeypatch):
     """trackio keeps its runs in one local database per project (TRACKIO_DIR, else $HF_HOME/trackio:
     a folder of this test session, conftest's HF_HOME) that its dashboard reads."""
@@ -130,6 +129,7 @@ def test_trackio_gets_every_step_offline_and_its_dashboard_shows_the_run(tiny_re
     assert [run["name"] for run in runs["data"]] == ["tiny-run"]
 
 
+@pytest.mark.e2e
 def test_samples_leave_the_training_run_unchanged(tiny_recipe, workdir):
     common = {"max_iters": 20, "eval_interval": 10, "log_interval": 1, "lr_decay_iters": 20, "dropout": 0.1}
     assert train.main([str(tiny_recipe("a.yaml", out_dir=str(workdir / "a"), **common))]) == 0
@@ -146,6 +146,7 @@ def test_samples_leave_the_training_run_unchanged(tiny_recipe, workdir):
     assert [r["samples"] for r in read_metrics(workdir / "c") if "samples" in r] == samples  # reproducible
 
 
+@pytest.mark.e2e
 def test_loss_png_and_a_card_in_every_saved_folder(tiny_recipe, workdir):
     assert train.main([str(tiny_recipe(eval_samples=1, sample_max_new_tokens=40))]) == 0
     out = workdir / "out"
@@ -186,6 +187,7 @@ def test_tracker_that_is_not_installed_is_a_one_line_error(tiny_recipe, capsys):
     assert len(errors) == 1 and "pip install mlflow" in errors[0]
 
 
+@pytest.mark.e2e
 def test_the_evaluations_neither_draw_nor_generate_on_the_training_thread(tiny_recipe, workdir, monkeypatch):
     """An evaluation asks for loss.png's redraw and goes on (matplotlib takes 0.5-1.8 s a redraw); the
     run ends with the last redraw done, from every evaluation's row. With eval_samples None on a GPU

@@ -26,6 +26,7 @@ from tests.helpers import reused_pid
 SHORT = {"max_iters": 10, "eval_interval": 5, "lr_decay_iters": 10, "log_interval": 5, "eval_iters": 2}
 
 
+@pytest.mark.e2e
 def test_a_dead_writers_leftover_whose_pid_runs_again_is_removed_not_waited_for(tiny_recipe, workdir, capsys):
     """A prepare killed while it had a PID that another process has now (PID 1 after `docker
     restart`): its work folder is removed and the prepare goes on, where it used to wait forever;
@@ -62,6 +63,7 @@ def test_a_dead_writers_leftover_whose_pid_runs_again_is_removed_not_waited_for(
         proc.wait()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("held_by", ["a live work folder", "the dataset's lock"])
 def test_every_wait_for_another_prepare_ends_with_one_line_saying_how_to_clear_it(tiny_recipe, workdir, monkeypatch,
                                                                                   capsys, held_by):
@@ -89,6 +91,7 @@ def test_every_wait_for_another_prepare_ends_with_one_line_saying_how_to_clear_i
     assert "waited" in errors[0] and work.name in errors[0] and "HFGPT_WAIT_LIMIT" in errors[0]
 
 
+@pytest.mark.e2e
 def test_two_prepares_of_one_dataset_take_turns(tiny_recipe, workdir, monkeypatch):
     """Two prepares that both look before either has made its work folder: on main both found the
     folder free (wait_for_prepare saw no live work folder), tokenized side by side and published over
@@ -124,6 +127,7 @@ def test_two_prepares_of_one_dataset_take_turns(tiny_recipe, workdir, monkeypatc
     assert sorted(p.name for p in data.glob("*.bin")) == sorted(e["file"] for s in meta["shards"].values() for e in s)
 
 
+@pytest.mark.e2e
 def test_a_train_reads_one_preparation_whole_while_another_prepare_waits(tiny_recipe, workdir, monkeypatch):
     """setup() reads meta.json, then the tokenizer, then the token files: a prepare of other settings
     that comes in between must wait until it has read them (on main it published in between, and
@@ -165,6 +169,7 @@ sys.exit(train.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.e2e
 def test_a_model_save_killed_between_its_renames_is_finished_by_the_next_start(tiny_recipe, workdir):
     """out_dir's model files are moved into place one by one: a kill between two renames left the
     new weights under the old card (training.json, README.md said iteration 5 of weights of 10). The

@@ -23,7 +23,8 @@ memory-efficient, math). With --fp16 (the default) hfgpt is timed again in fp16,
 GradScaler. Prints and (--json) writes one JSON object. --nanogpt_kernels=false leaves out the
 profile of nanoGPT's model (it compiles that model once more, in this process: ~40 s on an H100).
 --dry_run runs every part on the CPU at its smallest (a 1-layer 32-wide model, nanoGPT's bench.py
-on 16 tokens with its model made as small, no compile, no profile): scripts/gpu_check.sh's dry run, which checks commands, not speed.
+on 16 tokens with its model made as small, no compile, no profile): scripts/gpu_check.sh's dry run,
+which checks commands, not speed.
 """
 
 import re
@@ -147,8 +148,6 @@ def hfgpt_side(precision: str, steps: int, warmup: int, dry_run: bool = False) -
 
 def nanogpt_side(repo: Path, precision: str, peak: float | None, kernels: bool = True, dry_run: bool = False) -> dict:
     """nanoGPT's bench.py in a subprocess, then (kernels) its model profiled in this process as bench.py runs it."""
-    import torch
-
     dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
     args = ["--real_data=False", "--compile=True", f"--dtype={dtype}"] + (DRY_RUN_NANOGPT if dry_run else [])
     script = ["bench.py"]
@@ -192,7 +191,7 @@ def nanogpt_kernels(repo: Path, dtype: str) -> dict:
     for _ in range(3):
         step().item()
     kernels = attention_kernels(step)
-    del model, optimizer
+    model = optimizer = None  # freed (step's references too) before the cache is emptied
     torch.cuda.empty_cache()
     return kernels
 

@@ -55,7 +55,8 @@ class BenchRaceOptions:
     threads: int | None = option(None, min=1)
     """OMP_NUM_THREADS for both sides; None leaves it to torch (one thread per core)."""
     work_dir: str | None = option(None)
-    """Keep the runs here (nanogpt/ the scratch copy, nanogpt-N/ and hfgpt-N/ the runs); None: a temporary folder, removed at the end."""
+    """Keep the runs here (nanogpt/ the scratch copy, nanogpt-N/ and hfgpt-N/ the runs); None: a temporary
+    folder, removed at the end."""
     json: str | None = option(None)
     """Write the result here as JSON."""
     plot: str | None = option(None)

@@ -3,10 +3,10 @@
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=256
     python -m hfgpt.bench sample out-shakespeare-char --max_new_tokens=500 --nanogpt=../nanoGPT --repeats=5
 
-Times hfgpt.sample.generate (the text-generation pipeline with its KV cache inside block_size,
+Times hfgpt.model.generate.generate (the text-generation pipeline with its KV cache inside block_size,
 nanoGPT's sliding window past it) for --num_samples samples of exactly --max_new_tokens tokens
 (end-of-text does not stop them here), --repeats times, and reports the median tokens/s. With
---nanogpt=DIR the same weights, converted in memory to nanoGPT's layout (hfgpt.nanogpt), are
+--nanogpt=DIR the same weights, converted in memory to nanoGPT's layout (hfgpt.model.nanogpt), are
 loaded into nanoGPT's own GPT from DIR/model.py, and its generate (what sample.py calls) is timed
 in turn, alternating with hfgpt's; the JSON then has both figures and their ratio.
 """

@@ -8,6 +8,6 @@ from hfgpt.config.recipe import (KEYS, SECTIONS, DataConfig, HubConfig, LogConfi
                                  SystemConfig, TrainConfig, auto_start, keys_of_step, keys_that_shape,
                                  tracker_names)
 
-__all__ = ["option", "Command", "Parsed", "command", "load_recipe", "parse_command", "KEYS", "SECTIONS", "DataConfig", "HubConfig",
-           "LogConfig", "ModelConfig", "OptimConfig", "Recipe", "SystemConfig", "TrainConfig", "cautions",
+__all__ = ["option", "Command", "Parsed", "command", "load_recipe", "parse_command", "KEYS", "SECTIONS", "DataConfig",
+           "HubConfig", "LogConfig", "ModelConfig", "OptimConfig", "Recipe", "SystemConfig", "TrainConfig", "cautions",
            "keys_of_step", "keys_that_shape", "tracker_names", "auto_start"]

@@ -37,8 +37,8 @@ NONE_WORDS = ("none", "null", "~", "")
 
 
 def option(default=MISSING, *, choices: tuple | None = None, min: float | None = None, max: float | None = None,
-           above: float | None = None, below: float | None = None, finite: bool = False, positional: bool = False, shapes: str | None = None,
-           steps: tuple[str, ...] | None = None, urls: bool = False, planned: bool = False):
+           above: float | None = None, below: float | None = None, finite: bool = False, positional: bool = False,
+           shapes: str | None = None, steps: tuple[str, ...] | None = None, urls: bool = False, planned: bool = False):
     """A dataclass field carrying its rules (see the module docstring)."""
     metadata = {"choices": choices, "min": min, "max": max, "above": above, "below": below, "finite": finite or None,
                 "positional": positional, "shapes": shapes, "steps": steps, "urls": urls, "planned": planned}

@@ -7,11 +7,11 @@
 `source` is one entry or a list of entries; each entry is
   - a text file (one document), a folder (its files matching `file_glob`, sorted), or a glob;
   - a .jsonl/.json/.csv/.parquet file (one document per row of `text_column`), loaded with
-    `datasets.load_dataset` into a temporary cache, or streamed with `streaming: true` (hfgpt.tables);
+    `datasets.load_dataset` into a temporary cache, or streamed with `streaming: true` (hfgpt.data.tables);
   - an http(s) URL, downloaded once into dataset_dir/downloads/ and then read as a file; a copy the
     user put at dataset_dir/<its file name> is used as is (hfgpt.data.downloads);
   - a Hub dataset id: `datasets.load_dataset(id, source_config, split=source_split, streaming=streaming)`;
-  - a nanoGPT data folder (train.bin + val.bin, maybe meta.pkl), used as it is (hfgpt.nanogpt).
+  - a nanoGPT data folder (train.bin + val.bin, maybe meta.pkl), used as it is (hfgpt.data.nanogpt_data).
 """
 
 import codecs

@@ -150,7 +150,8 @@ def load_model(init_from: str, block_size: int, dropout: float | None = None, sa
     except OSError as e:
         raise UserError(
             f"init_from='{init_from}' could not be loaded: it is not a local model folder and the Hugging Face Hub "
-            f"or its cache does not have it ({first_line(e)}); with network access run `hf download {repo}{f' --revision {revision}' if revision else ''}`, "
+            f"or its cache does not have it ({first_line(e)}); with network access run "
+            f"`hf download {repo}{f' --revision {revision}' if revision else ''}`, "
             "or set init_from to a local folder or 'scratch'") from None
     except ValueError as e:  # a config of no causal LM (an encoder, a vision model) or of an unknown model_type
         raise UserError(f"init_from='{init_from}' is not a causal language model transformers can load "

@@ -6,9 +6,9 @@
     weights = merged_weights(model, state_dict)                   # W + (lora_alpha / lora_r) B @ A, plain names
 
 A LoRA run's out_dir is a plain folder of the base model's family (a GPT2LMHeadModel,
-LlamaForCausalLM, ...: the adapter merged into the weights, no peft needed to load it) with the adapter beside it in out_dir/adapter/
-(`PeftModel.from_pretrained(base, "out_dir/adapter")`); its checkpoints hold the adapter and its
-optimizer state, not the base model. peft is imported only when lora_r > 0.
+LlamaForCausalLM, ...: the adapter merged into the weights, no peft needed to load it) with the
+adapter beside it in out_dir/adapter/ (`PeftModel.from_pretrained(base, "out_dir/adapter")`); its
+checkpoints hold the adapter and its optimizer state, not the base model. peft is imported only when lora_r > 0.
 """
 
 import json

@@ -23,7 +23,8 @@ def hf_model_from_nanogpt(ckpt: dict) -> GPT2LMHeadModel:
     try:
         args, state = ckpt["model_args"], ckpt["model"]
     except (KeyError, TypeError):
-        raise UserError("not a nanoGPT checkpoint: ckpt.pt needs 'model' and 'model_args' (as nanoGPT's train.py saves)") from None
+        raise UserError("not a nanoGPT checkpoint: ckpt.pt needs 'model' and 'model_args' "
+                        "(as nanoGPT's train.py saves)") from None
     state = {k.removeprefix(COMPILED_PREFIX): v for k, v in state.items()}
     model = GPT2LMHeadModel(gpt2_config(vocab_size=args["vocab_size"], block_size=args["block_size"], n_embd=args["n_embd"],
                                         n_layer=args["n_layer"], n_head=args["n_head"], dropout=args.get("dropout", 0.0)))

@@ -5,8 +5,9 @@
     lr = get_lr(iter_num, recipe.optim)              # AdamW's learning rate at iter_num
 
 optimizer: adamw  nanoGPT's AdamW: weight decay on tensors of 2+ dimensions, none on biases and norms.
-optimizer: muon   Muon (torch.optim.Muon's update, batched: see BatchedMuon) on the 2-D weight matrices inside the transformer blocks (GPT-2:
-                  attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj), AdamW on everything else
+optimizer: muon   Muon (torch.optim.Muon's update, batched: see BatchedMuon) on the 2-D weight
+                  matrices inside the transformer blocks (GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc,
+                  mlp.c_proj), AdamW on everything else
                   (token and position embeddings, where wte is also the tied lm_head; LayerNorms;
                   biases), as modded-nanogpt and nanochat split them. Both are one torch Optimizer
                   (MuonAdamW), so its state_dict is one standard state dict: checkpoints save it as

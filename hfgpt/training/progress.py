@@ -2,11 +2,14 @@
 log_interval; metrics.jsonl and the trackers; loss.png at each evaluation (drawn in a background
 thread); a summary at the end.
 
-    progress = Progress(accelerator, recipe, run, state)
-    progress.log(state, loss=2.31, lr=1e-3)       # every log_interval iterations
-    progress.evaluation(state, losses, samples)   # every evaluation
-    progress.say("saved out")                     # a line that does not break the bar
-    progress.close(state); progress.summary(state, stopped=0)
+    progress = Progress(accelerator, recipe, run, state, resumed=False)
+    progress.start()                            # the line saying what trains where
+    progress.update()                           # every iteration (the bar)
+    progress.log(state, loss=2.31, lr=1e-3)     # every log_interval iterations
+    progress.evaluation(state, samples)         # every evaluation: state.train_loss, state.val_loss
+    progress.restart_clock()                    # after evaluating and saving (they are not tokens/s)
+    progress.say("saved out")                   # a line that does not break the bar
+    progress.close(); progress.summary(state)   # at the end
 
 Without a terminal (CI, nohup, accelerate launch into a file) each log line reads
     iter 250/2000: loss 2.0312, lr 9.40e-04, 31.4 ms/iter, 24,459 tokens/s, elapsed 0:08, eta 0:55

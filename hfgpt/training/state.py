@@ -31,7 +31,8 @@ class LoopState:
     end: int | None = None
     """The last iteration when a time budget moved it before max_iters (a machine slower than planned)."""
     decay_from: list | None = None
-    """[iteration, learning rate]: a time budget's end moved up into the decay: from there the rate falls linearly to min_lr at end."""
+    """[iteration, learning rate]: a time budget's end moved up into the decay: from there the rate falls
+    linearly to min_lr at end."""
     budget_spent_s: float = 0.0
     """Seconds of the time budget spent (by this process and the ones a resume continues)."""
 

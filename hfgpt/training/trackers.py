@@ -5,7 +5,7 @@
     tensorboard --logdir out-shakespeare-char-cpu/runs
 
 train passes tracker_options() to its Accelerator and calls start_trackers() once; every row of
-metrics.jsonl then reaches the trackers at its iteration (hfgpt.metrics.MetricsLog). Tensorboard
+metrics.jsonl then reaches the trackers at its iteration (hfgpt.training.metrics.MetricsLog). Tensorboard
 writes to out_dir/runs/<wandb_project>/, wandb to out_dir/wandb/. The recipe goes in as the run's
 configuration; it holds no secrets (the Hub token is never part of it).
 """

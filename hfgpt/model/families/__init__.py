@@ -44,7 +44,8 @@ class Shape:
     n_embd: int
     head_dim: int
     context: int | None  # max_position_embeddings: the learned table's rows, or the context a rotary model was made for
-    windows: tuple[int | None, ...]  # per layer: how many earlier tokens a query sees (sliding/chunked), None: all, 0: no attention
+    # per layer: how many earlier tokens a query sees (sliding/chunked), None: all, 0: no attention
+    windows: tuple[int | None, ...]
 
     def window_limits(self, block_size: int) -> bool:
         """Whether some layer's window hides tokens of a block_size window (a sliding window of w

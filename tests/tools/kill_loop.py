@@ -1,8 +1,8 @@
 """Kill a training run with SIGKILL at random moments, half of them while a checkpoint or the model is
 being saved, rerun it each time, and check that it ends exactly where an uninterrupted run ends.
 
-    python -m tests.kill_loop --kills=10 --seed=0          # from the repository root; --kills=100 runs longer
-    python -m tests.kill_loop --kills=10 --explicit        # rerun as a user would by hand (see next_args)
+    python -m tests.tools.kill_loop --kills=10 --seed=0     # from the repository root; --kills=100 runs longer
+    python -m tests.tools.kill_loop --kills=10 --explicit   # rerun as a user would by hand (see next_args)
 
 The run's recipe says init_from: auto, and every start is the identical command line, as a cluster
 requeues a job; one more stop, at a random kill's place, is a SIGUSR1 (a cluster's "time is nearly
@@ -40,8 +40,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 import hfgpt.training.loop  # noqa: E402,F401  (imported before forking: the children start warm)
 from hfgpt import prepare, train  # noqa: E402
+from hfgpt.training.metrics import parse_metrics, read_metrics  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is tests/tools/NAME.py)
 RECIPE = {
     "dataset": "kill", "tokenizer": "char", "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64,
     "batch_size": 16, "gradient_accumulation_steps": 1, "max_iters": 100, "eval_interval": 5, "eval_iters": 2,
@@ -85,15 +86,8 @@ def running(pid: int) -> bool:
 
 def last_logged(out: Path) -> int:
     """The last iteration in metrics.jsonl with a training loss (0 when none)."""
-    path = out / "metrics.jsonl"
-    for line in reversed(path.read_text().splitlines() if path.exists() else []):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in row:
-            return row["iter"]
-    return 0
+    logged = [row["iter"] for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
+    return logged[-1] if logged else 0
 
 
 def saving(out: Path, what: tuple[str, ...] = ("model", "checkpoint")) -> bool:
@@ -127,8 +121,9 @@ def check_whole(out: Path) -> list[str]:
 
 
 def losses(out: Path) -> dict[int, float]:
-    found = {}
-    for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+    found, (rows, bad) = {}, parse_metrics((out / "metrics.jsonl").read_text())
+    assert not bad, f"{bad} partial line(s) left in metrics.jsonl"
+    for row in rows:
         if "loss" in row:
             assert row["iter"] not in found, f"iteration {row['iter']} logged twice"
             found[row["iter"]] = row["loss"]

@@ -1,10 +1,10 @@
 """Kill prepare, or a training run that pushes to the Hub in the background, with SIGKILL at random
 moments; run it again after each kill; check what is left once a run finishes.
 
-    python -m tests.fault_injection --target=prepare --kills=10 --seed=0     # from the repository root
-    python -m tests.fault_injection --target=push --kills=10 --seed=0
+    python -m tests.tools.fault_injection --target=prepare --kills=10 --seed=0     # from the repository root
+    python -m tests.tools.fault_injection --target=push --kills=10 --seed=0
 
-prepare: two URLs with the same file name, served slowly by a local server (tests/local_server.py),
+prepare: two URLs with the same file name, served slowly by a local server (tests/tools/local_server.py),
 tokenized into many shards; the runs take in turn the target recipe and one that makes other
 token files, so a kill can land in a download, the tokenizing or the publishing over an older
 preparation. After every kill the dataset folder is complete or has no meta.json (meta.json's shards
@@ -13,7 +13,7 @@ anywhere in the dataset folder (downloads/ included), and the token files, token
 are byte-identical to those of an uninterrupted prepare.
 
 push: a tiny training run with push_to_hub and hub_strategy: checkpoint (a push at every
-evaluation, with its checkpoint as last-checkpoint/) against tests/fake_hub.py (slow commits, so
+evaluation, with its checkpoint as last-checkpoint/) against tests/tools/fake_hub.py (slow commits, so
 kills land during uploads), resumed with --init_from=resume after each kill. After the last run:
 no .push-* snapshot in out_dir and no temporary file in the client's HF_HOME (what hf_xet stages
 in the test's local CAS, the Hub's side, is counted); every commit on the Hub holds a whole model; the newest holds every
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is tests/tools/NAME.py)
 TOKEN = "hf_" + "FaultInjection" * 3
 USER = "fault-user"
 
@@ -131,7 +131,7 @@ def _work_begins(proc: subprocess.Popen, folder: Path) -> float:
 
 
 def run_prepare(workdir: Path, text: str, kills: int, seed: int, rate: float = 4e6, say=print) -> dict:
-    from tests.local_server import LocalServer
+    from tests.tools.local_server import LocalServer
 
     rng = random.Random(seed)
     served = workdir / "served"
@@ -204,8 +204,9 @@ WHOLE = {"config.json", "generation_config.json", "model.safetensors", "tokenize
 
 
 def _logged(out_dir: Path) -> int:
-    path = out_dir / "metrics.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if '"loss"' in line) if path.exists() else 0
+    from hfgpt.training.metrics import read_metrics
+
+    return sum(1 for row in read_metrics(out_dir / "metrics.jsonl") if "loss" in row)
 
 
 def _has_checkpoint(out_dir: Path) -> bool:
@@ -215,7 +216,7 @@ def _has_checkpoint(out_dir: Path) -> bool:
 
 def run_push(workdir: Path, text: str, kills: int, seed: int, lfs: bool = False, say=print) -> dict:
     from hfgpt.core.layout import latest
-    from tests.fake_hub import FakeHub, client_env
+    from tests.tools.fake_hub import FakeHub, client_env
 
     rng = random.Random(seed)
     # each run is killed within 8 logged iterations of its start (and 0.3 s): every run has iterations left

@@ -29,13 +29,16 @@ FAMILY_SPECS = {
     "olmo2": ("Olmo2Config", {**_SMALL, "num_key_value_heads": 2}, (None, "<|endoftext|>", False)),
     "mixtral": ("MixtralConfig", {**_SMALL, "num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2},
                 ("<s>", "</s>", True)),
-    "falcon": ("FalconConfig", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "new_decoder_architecture": True,
-                                "num_kv_heads": 2, "max_position_embeddings": 256}, (None, "<|endoftext|>", False)),
+    "falcon": ("FalconConfig", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                "new_decoder_architecture": True, "num_kv_heads": 2, "max_position_embeddings": 256},
+               (None, "<|endoftext|>", False)),
     "bloom": ("BloomConfig", {"hidden_size": 64, "n_layer": 2, "n_head": 4}, ("<s>", "</s>", False)),
-    "gpt_neo": ("GPTNeoConfig", {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "attention_types": [[["global", "local"], 1]],
-                                 "window_size": 16, "max_position_embeddings": 256}, ("<|endoftext|>", "<|endoftext|>", False)),
+    "gpt_neo": ("GPTNeoConfig", {"hidden_size": 64, "num_layers": 2, "num_heads": 4,
+                                 "attention_types": [[["global", "local"], 1]], "window_size": 16,
+                                 "max_position_embeddings": 256}, ("<|endoftext|>", "<|endoftext|>", False)),
     "mamba": ("MambaConfig", {"hidden_size": 64, "num_hidden_layers": 2, "state_size": 8}, (None, "<|endoftext|>", False)),
-    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}, ("<|endoftext|>", "<|endoftext|>", False)),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256},
+             ("<|endoftext|>", "<|endoftext|>", False)),
 }
 FAMILIES = tuple(FAMILY_SPECS)
 

@@ -1,8 +1,8 @@
 """DeepSpeed and FSDP2 on the CPU, run by tests/test_strategies.py in a subprocess; prints one JSON line.
 
-    python -m tests.sharded_run deepspeed-steps              # needs deepspeed; ZeRO-2, one process
-    python -m tests.sharded_run deepspeed-checkpoint 3       # ZeRO-2 or 3, bf16: weights saved, no pickle of ours
-    torchrun --nproc_per_node 2 -m tests.sharded_run fsdp-optimizer
+    python -m tests.tools.sharded_run deepspeed-steps           # needs deepspeed; ZeRO-2, one process
+    python -m tests.tools.sharded_run deepspeed-checkpoint 3    # ZeRO-2 or 3, bf16: weights saved, no pickle of ours
+    torchrun --nproc_per_node 2 -m tests.tools.sharded_run fsdp-optimizer
 
 DeepSpeed runs on its CPU accelerator with gloo: the environment is what `accelerate launch` with
 accelerate_configs/deepspeed.yaml sets, and Accelerator() is built without cpu=True (which would

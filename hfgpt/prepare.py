@@ -26,8 +26,9 @@ from hfgpt.config import Command, Parsed, command
 @command(Command("prepare", "Tokenize the recipe's source into data_dir/dataset/.", recipe_step="prepare"))
 def main(parsed: Parsed) -> int:
     from hfgpt.data.prepare import prepare
+    from hfgpt.data.spec import data_spec
 
-    prepare(parsed.recipe)
+    prepare(data_spec(parsed.recipe))
     return 0
 
 

@@ -74,7 +74,7 @@ def test_checkpoint_folder_is_a_model_folder_without_pickles(tiny_recipe, workdi
     folder, state = list_checkpoints(workdir / "out")[-1]
     assert state["iter"] == 100 and state["val_loss"] == pytest.approx(state["best_val_loss"])
     for name in ("config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "optimizer.json",
-                 "rng-0.safetensors", "state.json", "recipe.yaml"):
+                 "rng-0.safetensors", "batches-0.json", "state.json", "recipe.yaml"):
         assert (folder / name).is_file(), name
     written = [p for p in (workdir / "out").rglob("*") if p.is_file()]
     assert {p.suffix for p in written} <= {".json", ".jsonl", ".safetensors", ".yaml", ".md", ".png"}

@@ -22,6 +22,7 @@ from hfgpt.data.prepare import ensure_prepared
 from hfgpt.data.prepare import prepare as prepare_data
 from hfgpt.data.shards import PREPARING, ShardWriter
 from hfgpt.data.sources import read_pieces
+from hfgpt.data.spec import data_spec
 from hfgpt.data.tokenizer import load_tokenizer
 from tests.tools import fault_injection
 from tests.conftest import LocalServer
@@ -157,7 +158,7 @@ def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch, error
     monkeypatch.setattr(ShardWriter, "write", write)
     recipe = load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--shard_size=100000", "--block_size=64"])
     with pytest.raises(type(error)):
-        prepare_data(recipe)
+        prepare_data(data_spec(recipe))
     assert len(calls) == 3 and not (workdir / "data" / "half").exists()
 
     monkeypatch.setattr(ShardWriter, "write", real_write)
@@ -166,7 +167,7 @@ def test_failure_midway_leaves_no_files(workdir, shakespeare, monkeypatch, error
     monkeypatch.setattr(ShardWriter, "write", write)
     calls.clear()
     with pytest.raises(type(error)):
-        prepare_data(load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--val_fraction=0.2"]))
+        prepare_data(data_spec(load_recipe(None, ["--dataset=half", f"--source={shakespeare}", "--val_fraction=0.2"])))
     assert {p.name: p.read_bytes() for p in folder.glob("*.bin")} == before
     assert json.loads((folder / "meta.json").read_text()) == meta
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
@@ -206,7 +207,7 @@ def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text)
     got = {}
     with temp_dir(folder, PREPARING) as work:  # this process is the prepare: its work folder is there
         os.replace(folder / "meta.json", work / "meta.json")  # publish has removed meta.json ...
-        waiting = threading.Thread(target=lambda: got.update(meta=ensure_prepared(recipe)))
+        waiting = threading.Thread(target=lambda: got.update(meta=ensure_prepared(data_spec(recipe))))
         waiting.start()
         time.sleep(1.5)
         assert waiting.is_alive() and not got  # ... so the train waits
@@ -216,7 +217,7 @@ def test_train_waits_for_a_prepare_that_is_publishing(workdir, shakespeare_text)
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tokenizer", "train.bin", "val.bin"]
     (folder / "meta.json").unlink()  # a prepare stopped while publishing, long gone
     with pytest.raises(UserError, match="no meta.json: a prepare was stopped"):
-        ensure_prepared(recipe)
+        ensure_prepared(data_spec(recipe))
 
 
 @pytest.mark.e2e

@@ -32,7 +32,7 @@ from hfgpt.config import Command, Parsed, command, option
 from hfgpt.core.errors import UserError
 from hfgpt.core.device import usable_cpus
 from hfgpt.data.nanogpt_data import same_tokens
-from hfgpt.data.prepare import tokenizer_name
+from hfgpt.data.spec import data_spec
 
 @dataclass
 class BenchPrepareOptions:
@@ -107,7 +107,7 @@ def main(parsed: Parsed) -> int:
     num_proc = d.num_proc or usable_cpus()
     out = Path(d.data_dir) / f"{d.dataset}-bench"
     env = child_env()
-    result = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "tokenizer": tokenizer_name(recipe),
+    result = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "tokenizer": data_spec(recipe).tokenizer,
               "num_proc": num_proc}
     if flags.compare_tiktoken:
         result.update(compare(rest, corpus, out, flags, num_proc, recipe, env))
@@ -125,7 +125,7 @@ def compare(rest, corpus: Path, out: Path, flags: dict, num_proc: int, recipe, e
     """Alternate hfgpt and the tiktoken + datasets.map approach; the ratio of tokens/s per pair."""
     from hfgpt.data.prepare import val_documents
 
-    gpt2_dir = flags.gpt2_dir or tokenizer_name(recipe)
+    gpt2_dir = flags.gpt2_dir or data_spec(recipe).tokenizer
     if not Path(gpt2_dir).is_dir() or flags.corpus_format != "jsonl":
         raise UserError("--compare_tiktoken needs a .jsonl corpus and GPT-2's files: --gpt2_dir=DIR (encoder.json + "
                         "vocab.bpe, or vocab.json + merges.txt), or --tokenizer=DIR with them")

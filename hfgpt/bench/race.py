@@ -68,12 +68,12 @@ def prepare_both(recipe: Recipe, recipe_argv: list[str], clone: Path, scratch: P
     from the same text; refused when the two token files differ."""
     from hfgpt.data.meta import read_meta
     from hfgpt.data.nanogpt_data import same_tokens
-    from hfgpt.data.prepare import dataset_dir
     from hfgpt.data.sources import open_source
+    from hfgpt.data.spec import data_spec
 
     measure([sys.executable, "-m", "hfgpt.prepare", *recipe_argv], env, pss=False)
-    ours = dataset_dir(recipe)
-    texts = open_source(recipe, ours).files
+    ours = data_spec(recipe).folder
+    texts = open_source(recipe.data, ours).files
     if len(texts) != 1:
         raise UserError(f"the race trains nanoGPT's shakespeare_char recipe, whose prepare.py reads one input.txt: the "
                         f"recipe's source must be one text file (tiny Shakespeare), not {len(texts)} files")

@@ -227,8 +227,7 @@ class Recipe:
     def to_dict(self) -> dict:
         """The flat key -> value form a recipe file uses, as it is saved (recipe.yaml, state.json,
         meta.json, trackers) and shown: URLs without their secrets (option urls=True)."""
-        return {k: shown_urls(v) if FIELDS[k].metadata.get("urls") else v
-                for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+        return {k: v for section in SECTIONS for k, v in shown_section(getattr(self, section)).items()}
 
     def get(self, key: str):
         return getattr(getattr(self, KEYS[key]), key)
@@ -239,6 +238,11 @@ class Recipe:
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe)}
 KEYS = {f.name: section for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 FIELDS = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+
+
+def shown_section(section) -> dict:
+    """One section's key -> value, as Recipe.to_dict gives it: URLs without their secrets."""
+    return {k: shown_urls(v) if FIELDS[k].metadata.get("urls") else v for k, v in dataclasses.asdict(section).items()}
 
 
 def shown_urls(value):

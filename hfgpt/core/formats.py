@@ -11,7 +11,7 @@ old file is read through every step since. Files without a number are format 0 (
 file of a newer format than this hfgpt knows is not guessed at: its reader says so in one line.
 """
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 META_FORMAT = 1
 
 
@@ -42,6 +42,10 @@ def upgrade_state(state: dict) -> dict:
         if state.get("eval_iter") is None and state.get("val_loss") is not None:
             state["eval_iter"] = state.get("iter")
         state["format"] = 1
+    if format_of(state) == 1:
+        # 1 -> 2: each process's batches' state moved from rng-<rank>.safetensors (a generator tensor,
+        # "batches") to batches-<rank>.json; hfgpt.training.resume.saved_batches_state reads both
+        state["format"] = 2
     return state
 
 

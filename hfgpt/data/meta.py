@@ -1,7 +1,7 @@
 """meta.json: what a dataset folder holds, written by prepare (and by the nanoGPT import) last, as
 the mark that the folder is complete.
 
-    meta = new_meta(recipe, tokenizer, shards, split="contiguous", dtype="uint16", **source_facts)
+    meta = new_meta("shakespeare_char", tokenizer, shards, "contiguous", "uint16", "char", **source_facts)
     write_meta(folder, meta)
     meta = read_meta(folder)                    # None when the folder has none, or one that is not usable
     meta_problem(folder)                        # why the folder's meta.json is not usable (None: it is, or is absent)
@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from hfgpt import __version__
-from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import atomic_write
 from hfgpt.core.formats import META_FORMAT, too_new
@@ -81,14 +80,14 @@ def write_meta(folder: Path, meta: dict) -> None:
     atomic_write(folder / META, json.dumps(meta, indent=2) + "\n")
 
 
-def new_meta(recipe: Recipe, tokenizer, shards: dict[str, list[dict]], split: str, dtype, tokenizer_name: str, /,
+def new_meta(dataset: str, tokenizer, shards: dict[str, list[dict]], split: str, dtype, tokenizer_name: str, /,
              **facts) -> dict:
-    """meta.json's fields: the dataset, its tokenizer and vocabulary, the token files per split
+    """meta.json's fields: the dataset's name, its tokenizer and vocabulary, the token files per split
     ([{"file", "tokens"}]), how it was split, then `facts` about the source."""
     return {
         "format": META_FORMAT,
         "hfgpt_version": __version__,
-        "dataset": recipe.data.dataset,
+        "dataset": dataset,
         "vocab_size": len(tokenizer),
         "dtype": np.dtype(dtype).name,
         "tokenizer": tokenizer_name,

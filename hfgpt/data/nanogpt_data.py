@@ -16,22 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from hfgpt.config import Recipe
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import temp_dir
 from hfgpt.data.meta import new_meta, write_meta
 from hfgpt.data.shards import PREPARING, publish
 from hfgpt.data.sources import stamp_of
+from hfgpt.data.spec import DataSpec
 from hfgpt.data.tokenizer import char_tokenizer_from_stoi, load_tokenizer, save_tokenizer
 
 DTYPE = np.uint16  # nanoGPT's prepare scripts always write uint16
 CHECK_TOKENS = 1 << 24
 
 
-def import_dir(recipe: Recipe, src: Path, out: Path, tokenizer_name: str) -> dict:
+def import_dir(spec: DataSpec, src: Path, out: Path) -> dict:
     """Write meta.json and tokenizer/ for the nanoGPT folder `src` into `out` (copying the .bin
-    files when they differ), through a temporary folder; returns the meta. `tokenizer_name` (the
-    recipe's, resolved) names the tokenizer of a folder without meta.pkl."""
+    files when they differ), through a temporary folder; returns the meta. spec.tokenizer names
+    the tokenizer of a folder without meta.pkl."""
+    tokenizer_name = spec.tokenizer
     if (src / "meta.pkl").exists():
         tokenizer, name = char_tokenizer_from_stoi(read_meta_pkl(src / "meta.pkl")["stoi"]), "char"
     elif tokenizer_name in ("char", "byte", "bpe"):
@@ -47,7 +48,7 @@ def import_dir(recipe: Recipe, src: Path, out: Path, tokenizer_name: str) -> dic
             for split in ("train", "val"):
                 shutil.copyfile(src / f"{split}.bin", work / f"{split}.bin")
         save_tokenizer(tokenizer, work / "tokenizer")
-        meta = new_meta(recipe, tokenizer, shards, "nanogpt", DTYPE, name, source=recipe.data.source,
+        meta = new_meta(spec.data.dataset, tokenizer, shards, "nanogpt", DTYPE, name, source=spec.data.source,
                         source_files=len(files(src)), source_bytes=sum(f.stat().st_size for f in files(src)),
                         source_stamp=stamp_of(files(src)))
         write_meta(work, meta)

@@ -1,8 +1,9 @@
 """Prepare: text -> token shards, meta.json and the tokenizer folder, in bounded memory.
 
-    meta = prepare(recipe)            # python -m hfgpt.prepare RECIPE (hfgpt/prepare.py) calls this
-    meta = ensure_prepared(recipe)    # train: prepare when missing or made differently, else read meta.json
-    with prepared(recipe) as meta:    # the same, the folder locked until the block ends: read its files here
+    spec = data_spec(recipe)          # hfgpt.data.spec: the data section, block_size, seed, the tokenizer's name
+    meta = prepare(spec)              # python -m hfgpt.prepare RECIPE (hfgpt/prepare.py) calls this
+    meta = ensure_prepared(spec)      # prepare when missing or made differently, else read meta.json
+    with prepared(spec) as meta:      # the same, the folder locked until the block ends: read its files here (train)
 
 Running it again on an unchanged source and recipe does nothing. One prepare at a time writes a
 dataset folder (an flock on the folder, waited for at most HFGPT_WAIT_LIMIT seconds), and a train
@@ -11,8 +12,8 @@ preparation's meta.json with another's files. A source that changes while it is 
 again (its stamp is taken before and compared after). What the folder holds and how
 the text is split: hfgpt/prepare.py. The pieces: sources (what `source` names, read as documents),
 tokenizer, encode (texts -> ids with threads), shards (token files), meta (meta.json),
-nanogpt_data (nanoGPT data folders as they are). Everything is written in a temporary folder
-and moved into place at the end.
+nanogpt_data (nanoGPT data folders as they are). They read a DataSpec (hfgpt.data.spec), never
+the whole recipe. Everything is written in a temporary folder and moved into place at the end.
 """
 
 import os
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hfgpt.config import Recipe, auto_start, keys_that_shape
-from hfgpt.config.recipe import shown_urls
+from hfgpt.config import keys_that_shape
+from hfgpt.config.recipe import shown_section
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import disk_space, owner_tag, remove_dead_temp, temp_dir
 from hfgpt.core.lock import WAIT_LIMIT, duration, folder_lock
@@ -36,6 +37,7 @@ from hfgpt.data.meta import (META, check_split_size, meta_problem, new_meta, rea
                              write_meta)
 from hfgpt.data.shards import PREPARING, ShardWriter, move_tail, preparing, publish
 from hfgpt.data.sources import Source, is_nanogpt_dir, open_source, stamp_of
+from hfgpt.data.spec import DataSpec
 from hfgpt.data.tokenizer import (HFGPT_TOKENIZERS, byte_tokenizer, char_tokenizer, document_separators, load_tokenizer,
                                   save_tokenizer, train_bpe)
 
@@ -47,43 +49,25 @@ READS = 3  # times a source that changes while it is read is read again before p
 LEFTOVERS = (PREPARING, f".{META}.", ".write-test-", ".old-")
 
 
-def dataset_dir(recipe: Recipe) -> Path:
-    return Path(recipe.data.data_dir) / recipe.data.dataset
-
-
-def tokenizer_name(recipe: Recipe) -> str:
-    """The tokenizer the data is prepared with: the recipe's, else the model's own when init_from is
-    a model (a Hub id or folder), else char. With init_from=resume, train has set the checkpoint's;
-    otherwise the one the dataset was prepared with."""
-    name, init_from = recipe.data.tokenizer, auto_start(recipe.model.init_from) or recipe.model.init_from
-    if name is not None:
-        return name
-    if init_from == "resume":
-        meta = read_meta(dataset_dir(recipe))
-        return meta["tokenizer"] if meta else "char"
-    return "char" if init_from == "scratch" else init_from
-
-
-def settings(recipe: Recipe, split: str | None) -> dict:
-    """The recipe's values that the files depend on (the keys that shape the data: meta.json records
-    them as saved, URLs without secrets; a change prepares again), with the tokenizer resolved;
-    seed only picks documents, vocab_size only sizes bpe."""
-    saved = recipe.to_dict()
+def settings(spec: DataSpec, split: str | None) -> dict:
+    """The values that the files depend on (the keys that shape the data: meta.json records them as
+    saved, URLs without secrets; a change prepares again), with the tokenizer resolved; seed only
+    picks documents, vocab_size only sizes bpe."""
+    saved = shown_section(spec.data)
     values = {k: saved[k] for k in keys_that_shape("data")}
-    values["tokenizer"] = shown_urls(tokenizer_name(recipe))
     if values["tokenizer"] != "bpe":
         del values["vocab_size"]
     if split == "documents":
-        values["seed"] = recipe.train.seed
+        values["seed"] = spec.seed
     return values
 
 
-def _changed(recipe: Recipe, meta: dict) -> list[str]:
+def _changed(spec: DataSpec, meta: dict) -> list[str]:
     keys = ("source",) if meta.get("split") == "nanogpt" else None
-    return [k for k, v in settings(recipe, meta.get("split")).items() if (keys is None or k in keys) and meta.get(k) != v]
+    return [k for k, v in settings(spec, meta.get("split")).items() if (keys is None or k in keys) and meta.get(k) != v]
 
 
-def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) -> bool:
+def _up_to_date(spec: DataSpec, meta: dict | None, source: Source, out: Path) -> bool:
     """Every token file of the size meta.json gives it, the same settings and the same source
     content (files compared by size and mtime, then by sha256)."""
     if meta is None:
@@ -96,7 +80,7 @@ def _up_to_date(recipe: Recipe, meta: dict | None, source: Source, out: Path) ->
     if "document_start_ids" not in meta and meta.get("tokenizer") not in HFGPT_TOKENIZERS:
         print(f"{out} was prepared before hfgpt put the tokenizer's own BOS before each document: preparing it again")
         return False
-    changed = _changed(recipe, meta)
+    changed = _changed(spec, meta)
     if changed:
         print(f"{out} was prepared with other settings ({', '.join(changed)}): preparing it again")
         return False
@@ -125,27 +109,27 @@ def _make_dir(out: Path) -> bool:
     return not existed
 
 
-def prepare(recipe: Recipe) -> dict:
-    """Tokenize the recipe's source into data_dir/dataset/; a no-op when nothing changed."""
-    if recipe.data.source is None:
-        raise UserError(f"{dataset_dir(recipe)}/meta.json not found and the recipe names no source: set source: to "
+def prepare(spec: DataSpec) -> dict:
+    """Tokenize the source into data_dir/dataset/; a no-op when nothing changed."""
+    if spec.data.source is None:
+        raise UserError(f"{spec.folder}/meta.json not found and the recipe names no source: set source: to "
                         "your text (a file, folder, URL or Hub dataset), e.g. --source=input.txt")
-    with prepared(recipe) as meta:
+    with prepared(spec) as meta:
         return meta
 
 
 @contextmanager
-def prepared(recipe: Recipe) -> Iterator[dict]:
+def prepared(spec: DataSpec) -> Iterator[dict]:
     """The dataset's meta.json, prepared first when it is missing or made differently (with a source)
     or read as it is (without), the dataset folder locked for the block: no other prepare publishes
     there while the caller reads the tokenizer and token files."""
-    out = dataset_dir(recipe)
-    if recipe.data.source is None and not out.is_dir():
+    out = spec.folder
+    if spec.data.source is None and not out.is_dir():
         raise _not_prepared(out)
-    created = _make_dir(out) if recipe.data.source is not None else False
+    created = _make_dir(out) if spec.data.source is not None else False
     try:
         with dataset_lock(out):
-            yield _prepare(recipe, out) if recipe.data.source is not None else _existing(recipe, out)
+            yield _prepare(spec, out) if spec.data.source is not None else _existing(spec, out)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -168,23 +152,23 @@ def dataset_lock(out: Path):
     return folder_lock(out, lambda: f"waiting for {holder()} to finish with {out}", gave_up)
 
 
-def _prepare(recipe: Recipe, out: Path) -> dict:
+def _prepare(spec: DataSpec, out: Path) -> dict:
     start = time.time()
     if freed := remove_dead_temp(out, LEFTOVERS):
         size = f"{freed / 1e6:,.1f} MB" if freed >= 100_000 else f"{freed:,} bytes"
         print(f"removed {size} that a stopped prepare left in {out}")
-    source = open_source(recipe, out)
+    source = open_source(spec.data, out)
     meta = wait_for_prepare(out)
-    if _up_to_date(recipe, meta, source, out):
+    if _up_to_date(spec, meta, source, out):
         if meta != read_meta(out):  # token files touched but unchanged: their new times recorded
             write_meta(out, meta)
-        print(f"{out} is up to date with {source.label} (tokenizer {tokenizer_name(recipe)}): nothing to do")
+        print(f"{out} is up to date with {source.label} (tokenizer {spec.tokenizer}): nothing to do")
         return meta
     if source.nanogpt_dir is not None:
-        return nanogpt_data.import_dir(recipe, source.nanogpt_dir, out, tokenizer_name(recipe))
+        return nanogpt_data.import_dir(spec, source.nanogpt_dir, out)
     need = 4 * source.source_bytes() or None  # at most one uint16 or uint32 id per byte of text
     with temp_dir(out, PREPARING) as work, disk_space(out, need, then="run the prepare again"):
-        meta, source = _read_unchanged(recipe, source, work, out)
+        meta, source = _read_unchanged(spec, source, work, out)
         publish(work, out)
     elapsed = time.time() - start
     tokens = meta["train_tokens"] + meta["val_tokens"]
@@ -195,13 +179,13 @@ def _prepare(recipe: Recipe, out: Path) -> dict:
     return meta
 
 
-def _read_unchanged(recipe: Recipe, source: Source, work: Path, out: Path) -> tuple[dict, Source]:
+def _read_unchanged(spec: DataSpec, source: Source, work: Path, out: Path) -> tuple[dict, Source]:
     """_tokenize_source into `work`, with the source stamped before and checked after: one that changed
     while it was read (appended to, say) would give a vocabulary of one pass and ids of another, and
     a meta.json that calls the new text prepared. It is read again, READS times at most."""
     for attempt in range(READS):
         before = source.stamp()
-        meta = _tokenize_source(recipe, source, work, out)
+        meta = _tokenize_source(spec, source, work, out)
         if source.stamp() == before:
             stamp_token_files(work, meta)
             write_meta(work, meta)
@@ -209,18 +193,18 @@ def _read_unchanged(recipe: Recipe, source: Source, work: Path, out: Path) -> tu
         print(f"{source.label} changed while it was being read: reading it again")
         for entry in work.iterdir():
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        source = open_source(recipe, out)
+        source = open_source(spec.data, out)
     raise UserError(f"{source.label} changed each of the {READS} times it was read: prepare it once nothing writes to "
                     "it any more (or prepare a copy)")
 
 
-def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> dict:
+def _tokenize_source(spec: DataSpec, source: Source, work: Path, out: Path) -> dict:
     """Build the tokenizer, write every split's shards and meta.json into `work`."""
-    d = recipe.data
+    d = spec.data
     source.load(work / "cache")  # tabular files become Arrow files here; Hub datasets use the HF cache
     split = "contiguous" if source.n_documents == 1 else "documents"
-    is_val = val_documents(source.n_documents, d.val_fraction, recipe.train.seed) if split == "documents" else None
-    tokenizer = build_tokenizer(recipe, source, is_val)
+    is_val = val_documents(source.n_documents, d.val_fraction, spec.seed) if split == "documents" else None
+    tokenizer = build_tokenizer(spec, source, is_val)
     dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
     start, end = document_separators(tokenizer, documents=split == "documents")
     writers = {s: ShardWriter(work, s, dtype, d.shard_size) for s in ("train", "val")}
@@ -230,12 +214,12 @@ def _tokenize_source(recipe: Recipe, source: Source, work: Path, out: Path) -> d
         move_tail(writers["train"], writers["val"], total - int(total * (1 - d.val_fraction)))
     for name, writer in writers.items():
         share = d.val_fraction if name == "val" else 1 - d.val_fraction
-        check_split_size(len(writer), name, recipe.model.block_size, out, share)
+        check_split_size(len(writer), name, spec.block_size, out, share)
     save_tokenizer(tokenizer, work / "tokenizer")
     shards = {name: writer.close() for name, writer in writers.items()}
-    meta = new_meta(recipe, tokenizer, shards, split, dtype, tokenizer_name(recipe),
+    meta = new_meta(d.dataset, tokenizer, shards, split, dtype, spec.tokenizer,
                     **({"documents": documents} if split == "documents" else {}), **separator_facts(tokenizer, start, end),
-                    **settings(recipe, split),
+                    **settings(spec, split),
                     source_files=len(source.files), source_bytes=source.source_bytes(),
                     source_sha256=source.sha256(), source_stamp=source.stamp())
     write_meta(work, meta)
@@ -269,10 +253,10 @@ def val_documents(n: int | None, fraction: float, seed: int) -> Callable[[int], 
     return is_val
 
 
-def build_tokenizer(recipe: Recipe, source: Source, is_val: Callable[[int], bool] | None):
+def build_tokenizer(spec: DataSpec, source: Source, is_val: Callable[[int], bool] | None):
     """char: from every character of the text (nanoGPT's vocabulary); bpe: learned from the training
     split; byte: fixed; anything else loaded by name."""
-    name = tokenizer_name(recipe)
+    name, d = spec.tokenizer, spec.data
     if name == "char":
         chars: set[str] = set()
         for document in source.documents():
@@ -282,8 +266,8 @@ def build_tokenizer(recipe: Recipe, source: Source, is_val: Callable[[int], bool
     if name == "byte":
         return byte_tokenizer()
     if name == "bpe":
-        print(f"learning a byte-level BPE of {recipe.data.vocab_size:,} ids from the training text")
-        return train_bpe(_training_text(source, is_val, recipe.data.val_fraction), recipe.data.vocab_size)
+        print(f"learning a byte-level BPE of {d.vocab_size:,} ids from the training text")
+        return train_bpe(_training_text(source, is_val, d.val_fraction), d.vocab_size)
     return load_tokenizer(name)
 
 
@@ -318,13 +302,13 @@ def wait_for_prepare(out: Path, limit: float | None = None) -> dict | None:
     return read_meta(out)
 
 
-def ensure_prepared(recipe: Recipe) -> dict:
+def ensure_prepared(spec: DataSpec) -> dict:
     """The dataset's meta.json, preparing the data first when it is missing or made differently."""
-    with prepared(recipe) as meta:
+    with prepared(spec) as meta:
         return meta
 
 
-def _existing(recipe: Recipe, out: Path) -> dict:
+def _existing(spec: DataSpec, out: Path) -> dict:
     """A dataset folder as it is (the recipe names no source): its meta.json, or a nanoGPT folder's."""
     meta = wait_for_prepare(out)
     if meta is not None:
@@ -333,7 +317,7 @@ def _existing(recipe: Recipe, out: Path) -> dict:
         raise UserError(f"{problem}: {out} is not a usable dataset; set source: to the text and run python -m "
                         "hfgpt.prepare RECIPE to prepare it again")
     if is_nanogpt_dir(out):
-        return nanogpt_data.import_dir(recipe, out, out, tokenizer_name(recipe))
+        return nanogpt_data.import_dir(spec, out, out)
     if (out / "tokenizer").is_dir():
         raise UserError(f"{out} holds hfgpt's tokenizer/ but no meta.json: a prepare was stopped before it finished; "
                         "set source: to the text and run python -m hfgpt.prepare RECIPE again")

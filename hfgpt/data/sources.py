@@ -1,6 +1,6 @@
 """Sources: what a recipe's `source` names, read as documents of text in bounded memory.
 
-    source = open_source(recipe, dataset_dir)  # checks every path now (downloads a URL), reads no text
+    source = open_source(recipe.data, dataset_dir)  # checks every path now (downloads a URL), reads no text
     for document in source.documents():       # in source order
         for piece in document: ...            # str pieces of about 1 MB
 
@@ -21,7 +21,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from hfgpt.config import Recipe
+from hfgpt.config import DataConfig
+from hfgpt.config.recipe import shown_urls
 from hfgpt.core.errors import UserError
 from hfgpt.core.names import is_hub_id, is_url, shown_url
 from hfgpt.data.downloads import fetch_url
@@ -165,11 +166,11 @@ class Source:
         return self.source_bytes() if all(isinstance(p, TextFiles) for p in self.parts) else None
 
 
-def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
-    """Resolve every entry of the recipe's source, checking that it exists and holds text.
+def open_source(data: DataConfig, dataset_dir: Path) -> Source:
+    """Resolve every entry of the data section's source, checking that it exists and holds text.
 
     A URL is downloaded into dataset_dir the first time (dataset_dir must exist and be writable)."""
-    entries = recipe.data.source if isinstance(recipe.data.source, list) else [recipe.data.source]
+    entries = data.source if isinstance(data.source, list) else [data.source]
     parts, nanogpt, shown = [], None, []
     for entry in entries:
         entry = str(entry)
@@ -177,7 +178,7 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
         if is_url(entry):
             path = fetch_url(entry, [str(e) for e in entries if is_url(str(e))], dataset_dir)
             shown[-1] = str(path)
-            parts += _file_parts(shown_url(entry), [path], recipe)
+            parts += _file_parts(shown_url(entry), [path], data)
             continue
         path = Path(entry).expanduser()
         if path.is_dir():
@@ -185,18 +186,18 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
         if is_nanogpt_dir(path):
             nanogpt = path
         elif path.is_dir():
-            parts += _file_parts(entry, _folder_files(entry, path, recipe.data.file_glob), recipe)
+            parts += _file_parts(entry, _folder_files(entry, path, data.file_glob), data)
         elif path.is_file():
             if path.stat().st_size == 0:
                 raise UserError(f"source {entry} is empty: give a file with text in it")
-            parts += _file_parts(entry, [path], recipe)
+            parts += _file_parts(entry, [path], data)
         elif glob.has_magic(entry):
             files = sorted(Path(p) for p in glob.glob(os.path.expanduser(entry), recursive=True) if os.path.isfile(p))
             if not files:
                 raise UserError(f"source {entry} matches no files: check the pattern (** matches folders recursively)")
-            parts += _file_parts(entry, files, recipe)
+            parts += _file_parts(entry, files, data)
         elif is_hub_id(entry, namespace=False) and Path(entry).suffix.lower() not in (*TABLES, ".txt", ".md"):
-            parts.append(Table(entry, recipe))
+            parts.append(Table(entry, data))
         else:
             raise UserError(f"source {entry} not found: give an existing file, folder or glob, an http(s) URL, "
                             "or a Hub dataset id (user/name)")
@@ -204,7 +205,7 @@ def open_source(recipe: Recipe, dataset_dir: Path) -> Source:
         raise UserError(f"source {nanogpt} is a nanoGPT data folder (train.bin, val.bin): it is used as it is, "
                         "so it cannot be combined with other sources in a list")
     if nanogpt is None and not any(p.n_documents != 0 for p in parts):
-        raise UserError(f"source {recipe.to_dict()['source']} holds only empty files: give files with text in them")
+        raise UserError(f"source {shown_urls(data.source)} holds only empty files: give files with text in them")
     return Source(parts, nanogpt, ", ".join(shown))
 
 
@@ -227,14 +228,14 @@ def _folder_files(entry: str, folder: Path, patterns: str | list[str]) -> list[P
     return files
 
 
-def _file_parts(entry: str, files: list[Path], recipe: Recipe) -> list:
+def _file_parts(entry: str, files: list[Path], data: DataConfig) -> list:
     """Text files become one TextFiles part (empty ones skipped); tabular files one Table per format."""
     parts = []
     files = [_readable(f) for f in files]
     text = [f for f in files if f.suffix.lower() not in TABLES and f.stat().st_size > 0]
     if text:
-        parts.append(TextFiles(text, recipe.data.errors))
+        parts.append(TextFiles(text, data.errors))
     for fmt in dict.fromkeys(TABLES[f.suffix.lower()] for f in files if f.suffix.lower() in TABLES):
         same = [f for f in files if TABLES.get(f.suffix.lower()) == fmt]
-        parts.append(Table(entry if len(files) == 1 else f"{entry} ({fmt} files)", recipe, same))
+        parts.append(Table(entry if len(files) == 1 else f"{entry} ({fmt} files)", data, same))
     return parts

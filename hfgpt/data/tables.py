@@ -1,7 +1,7 @@
 """Tables: documents that are rows of a text column, read through `datasets.load_dataset`.
 
-    table = Table("rows.jsonl", recipe, [Path("rows.jsonl")])    # .jsonl/.json/.csv/.parquet files
-    table = Table("user/name", recipe)                             # a Hub dataset
+    table = Table("rows.jsonl", recipe.data, [Path("rows.jsonl")])   # .jsonl/.json/.csv/.parquet files
+    table = Table("user/name", recipe.data)                          # a Hub dataset
     table.load(cache_dir)                                          # checks text_column; n_documents
     for document in table.documents(): ...                         # one row's text per document
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hfgpt.config import Recipe
+from hfgpt.config import DataConfig
 from hfgpt.core.errors import UserError, first_line
 
 TABLES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -25,8 +25,8 @@ ROWS_PER_READ = 1000
 class Table:
     """Rows of text_column from .jsonl/.json/.csv/.parquet files or a Hub dataset, through datasets."""
 
-    def __init__(self, name: str, recipe: Recipe, paths: list[Path] | None = None):
-        self.name, self.paths, self.recipe = name, paths, recipe
+    def __init__(self, name: str, data: DataConfig, paths: list[Path] | None = None):
+        self.name, self.paths, self.data = name, paths, data
         self.dataset = None
         self.n_documents = None
         self.text_sha256 = hashlib.sha256()  # of the text as read: the content hash of a Hub dataset
@@ -37,7 +37,7 @@ class Table:
             return
         self.dataset = _load_dataset(self, cache_dir)
         with _reading(self):  # a stream reads its first row here
-            column, names = self.recipe.data.text_column, _column_names(self.dataset)
+            column, names = self.data.text_column, _column_names(self.dataset)
         if column not in names:
             raise UserError(f"{self.name} has no column '{column}': its columns are {', '.join(names)}; "
                             f"set text_column to the one with the text, e.g. --text_column={names[0]}")
@@ -46,13 +46,13 @@ class Table:
         if kind not in ("string", "large_string") or not isinstance(feature, (type(None), _value_type())):
             shown = kind if isinstance(feature, _value_type()) or feature is None else f"{type(feature).__name__} values"
             raise UserError(f"column '{column}' of {self.name} holds {shown}, not text: set text_column to a text column")
-        if not self.recipe.data.streaming:
+        if not self.data.streaming:
             self.n_documents = len(self.dataset)
 
     def documents(self) -> Iterator[Iterator[str]]:
         row = 0
         with _reading(self):  # a stream meets a bad line only as it reads it
-            for column in _text_columns(self.dataset, self.recipe.data.text_column):
+            for column in _text_columns(self.dataset, self.data.text_column):
                 for text in self._decode(column, row):
                     if text and self.paths is None:  # files are hashed as files
                         self.text_sha256.update(text.encode("utf-8", "surrogatepass"))
@@ -71,17 +71,17 @@ class Table:
         else:
             for i, text in enumerate(texts):
                 if text is not None and not isinstance(text, str):  # a stream's column kind shows only here
-                    raise UserError(f"column '{self.recipe.data.text_column}' of {self.name} holds "
+                    raise UserError(f"column '{self.data.text_column}' of {self.name} holds "
                                     f"{type(text).__name__} values (row {first_row + i + 1:,}), not text: set "
                                     "text_column to a text column")
             return texts
-        errors = self.recipe.data.errors
+        errors = self.data.errors
         for i, value in enumerate(raw):
             try:
                 raw[i] = None if value is None else value.decode("utf-8", errors)
             except UnicodeDecodeError as e:
                 raise UserError(f"{self.name} is not UTF-8 at row {first_row + i + 1:,}, byte {e.start:,} of its "
-                                f"{self.recipe.data.text_column} ({e.reason}): convert it to UTF-8, or set errors: "
+                                f"{self.data.text_column} ({e.reason}): convert it to UTF-8, or set errors: "
                                 "replace (or --errors=replace) to write U+FFFD for such bytes") from None
         return raw
 
@@ -89,7 +89,7 @@ class Table:
 def _load_dataset(table: Table, cache_dir: Path):
     import datasets
 
-    d = table.recipe.data
+    d = table.data
     if table.paths is not None:
         builder = TABLES[table.paths[0].suffix.lower()]
         options = {"encoding_errors": d.errors} if builder in ("json", "csv") else {}

@@ -6,7 +6,8 @@
 Every checkpoint, out_dir/checkpoints/iter-NNNNNN/, is itself a model folder (config.json,
 model.safetensors, tokenizer) plus the state of the run:
   optimizer.safetensors, optimizer.json   AdamW's tensors, and the rest of its state as JSON
-  rng-<rank>.safetensors                  each process's torch RNG and the batches' position
+  rng-<rank>.safetensors                  each process's torch RNG
+  batches-<rank>.json                     each process's batches' position (Batches.state(): JSON)
   scaler.json                             the fp16 loss scaler, when one is used
   state.json                              the run's LoopState (iteration, losses, tokens seen), recipe, hfgpt version
 It is written as .tmp-iter-NNNNNN-<host>-<pid>-XXXX, flushed to disk and swapped in when complete,
@@ -51,7 +52,7 @@ from hfgpt.core.device import rng_states
 from hfgpt.core.errors import first_line
 from hfgpt.core.files import (RESUME_ADVICE, atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir,
                               owner_alive, remove_tree, replace_dir, sync_tree, tree_bytes)
-from hfgpt.core.formats import STATE_FORMAT, too_new
+from hfgpt.core.formats import STATE_FORMAT, format_of, too_new
 from hfgpt.core.layout import CARD, FACTS, STATE, best, checkpoint_path, list_checkpoints
 from hfgpt.core.tensor_tree import save_tree, tensor_bytes, unflatten
 from hfgpt.hub.card import write_card
@@ -179,7 +180,8 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
                     save_tree(optimizer_dict, tmp, "optimizer")
                 if accelerator.scaler is not None:
                     (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
-            save_file({**rng_states(), "batches": batches.state()}, tmp / f"rng-{accelerator.process_index}.safetensors")
+            save_file(rng_states(), tmp / f"rng-{accelerator.process_index}.safetensors")
+            atomic_write(tmp / batches_file(accelerator.process_index), json.dumps(batches.state()))
             accelerator.wait_for_everyone()
             if writer:
                 full = {"format": STATE_FORMAT, **state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
@@ -193,6 +195,11 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
         prune(recipe.train.out_dir, recipe.train.keep_last, keep_best=recipe.train.always_save_checkpoint)
     accelerator.wait_for_everyone()
     return final
+
+
+def batches_file(rank: int) -> str:
+    """A checkpoint's file of process `rank`'s batches' state (format 2 on; before: in its rng file)."""
+    return f"batches-{rank}.json"
 
 
 def prune(out_dir: str | Path, keep_last: int | None, keep_best: bool = True) -> None:
@@ -240,7 +247,9 @@ def broken(folder: Path, state: dict) -> str | None:
         except (OSError, ValueError) as e:
             return f"{path.name} is not valid JSON ({first_line(e)})"
     if state.get("storage", "shared") == "shared" and isinstance(state.get("world_size"), int):
-        missing = [f"rng-{i}.safetensors" for i in range(state["world_size"]) if not (folder / f"rng-{i}.safetensors").is_file()]
+        names = [f"rng-{i}.safetensors" for i in range(state["world_size"])]
+        names += [batches_file(i) for i in range(state["world_size"])] if format_of(state) >= 2 else []
+        missing = [name for name in names if not (folder / name).is_file()]
         if missing:  # the processes' random streams: without them the run would not continue as it was
             return f"{missing[0]} is missing"
     if not (folder / "accelerate").is_dir() and (problem := _optimizer_problem(folder)):

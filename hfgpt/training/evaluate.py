@@ -13,7 +13,7 @@ from transformers import pipeline
 
 from hfgpt.config import LogConfig, Recipe
 from hfgpt.core.device import forked_rng
-from hfgpt.data.batches import Batches, to_device
+from hfgpt.data.batches import batches_for, to_device
 from hfgpt.model.generate import generate, load_pipeline
 from hfgpt.model.gpt import causal_lm
 from hfgpt.training.strategies import SHARDED
@@ -23,14 +23,14 @@ from hfgpt.training.strategies import SHARDED
 def estimate_loss(model, splits: dict, recipe: Recipe, accelerator: Accelerator) -> dict[str, float]:
     """Mean loss over eval_iters batches per split, averaged over processes.
 
-    Every evaluation reads the same windows (a generator seeded afresh), so successive
-    estimates differ only because the model changed.
+    Every evaluation reads the same windows (batches_for's "eval" stream, seeded afresh), so
+    successive estimates differ only because the model changed.
     """
     t = recipe.train
     model.eval()
     out = {}
     for split, tokens in splits.items():
-        batches = Batches(tokens, recipe.model.block_size, t.batch_size, seed=t.seed + 7919 * (accelerator.process_index + 1))
+        batches = batches_for(tokens, recipe.model.block_size, t.batch_size, t.seed, accelerator.process_index, "eval")
         losses = torch.zeros(t.eval_iters, device=accelerator.device)
         for k in range(t.eval_iters):
             losses[k] = model(*to_device(batches.next_window(), accelerator.device))

@@ -53,8 +53,8 @@ def train(recipe: Recipe) -> dict:
       2. claim             init_from: auto -> resume, or the start it names
       3. resume_from_hub   resume_from: user/name -> the checkpoint downloaded into out_dir
       4. resume_point      resume: the tokenizer the checkpoint's data was prepared with
-      5. setup             the tokenizer's name (char, gpt2, a path); time_budget: the planned
-                           shape, batch, optimizer and iterations
+      5. setup             time_budget: the planned shape, batch, optimizer and iterations; the
+                           loop then records the data's tokenizer name (char, gpt2, a path)
       6. loop, on resume   init_from and resume_from: what the resumed run started from"""
     r = copy.deepcopy(recipe)
     name_budget_run(r)
@@ -73,6 +73,7 @@ def loop(r: Recipe, accelerator) -> dict:
     resume_from_hub(accelerator, r)  # resume_from=user/name: download its last-checkpoint/ first
     resume = resume_point(r, accelerator)  # None unless init_from=resume
     run = setup(r, accelerator, checkpoint=resume)
+    r.data.tokenizer = run.data.tokenizer  # resolved once, by the data spec: recipe.yaml, the card and resume name it
     state = (restore(accelerator, run.model, run.optimizer, run.batches, resume) if resume
              else LoopState(init_from=r.model.init_from))
     if resume and run.skipped is not None:

@@ -22,11 +22,12 @@ from hfgpt.config import Recipe, keys_that_shape
 from hfgpt.core.device import set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import fsync_dir, size_text, tree_bytes
-from hfgpt.core.formats import upgrade_rng
+from hfgpt.core.formats import format_of, upgrade_rng
 from hfgpt.core.layout import STATE, checkpoint_dir, list_checkpoints, read_state
 from hfgpt.training.budget import restore_plan
 from hfgpt.core.tensor_tree import load_tree
-from hfgpt.training.checkpoint import broken
+from hfgpt.data.batches import random_windows_state
+from hfgpt.training.checkpoint import batches_file, broken
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state
 
@@ -147,8 +148,18 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
         return LoopState.from_json(read_state(folder))
     states = load_file(rng_file)
     set_rng_states(states)
-    batches.load_state(upgrade_rng(states, read_state(folder))["batches"])
+    batches.load_state(saved_batches_state(folder, accelerator.process_index, states))
     return LoopState.from_json(read_state(folder))
+
+
+def saved_batches_state(folder: Path, rank: int, rng: dict) -> dict:
+    """Process `rank`'s batches' state (Batches.state()): its batches-<rank>.json. A checkpoint of
+    format 0 or 1 has none: its rng-<rank>.safetensors (`rng`) holds the generator tensor instead
+    ("batches"; hfgpt 0.1's "sampler"), which becomes the same JSON state here."""
+    state = read_state(folder)
+    if format_of(state) >= 2:
+        return json.loads((folder / batches_file(rank)).read_text())
+    return random_windows_state(upgrade_rng(rng, state)["batches"])
 
 
 def check_resume(recipe: Recipe, folder: Path, state: dict) -> str:

@@ -20,8 +20,9 @@ from accelerate.utils import DistributedType, set_seed
 from hfgpt.config import Recipe
 from hfgpt.core.device import available_memory, cpu_threads, device_type, resolve_mixed_precision, should_compile
 from hfgpt.core.errors import UserError
-from hfgpt.data.batches import Batches, TokenShards, load_tokens, to_device
-from hfgpt.data.prepare import dataset_dir, prepared, tokenizer_name
+from hfgpt.data.batches import Batches, TokenShards, batches_for, load_tokens, to_device
+from hfgpt.data.prepare import prepared
+from hfgpt.data.spec import DataSpec, data_spec
 from hfgpt.data.tokenizer import load_tokenizer, model_tokenizer, vocabulary_mismatch
 from hfgpt.model.attention import use_training_attention
 from hfgpt.model.generate import unknown_characters
@@ -52,6 +53,7 @@ class Run:
     flops_per_token: float
     peak_flops: float | None  # None where the device's peak is unknown (MFU is then not reported)
     shared_storage: bool = True  # out_dir is seen by every machine (else each writes its own checkpoints)
+    data: DataSpec | None = None  # what the data stage read, spec.tokenizer the resolved name (None: no data, a bench)
     skipped: torch.Tensor | None = None  # fp16 with torch's loss scaler: the steps it skipped, on the device
 
     def __post_init__(self):
@@ -143,18 +145,20 @@ def check_vocabulary(recipe: Recipe, meta: dict, tokenizer, model, source: str) 
 
 
 def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = None) -> Run:
-    """Data (prepared by the main process when needed), model, optimizer and batches."""
+    """Data (prepared by the main process when needed), model, optimizer and batches. The data
+    stage gets a DataSpec (run.data: the tokenizer resolved once; the caller records its name in
+    the recipe that recipe.yaml, the card and resume read) and leaves `recipe` as it is."""
     r, t = recipe, recipe.train
-    r.data.tokenizer = tokenizer_name(r)  # resolved once: recipe.yaml, the card and resume name it
+    spec = data_spec(r)
     # the main process prepares first, then the first process of each other machine (which finds
     # the data there on a shared file system, or prepares its own copy), then everyone else; each
     # reads meta.json, the tokenizer and the token files with the folder locked (no prepare between)
-    folder = dataset_dir(r)
-    with accelerator.main_process_first(), accelerator.local_main_process_first(), prepared(r) as meta:
+    folder = spec.folder
+    with accelerator.main_process_first(), accelerator.local_main_process_first(), prepared(spec) as meta:
         tokenizer = load_tokenizer(str(folder / "tokenizer"))
-        train_tokens = load_tokens(folder, meta, "train", r.model.block_size)
-        val_tokens = load_tokens(folder, meta, "val", r.model.block_size)
-    check_sample_start(r, tokenizer, accelerator.device.type)
+        train_tokens = load_tokens(folder, meta, "train", spec.block_size)
+        val_tokens = load_tokens(folder, meta, "val", spec.block_size)
+    check_sample_start(r, tokenizer, spec.tokenizer, accelerator.device.type)
     if r.train.time_budget and checkpoint is None:
         plan_run(r, meta, accelerator)  # the shape, batch, optimizer and iterations, from this machine's pace
 
@@ -175,11 +179,11 @@ def setup(recipe: Recipe, accelerator: Accelerator, checkpoint: Path | None = No
     per_token = flops_per_token(gpt, r.model.block_size)
     accum = t.gradient_accumulation_steps // world
     model, optimizer, compiled = prepare_training(r, accelerator, gpt, accum)
-    batches = Batches(train_tokens, r.model.block_size, t.batch_size, seed=t.seed + accelerator.process_index)
+    batches = batches_for(train_tokens, r.model.block_size, t.batch_size, t.seed, accelerator.process_index)
     return Run(accelerator, meta, tokenizer, train_tokens, val_tokens, model, optimizer, batches, accum=accum,
                tokens_per_iter=t.gradient_accumulation_steps * t.batch_size * r.model.block_size, compiled=compiled,
                flops_per_token=per_token, peak_flops=peak_flops(accelerator.device.type, accelerator.mixed_precision),
-               shared_storage=shared)
+               shared_storage=shared, data=spec)
 
 
 def plan_run(recipe: Recipe, meta: dict, accelerator: Accelerator) -> None:
@@ -196,13 +200,13 @@ def plan_run(recipe: Recipe, meta: dict, accelerator: Accelerator) -> None:
         set_values(recipe, values[0])
 
 
-def check_sample_start(recipe: Recipe, tokenizer, device: str) -> None:
+def check_sample_start(recipe: Recipe, tokenizer, tokenizer_name: str, device: str) -> None:
     """The evaluations' samples start from sample_start: refuse, before anything is written, one the
     tokenizer cannot encode (the default "\n" on a corpus without newlines)."""
     log = recipe.log
     wanted = log.eval_samples if log.eval_samples is not None else int(device != "cpu")  # as eval_samples decides
     if wanted and (unknown := unknown_characters(tokenizer, log.sample_start)):
-        raise UserError(f"sample_start={log.sample_start!r} has characters the {recipe.data.tokenizer} tokenizer of "
+        raise UserError(f"sample_start={log.sample_start!r} has characters the {tokenizer_name} tokenizer of "
                         f"{recipe.data.dataset} does not know ({unknown!r}): set sample_start to text of the corpus "
                         "(e.g. --sample_start='The'), or eval_samples: 0")
 

@@ -44,6 +44,16 @@ SNAPSHOT_PREFIX = ".push-"
 TEMP_PREFIXES = (".tmp-", ".saving-", ".old-", ".del-", SNAPSHOT_PREFIX)
 
 
+def rng_file(rank: int) -> str:
+    """A checkpoint's file of process `rank`'s torch RNG states."""
+    return f"rng-{rank}.safetensors"
+
+
+def batches_file(rank: int) -> str:
+    """A checkpoint's file of process `rank`'s batches' state (state format 2 on; before: in its rng file)."""
+    return f"batches-{rank}.json"
+
+
 def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINTS
 

@@ -53,7 +53,7 @@ from hfgpt.core.errors import first_line
 from hfgpt.core.files import (RESUME_ADVICE, atomic_write, disk_space, fsync_dir, link_or_copy, make_temp_dir,
                               owner_alive, remove_tree, replace_dir, sync_tree, tree_bytes)
 from hfgpt.core.formats import STATE_FORMAT, format_of, too_new
-from hfgpt.core.layout import CARD, FACTS, STATE, best, checkpoint_path, list_checkpoints
+from hfgpt.core.layout import CARD, FACTS, STATE, batches_file, best, checkpoint_path, list_checkpoints, rng_file
 from hfgpt.core.tensor_tree import save_tree, tensor_bytes, unflatten
 from hfgpt.hub.card import write_card
 from hfgpt.model.folder import write_adapter_files, write_model_files
@@ -180,8 +180,8 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
                     save_tree(optimizer_dict, tmp, "optimizer")
                 if accelerator.scaler is not None:
                     (tmp / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
-            save_file(rng_states(), tmp / f"rng-{accelerator.process_index}.safetensors")
-            atomic_write(tmp / batches_file(accelerator.process_index), json.dumps(batches.state()))
+            save_file(rng_states(), tmp / rng_file(accelerator.process_index))
+            (tmp / batches_file(accelerator.process_index)).write_text(json.dumps(batches.state()))
             accelerator.wait_for_everyone()
             if writer:
                 full = {"format": STATE_FORMAT, **state.to_json(), "world_size": accelerator.num_processes, "recipe": recipe.to_dict(),
@@ -195,11 +195,6 @@ def save_checkpoint(accelerator: Accelerator, model, optimizer, batches, tokeniz
         prune(recipe.train.out_dir, recipe.train.keep_last, keep_best=recipe.train.always_save_checkpoint)
     accelerator.wait_for_everyone()
     return final
-
-
-def batches_file(rank: int) -> str:
-    """A checkpoint's file of process `rank`'s batches' state (format 2 on; before: in its rng file)."""
-    return f"batches-{rank}.json"
 
 
 def prune(out_dir: str | Path, keep_last: int | None, keep_best: bool = True) -> None:
@@ -247,7 +242,7 @@ def broken(folder: Path, state: dict) -> str | None:
         except (OSError, ValueError) as e:
             return f"{path.name} is not valid JSON ({first_line(e)})"
     if state.get("storage", "shared") == "shared" and isinstance(state.get("world_size"), int):
-        names = [f"rng-{i}.safetensors" for i in range(state["world_size"])]
+        names = [rng_file(i) for i in range(state["world_size"])]
         names += [batches_file(i) for i in range(state["world_size"])] if format_of(state) >= 2 else []
         missing = [name for name in names if not (folder / name).is_file()]
         if missing:  # the processes' random streams: without them the run would not continue as it was

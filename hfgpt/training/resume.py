@@ -23,11 +23,11 @@ from hfgpt.core.device import set_rng_states
 from hfgpt.core.errors import UserError
 from hfgpt.core.files import fsync_dir, size_text, tree_bytes
 from hfgpt.core.formats import format_of, upgrade_rng
-from hfgpt.core.layout import STATE, checkpoint_dir, list_checkpoints, read_state
+from hfgpt.core.layout import STATE, batches_file, checkpoint_dir, list_checkpoints, read_state, rng_file
 from hfgpt.training.budget import restore_plan
 from hfgpt.core.tensor_tree import load_tree
 from hfgpt.data.batches import random_windows_state
-from hfgpt.training.checkpoint import batches_file, broken
+from hfgpt.training.checkpoint import broken
 from hfgpt.training.state import LoopState
 from hfgpt.training.strategies import load_optimizer_state
 
@@ -138,15 +138,15 @@ def restore(accelerator: Accelerator, model, optimizer, batches, folder: Path) -
         load_optimizer_state(accelerator, model, optimizer, lambda: checked_optimizer_state(folder, optimizer))
     if accelerator.scaler is not None and (folder / "scaler.json").exists():
         accelerator.scaler.load_state_dict(json.loads((folder / "scaler.json").read_text()))
-    rng_file = folder / f"rng-{accelerator.process_index}.safetensors"
-    if not rng_file.exists():
+    rng_path = folder / rng_file(accelerator.process_index)
+    if not rng_path.exists():
         saved = read_state(folder).get("world_size")
         why = (f"the run had {saved} processes" if isinstance(saved, int) and saved <= accelerator.process_index
                else "its rng file is not in this machine's copy")
         print(f"process {accelerator.process_index}: {folder} has no RNG state for it ({why}): this process starts a "
               "fresh random stream, so the run does not continue bitwise")
         return LoopState.from_json(read_state(folder))
-    states = load_file(rng_file)
+    states = load_file(rng_path)
     set_rng_states(states)
     batches.load_state(saved_batches_state(folder, accelerator.process_index, states))
     return LoopState.from_json(read_state(folder))
